@@ -1,0 +1,145 @@
+//! Hidden helpers called by the code that `#[cached]`, `#[once]` and `#[lock]` generate.
+//!
+//! Nothing here is public API: names and signatures may change in any release.
+//! The macros reach these items through the absolute path `::cachify::__private`.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::Cachify;
+use crate::Error;
+pub use crate::cache::{OkOnly, Policy, Whole};
+pub use crate::key::{KeyKind, KeyTemplate, Piece};
+pub use crate::lock::LockGuard;
+
+/// The global client, or the fallback memory client if none was initialised.
+#[inline]
+pub fn global() -> &'static Cachify {
+    crate::global()
+}
+
+/// Renders the full Redis/memory key for one call.
+#[inline]
+pub fn key(
+    client: &Cachify,
+    kind: KeyKind,
+    template: &KeyTemplate,
+    values: &[&dyn Display],
+) -> String {
+    client.render_key(kind, template, values)
+}
+
+/// Integer seconds from an attribute, as a `Duration`.
+#[inline]
+pub const fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+/// The `unless` predicate used when the attribute has none: store everything.
+#[inline]
+pub fn store_all<T: ?Sized>(_: &T) -> bool {
+    false
+}
+
+/// `#[cached]` on an `async fn`.
+pub async fn cached<P, R, F, U>(
+    client: &Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    body: F,
+    unless: U,
+) -> R
+where
+    P: Policy<R>,
+    F: Future<Output = R>,
+    U: Fn(&P::Stored) -> bool,
+{
+    crate::cache::cached::<P, R, F, U>(client, key, ttl, body, unless).await
+}
+
+/// `#[cached]` on a plain `fn`.
+pub fn cached_blocking<P, R, F, U>(
+    client: &Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    body: F,
+    unless: U,
+) -> R
+where
+    P: Policy<R>,
+    F: FnOnce() -> R,
+    U: Fn(&P::Stored) -> bool,
+{
+    crate::cache::cached_blocking::<P, R, F, U>(client, key, ttl, body, unless)
+}
+
+/// Acquires the lock of a `#[once]`/`#[lock]` call (`wait` is zero for `once`).
+pub async fn acquire(
+    client: &Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<LockGuard, Error> {
+    crate::lock::acquire(client, key, ttl, wait).await
+}
+
+/// Blocking twin of [`acquire`].
+pub fn acquire_blocking(
+    client: &Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<LockGuard, Error> {
+    crate::lock::acquire_blocking(client, key, ttl, wait)
+}
+
+/// Runs an async body while holding `guard`, then releases it.
+pub async fn run_locked<F: Future>(guard: LockGuard, body: F) -> F::Output {
+    let output = body.await;
+    guard.release_after_run().await;
+    output
+}
+
+/// Runs a blocking body while holding `guard`, then releases it.
+pub fn run_locked_blocking<R>(guard: LockGuard, body: impl FnOnce() -> R) -> R {
+    let output = body();
+    guard.release_after_run_blocking();
+    output
+}
+
+/// Converts a refused lock (`Locked` or `Backend`) into the function's error type.
+#[inline]
+pub fn lock_error<E: From<Error>>(error: Error) -> E {
+    E::from(error)
+}
+
+/// `<fn>_reset`: deletes one cache entry.
+pub async fn reset(client: &Cachify, key: String) -> Result<(), Error> {
+    client.backend().delete(key).await
+}
+
+/// Blocking `<fn>_reset`.
+pub fn reset_blocking(client: &Cachify, key: String) -> Result<(), Error> {
+    client.backend().delete_blocking(key)
+}
+
+/// `<fn>_is_locked`.
+pub async fn is_locked(client: &Cachify, key: String) -> Result<bool, Error> {
+    client.backend().exists(key).await
+}
+
+/// Blocking `<fn>_is_locked`.
+pub fn is_locked_blocking(client: &Cachify, key: String) -> Result<bool, Error> {
+    client.backend().exists_blocking(key)
+}
+
+/// `<fn>_release`: deletes the lock whoever holds it.
+pub async fn force_release(client: &Cachify, key: String) -> Result<(), Error> {
+    client.backend().delete(key).await
+}
+
+/// Blocking `<fn>_release`.
+pub fn force_release_blocking(client: &Cachify, key: String) -> Result<(), Error> {
+    client.backend().delete_blocking(key)
+}

@@ -1,0 +1,166 @@
+//! The in-process backend: two moka caches, one for values and one for locks.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::ops::compute::{CompResult, Op};
+use moka::sync::Cache;
+
+use super::clamp_ttl;
+use crate::cache::CacheValue;
+
+/// A value stored as it is: no encoding, so a memory hit costs a lookup and
+/// a clone. A value of another type under the same key is a miss.
+#[derive(Clone)]
+struct Slot {
+    value: Arc<dyn Any + Send + Sync>,
+    ttl: Option<Duration>,
+}
+
+#[derive(Clone)]
+struct Lease {
+    token: Arc<str>,
+    ttl: Duration,
+}
+
+/// Gives each entry its own time to live, renewed on every write.
+struct PerEntryTtl;
+
+impl Expiry<String, Slot> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, slot: &Slot, _: Instant) -> Option<Duration> {
+        slot.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        slot: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        slot.ttl
+    }
+}
+
+impl Expiry<String, Lease> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, lease: &Lease, _: Instant) -> Option<Duration> {
+        Some(lease.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        lease: &Lease,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(lease.ttl)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct MemoryBackend {
+    values: Cache<String, Slot>,
+    /// Unbounded on purpose: evicting a held lock under memory pressure
+    /// would let a second holder in. Every lease expires by itself.
+    locks: Cache<String, Lease>,
+}
+
+impl MemoryBackend {
+    pub(crate) fn new(max_entries: u64) -> Self {
+        Self {
+            values: Cache::builder().max_capacity(max_entries).expire_after(PerEntryTtl).build(),
+            locks: Cache::builder().expire_after(PerEntryTtl).build(),
+        }
+    }
+
+    pub(crate) fn get<T: CacheValue>(&self, key: &str) -> Option<T> {
+        let slot = self.values.get(key)?;
+        slot.value.downcast_ref::<T>().cloned()
+    }
+
+    pub(crate) fn set<T: CacheValue>(&self, key: &str, value: T, ttl: Option<Duration>) {
+        let slot = Slot { value: Arc::new(value), ttl: ttl.map(clamp_ttl) };
+        self.values.insert(key.to_owned(), slot);
+    }
+
+    pub(crate) fn delete(&self, key: &str) {
+        self.values.invalidate(key);
+        self.locks.invalidate(key);
+    }
+
+    pub(crate) fn is_locked(&self, key: &str) -> bool {
+        self.locks.contains_key(key)
+    }
+
+    pub(crate) fn try_lock(&self, key: &str, token: &str, lease: Duration) -> bool {
+        let lease = Lease { token: token.into(), ttl: clamp_ttl(lease) };
+        let result = self.locks.entry(key.to_owned()).and_compute_with(|held| match held {
+            Some(_) => Op::Nop,
+            None => Op::Put(lease),
+        });
+        matches!(result, CompResult::Inserted(_))
+    }
+
+    pub(crate) fn unlock(&self, key: &str, token: &str) -> bool {
+        let result = self.locks.entry(key.to_owned()).and_compute_with(|held| match held {
+            Some(entry) if &*entry.value().token == token => Op::Remove,
+            _ => Op::Nop,
+        });
+        matches!(result, CompResult::Removed(_))
+    }
+
+    pub(crate) fn extend(&self, key: &str, token: &str, lease: Duration) -> bool {
+        let result = self.locks.entry(key.to_owned()).and_compute_with(|held| match held {
+            Some(entry) if &*entry.value().token == token => {
+                Op::Put(Lease { token: entry.into_value().token, ttl: clamp_ttl(lease) })
+            }
+            _ => Op::Nop,
+        });
+        matches!(result, CompResult::ReplacedWith(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_typed_and_expire() {
+        let memory = MemoryBackend::new(100);
+        memory.set("k", 5_u32, Some(Duration::from_millis(50)));
+        assert_eq!(memory.get::<u32>("k"), Some(5));
+        assert_eq!(memory.get::<String>("k"), None, "another type is a miss");
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(memory.get::<u32>("k"), None);
+    }
+
+    #[test]
+    fn locks_are_owned_and_expire() {
+        let memory = MemoryBackend::new(100);
+        assert!(memory.try_lock("l", "a", Duration::from_millis(80)));
+        assert!(!memory.try_lock("l", "b", Duration::from_secs(1)));
+        assert!(!memory.unlock("l", "b"), "only the owner releases");
+        assert!(!memory.extend("l", "b", Duration::from_secs(1)), "only the owner extends");
+        assert!(memory.is_locked("l"));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!memory.is_locked("l"), "an expired lease is free");
+        assert!(!memory.extend("l", "a", Duration::from_secs(1)), "an expired lease is gone");
+        assert!(memory.try_lock("l", "b", Duration::from_secs(1)));
+        assert!(memory.unlock("l", "b"));
+        assert!(!memory.is_locked("l"));
+    }
+
+    #[test]
+    fn extend_renews_the_lease() {
+        let memory = MemoryBackend::new(100);
+        assert!(memory.try_lock("l", "a", Duration::from_millis(100)));
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(memory.extend("l", "a", Duration::from_millis(100)));
+        }
+        assert!(memory.is_locked("l"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Where entries and locks live: in this process (moka) or in Redis.
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+use std::time::Duration;
+
+use crate::Error;
+use crate::cache::CacheValue;
+use crate::io;
+
+pub(crate) use self::memory::MemoryBackend;
+pub(crate) use self::redis::RedisBackend;
+
+/// Longest TTL or lease handed to a backend (about 100 years): Redis
+/// refuses expiry times that overflow, and nobody means more.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Shortest TTL or lease: Redis counts in milliseconds, so shorter
+/// durations are rounded up to one millisecond.
+const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// Rounds a TTL into the range every backend accepts.
+pub(crate) fn clamp_ttl(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_TTL, MAX_TTL)
+}
+
+/// The backend of one client. An enum rather than a trait object: two
+/// known backends, static dispatch, no boxed futures on the hot path.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Memory(MemoryBackend),
+    Redis(RedisBackend),
+}
+
+impl Backend {
+    /// Reads a cached value. A value that does not decode as `T` is reported
+    /// as `Err(Error::Codec)` so the caller can treat it as a miss.
+    pub(crate) async fn get<T: CacheValue>(&self, key: &str) -> Result<Option<T>, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.get(key)),
+            Backend::Redis(redis) => redis.get(key).await,
+        }
+    }
+
+    pub(crate) fn get_blocking<T: CacheValue>(&self, key: &str) -> Result<Option<T>, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.get(key)),
+            Backend::Redis(redis) => {
+                let connection = redis.clone();
+                let key = key.to_owned();
+                let bytes = io::block_on(async move { connection.get_bytes(&key).await })?;
+                bytes.map(|bytes| redis.decode(&bytes)).transpose()
+            }
+        }
+    }
+
+    pub(crate) async fn set<T: CacheValue>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::Memory(memory) => {
+                memory.set(key, value.clone(), ttl);
+                Ok(())
+            }
+            Backend::Redis(redis) => redis.set(key, redis.encode(value)?, ttl).await,
+        }
+    }
+
+    pub(crate) fn set_blocking<T: CacheValue>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        match self {
+            Backend::Memory(memory) => {
+                memory.set(key, value.clone(), ttl);
+                Ok(())
+            }
+            Backend::Redis(redis) => {
+                let bytes = redis.encode(value)?;
+                let redis = redis.clone();
+                let key = key.to_owned();
+                io::block_on(async move { redis.set(&key, bytes, ttl).await })
+            }
+        }
+    }
+
+    /// Deletes a cache entry or a lock, whoever owns it.
+    pub(crate) async fn delete(&self, key: String) -> Result<(), Error> {
+        match self {
+            Backend::Memory(memory) => {
+                memory.delete(&key);
+                Ok(())
+            }
+            Backend::Redis(redis) => redis.delete(&key).await,
+        }
+    }
+
+    pub(crate) fn delete_blocking(&self, key: String) -> Result<(), Error> {
+        match self {
+            Backend::Memory(memory) => {
+                memory.delete(&key);
+                Ok(())
+            }
+            Backend::Redis(redis) => {
+                let redis = redis.clone();
+                io::block_on(async move { redis.delete(&key).await })
+            }
+        }
+    }
+
+    /// Whether a lock is currently held.
+    pub(crate) async fn exists(&self, key: String) -> Result<bool, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.is_locked(&key)),
+            Backend::Redis(redis) => redis.exists(&key).await,
+        }
+    }
+
+    pub(crate) fn exists_blocking(&self, key: String) -> Result<bool, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.is_locked(&key)),
+            Backend::Redis(redis) => {
+                let redis = redis.clone();
+                io::block_on(async move { redis.exists(&key).await })
+            }
+        }
+    }
+
+    /// Takes the lock if nobody holds it (`SET NX PX`).
+    pub(crate) async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.try_lock(key, token, lease)),
+            Backend::Redis(redis) => redis.try_lock(key, token, lease).await,
+        }
+    }
+
+    /// Deletes the lock if `token` still owns it; false when it does not.
+    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<bool, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.unlock(key, token)),
+            Backend::Redis(redis) => redis.unlock(key, token).await,
+        }
+    }
+
+    /// Renews the lease if `token` still owns the lock; false when it does not.
+    pub(crate) async fn extend(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.extend(key, token, lease)),
+            Backend::Redis(redis) => redis.extend(key, token, lease).await,
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The Redis backend: one auto-reconnecting multiplexed connection
+//! (redis-rs `ConnectionManager`) shared by every caller, and two Lua
+//! scripts that make lock release and renewal owner-only.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Script};
+
+use super::clamp_ttl;
+use crate::Error;
+use crate::cache::CacheValue;
+use crate::codec::Codec;
+use crate::error::BackendError;
+
+/// Deletes the lock only if it still holds our token.
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('DEL', KEYS[1]) \
+         else \
+             return 0 \
+         end",
+    )
+});
+
+/// Renews the lease only if the lock still holds our token.
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+         else \
+             return 0 \
+         end",
+    )
+});
+
+/// Connection settings taken from the builder.
+#[derive(Clone, Debug)]
+pub(crate) struct RedisSettings {
+    pub(crate) codec: Codec,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub(crate) struct RedisBackend {
+    connection: ConnectionManager,
+    codec: Codec,
+}
+
+impl RedisBackend {
+    /// Connects and PINGs, so that a wrong address, password or database
+    /// number is an error here rather than on the first cached call.
+    ///
+    /// Must run on the background runtime: redis-rs spawns the connection's
+    /// driver task on the runtime it is created from.
+    pub(crate) async fn connect(url: &str, settings: RedisSettings) -> Result<Self, Error> {
+        let shown = redact(url);
+        let client = redis::Client::open(url).map_err(|error| {
+            let hint = if error.to_string().contains("TLS") {
+                " (rediss:// needs cachify's `tls` feature)"
+            } else {
+                ""
+            };
+            Error::Config(format!("invalid Redis URL {shown}: {error}{hint}"))
+        })?;
+        let unreachable = |error: redis::RedisError| {
+            Error::Backend(BackendError::new(format!("cannot use Redis at {shown}: {error}")))
+        };
+
+        let probe_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.command_timeout));
+        let mut probe = client
+            .get_multiplexed_async_connection_with_config(&probe_config)
+            .await
+            .map_err(unreachable)?;
+        redis::cmd("PING").query_async::<()>(&mut probe).await.map_err(unreachable)?;
+        drop(probe);
+
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.command_timeout));
+        let connection = ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map_err(unreachable)?;
+        Ok(Self { connection, codec: settings.codec })
+    }
+
+    pub(crate) fn encode<T: CacheValue>(&self, value: &T) -> Result<Vec<u8>, Error> {
+        Ok(self.codec.encode(value)?)
+    }
+
+    pub(crate) fn decode<T: CacheValue>(&self, bytes: &[u8]) -> Result<T, Error> {
+        Ok(self.codec.decode(bytes)?)
+    }
+
+    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("GET").arg(key).query_async(&mut connection).await?)
+    }
+
+    pub(crate) async fn get<T: CacheValue>(&self, key: &str) -> Result<Option<T>, Error> {
+        match self.get_bytes(key).await? {
+            Some(bytes) => self.decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(bytes);
+        if let Some(ttl) = ttl {
+            command.arg("PX").arg(millis(ttl));
+        }
+        Ok(command.query_async::<()>(&mut connection).await?)
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("DEL").arg(key).query_async::<()>(&mut connection).await?)
+    }
+
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("EXISTS").arg(key).query_async(&mut connection).await?)
+    }
+
+    pub(crate) async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease))
+            .query_async(&mut connection)
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        let deleted: i64 = UNLOCK.key(key).arg(token).invoke_async(&mut connection).await?;
+        Ok(deleted == 1)
+    }
+
+    pub(crate) async fn extend(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        let renewed: i64 =
+            EXTEND.key(key).arg(token).arg(millis(lease)).invoke_async(&mut connection).await?;
+        Ok(renewed == 1)
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    // clamp_ttl keeps this far below u64::MAX milliseconds.
+    clamp_ttl(ttl).as_millis() as u64
+}
+
+/// The URL as it may be shown: any password replaced by `***`. A URL that
+/// does not parse is not shown at all, since it may still hold a password.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not shown: it has no scheme such as redis://)".to_owned();
+    };
+    // Split at the last `@`: a password may itself hold `@`, `:` or `/`.
+    match rest.rsplit_once('@') {
+        Some((user_info, host_and_path)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("`{scheme}://{user}:***@{host_and_path}`"),
+            // A lone `word@` may be a password written without its colon.
+            None => format!("`{scheme}://***@{host_and_path}`"),
+        },
+        None => format!("`{url}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact("redis://:s3cret@h:1/0"), "`redis://:***@h:1/0`");
+        assert_eq!(redact("rediss://u:s3cret@h/2"), "`rediss://u:***@h/2`");
+        assert_eq!(redact("redis://s3cret@h"), "`redis://***@h`");
+        assert_eq!(redact("redis://u:pa/ss@h/0"), "`redis://u:***@h/0`");
+        assert_eq!(redact("redis://h:6379/0"), "`redis://h:6379/0`");
+        assert!(!redact("s3cret").contains("s3cret"));
+        assert!(!redact("redis://u:p@ss:w@rd@h/0").contains("ss:w"));
+    }
+}

@@ -1,0 +1,39 @@
+//! The one global client the macros use unless told otherwise.
+
+use std::sync::OnceLock;
+
+use crate::{Cachify, Error};
+
+static GLOBAL: OnceLock<Cachify> = OnceLock::new();
+
+/// Makes `client` the global client. Call it once, at startup, before the
+/// first cached call.
+///
+/// A second call, or a call after cachify already fell back to its memory
+/// client, returns [`Error::AlreadyInitialized`] and changes nothing.
+///
+/// ```
+/// let client = cachify::Cachify::builder().memory().build_blocking()?;
+/// cachify::init(client)?;
+/// let again = cachify::Cachify::builder().memory().build_blocking()?;
+/// assert!(matches!(cachify::init(again), Err(cachify::Error::AlreadyInitialized)));
+/// # Ok::<(), cachify::Error>(())
+/// ```
+pub fn init(client: Cachify) -> Result<(), Error> {
+    GLOBAL.set(client).map_err(|_| Error::AlreadyInitialized)
+}
+
+/// The client in force: the one given to [`init`], or, if cachify was used
+/// before any `init`, an in-process memory client (with one warning logged).
+///
+/// ```
+/// assert_eq!(cachify::global().prefix(), "cachify:");
+/// ```
+pub fn global() -> &'static Cachify {
+    GLOBAL.get_or_init(|| {
+        tracing::warn!(
+            "cachify was used before `cachify::init`; falling back to an in-process memory client"
+        );
+        Cachify::memory_fallback()
+    })
+}

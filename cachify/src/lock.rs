@@ -1,0 +1,262 @@
+//! Owned distributed locks: `SET key token NX PX`, owner-only release and
+//! renewal, and a watchdog that renews the lease while the holder runs.
+//!
+//! Locks fail closed: a backend error is `Err(Error::Backend)`, never a run
+//! without the lock.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, clamp_ttl};
+use crate::key::{self, KeyKind};
+use crate::{Cachify, Error, io};
+
+/// First pause between two attempts while waiting for a held lock; it
+/// doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Shortest gap between two renewals, whatever the lease.
+const MIN_RENEW_PERIOD: Duration = Duration::from_millis(1);
+
+/// Starts building a lock on the global client (see [`crate::global`]).
+///
+/// `name` is used as written: `cachify::lock("report-7")` and
+/// `#[lock("report-{id}")]` called with `id = 7` share one lock.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// use std::time::Duration;
+///
+/// let guard = cachify::lock("nightly-import")
+///     .ttl(Duration::from_secs(30))
+///     .wait(Duration::from_secs(5))
+///     .acquire()
+///     .await?;
+/// // ... only one holder at a time runs this, across every process ...
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub fn lock(name: impl Into<String>) -> LockBuilder<'static> {
+    LockBuilder { client: None, name: name.into(), ttl: None, wait: Duration::ZERO }
+}
+
+/// Configures one lock before acquiring it; from [`lock()`] or [`Cachify::lock`].
+#[must_use = "a lock is only taken by `acquire()` or `acquire_blocking()`"]
+#[derive(Debug)]
+pub struct LockBuilder<'a> {
+    client: Option<&'a Cachify>,
+    name: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+}
+
+impl<'a> LockBuilder<'a> {
+    pub(crate) fn on(client: &'a Cachify, name: String) -> Self {
+        Self { client: Some(client), name, ttl: None, wait: Duration::ZERO }
+    }
+
+    /// The lease: how long the lock outlives a holder that crashed. While
+    /// the holder is alive a watchdog renews it every `ttl / 3`. Defaults to
+    /// the client's `lock_ttl`; below one millisecond rounds up to 1 ms.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long to wait for a held lock before giving up with
+    /// [`Error::Locked`]. Defaults to zero: a held lock is refused at once.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    fn parts(self) -> (Cachify, String, Option<Duration>, Duration) {
+        let client = self.client.unwrap_or_else(|| crate::global()).clone();
+        let key = key::plain(client.prefix(), KeyKind::Lock, &self.name);
+        (client, key, self.ttl, self.wait)
+    }
+
+    /// Takes the lock, waiting up to `wait` if it is held.
+    pub async fn acquire(self) -> Result<LockGuard, Error> {
+        let (client, key, ttl, wait) = self.parts();
+        acquire_owned(client, key, ttl, wait).await
+    }
+
+    /// Blocking twin of [`LockBuilder::acquire`], for code without a runtime
+    /// (it also works inside one, blocking only the calling thread).
+    pub fn acquire_blocking(self) -> Result<LockGuard, Error> {
+        let (client, key, ttl, wait) = self.parts();
+        io::block_on(acquire_owned(client, key, ttl, wait))
+    }
+}
+
+/// A held lock. Released by [`LockGuard::release`], or when dropped
+/// (including on panic or when the future holding it is cancelled).
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct LockGuard {
+    backend: Backend,
+    key: String,
+    token: String,
+    watchdog: Option<AbortHandle>,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    /// The full backend key of this lock.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Releases the lock. `Err(Error::NotOwner)` means it was no longer
+    /// ours: the lease ran out or someone deleted or took the key.
+    pub async fn release(mut self) -> Result<(), Error> {
+        self.stop_watchdog();
+        let (backend, key, token) = self.take();
+        match backend.unlock(&key, &token).await? {
+            true => Ok(()),
+            false => Err(Error::NotOwner),
+        }
+    }
+
+    /// Blocking twin of [`LockGuard::release`].
+    pub fn release_blocking(mut self) -> Result<(), Error> {
+        self.stop_watchdog();
+        let (backend, key, token) = self.take();
+        io::block_on(async move {
+            match backend.unlock(&key, &token).await? {
+                true => Ok(()),
+                false => Err(Error::NotOwner),
+            }
+        })
+    }
+
+    /// Release at the end of a `#[once]`/`#[lock]` function: the function
+    /// already ran, so a failure is only worth a warning.
+    pub(crate) async fn release_after_run(self) {
+        let key = self.key.clone();
+        if let Err(error) = self.release().await {
+            tracing::warn!(key, %error, "cachify: releasing a lock after its function ran failed");
+        }
+    }
+
+    pub(crate) fn release_after_run_blocking(self) {
+        let key = self.key.clone();
+        if let Err(error) = self.release_blocking() {
+            tracing::warn!(key, %error, "cachify: releasing a lock after its function ran failed");
+        }
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+    }
+
+    /// Moves the parts out, leaving an empty token so `Drop` does nothing.
+    fn take(&mut self) -> (Backend, String, String) {
+        (self.backend.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token))
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+        if self.token.is_empty() {
+            return;
+        }
+        let (backend, key, token) = self.take();
+        // Drop cannot await: release in the background. Owner-only release
+        // makes a late one harmless.
+        io::spawn(async move {
+            if let Err(error) = backend.unlock(&key, &token).await {
+                tracing::warn!(key, %error, "cachify: releasing a dropped lock failed; it expires after its lease");
+            }
+        });
+    }
+}
+
+/// A random 128-bit token, as 32 hex digits.
+fn new_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| Error::Config(format!("no randomness for a lock token: {error}")))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+pub(crate) async fn acquire(
+    client: &Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<LockGuard, Error> {
+    acquire_owned(client.clone(), key, ttl, wait).await
+}
+
+pub(crate) fn acquire_blocking(
+    client: &Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<LockGuard, Error> {
+    io::block_on(acquire_owned(client.clone(), key, ttl, wait))
+}
+
+async fn acquire_owned(
+    client: Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<LockGuard, Error> {
+    let lease = clamp_ttl(ttl.unwrap_or(client.lock_ttl()));
+    let token = new_token()?;
+    let backend = client.backend().clone();
+    let deadline = Instant::now() + wait;
+    let mut pause = FIRST_RETRY_PAUSE;
+    loop {
+        match backend.try_lock(&key, &token, lease).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(key, %error, "cachify: could not take a lock; refusing to run without it");
+                return Err(error);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Locked { key });
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(MAX_RETRY_PAUSE);
+    }
+    let watchdog = io::spawn(renew(backend.clone(), key.clone(), token.clone(), lease)).abort_handle();
+    Ok(LockGuard { backend, key, token, watchdog: Some(watchdog) })
+}
+
+/// Renews the lease every third of it until aborted or the lock is lost.
+async fn renew(backend: Backend, key: String, token: String, lease: Duration) {
+    let period = (lease / 3).max(MIN_RENEW_PERIOD);
+    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match backend.extend(&key, &token, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(key, "cachify: lock lost while its holder was still running (lease expired or key taken)");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, "cachify: could not renew a lock lease; will retry");
+            }
+        }
+    }
+}
