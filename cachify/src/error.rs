@@ -49,20 +49,22 @@ pub enum Error {
 #[derive(Debug)]
 pub struct BackendError {
     message: String,
+    timed_out: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl BackendError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), source: None }
+        Self { message: message.into(), timed_out: false, source: None }
+    }
+
+    pub(crate) fn timed_out(limit: std::time::Duration) -> Self {
+        Self { message: format!("no answer within {limit:?}"), timed_out: true, source: None }
     }
 
     /// True when the failure was a timeout rather than an error reply.
     pub fn is_timeout(&self) -> bool {
-        self.source
-            .as_ref()
-            .and_then(|source| source.downcast_ref::<redis::RedisError>())
-            .is_some_and(redis::RedisError::is_timeout)
+        self.timed_out
     }
 }
 
@@ -82,7 +84,7 @@ impl From<redis::RedisError> for BackendError {
     fn from(error: redis::RedisError) -> Self {
         // redis-rs error texts name the command and the server's reply, never
         // the connection's credentials.
-        Self { message: error.to_string(), source: Some(Box::new(error)) }
+        Self { message: error.to_string(), timed_out: error.is_timeout(), source: Some(Box::new(error)) }
     }
 }
 

@@ -46,7 +46,7 @@ mod lock;
 #[doc(hidden)]
 pub mod __private;
 
-//TMP pub use cachify_macros::{cached, lock, once};
+pub use cachify_macros::{cached, lock, once};
 
 pub use crate::cache::CacheValue;
 pub use crate::client::{Cachify, CachifyBuilder};

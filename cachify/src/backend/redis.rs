@@ -2,6 +2,7 @@
 //! (redis-rs `ConnectionManager`) shared by every caller, and two Lua
 //! scripts that make lock release and renewal owner-only.
 
+use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ pub(crate) struct RedisSettings {
 pub(crate) struct RedisBackend {
     connection: ConnectionManager,
     codec: Codec,
+    command_timeout: Duration,
 }
 
 impl RedisBackend {
@@ -86,7 +88,17 @@ impl RedisBackend {
         let connection = ConnectionManager::new_with_config(client, manager_config)
             .await
             .map_err(unreachable)?;
-        Ok(Self { connection, codec: settings.codec })
+        Ok(Self { connection, codec: settings.codec, command_timeout: settings.command_timeout })
+    }
+
+    /// Bounds one operation by the command timeout. redis-rs has its own
+    /// response timeout, but while it reconnects (with backoff) a command
+    /// waits for the reconnection; this keeps every call within the limit.
+    async fn timed<T>(&self, operation: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
+        match tokio::time::timeout(self.command_timeout, operation).await {
+            Ok(reply) => Ok(reply?),
+            Err(_) => Err(Error::Backend(BackendError::timed_out(self.command_timeout))),
+        }
     }
 
     pub(crate) fn encode<T: CacheValue>(&self, value: &T) -> Result<Vec<u8>, Error> {
@@ -99,7 +111,7 @@ impl RedisBackend {
 
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let mut connection = self.connection.clone();
-        Ok(redis::cmd("GET").arg(key).query_async(&mut connection).await?)
+        self.timed(redis::cmd("GET").arg(key).query_async(&mut connection)).await
     }
 
     pub(crate) async fn get<T: CacheValue>(&self, key: &str) -> Result<Option<T>, Error> {
@@ -116,42 +128,40 @@ impl RedisBackend {
         if let Some(ttl) = ttl {
             command.arg("PX").arg(millis(ttl));
         }
-        Ok(command.query_async::<()>(&mut connection).await?)
+        self.timed(command.query_async::<()>(&mut connection)).await
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), Error> {
         let mut connection = self.connection.clone();
-        Ok(redis::cmd("DEL").arg(key).query_async::<()>(&mut connection).await?)
+        self.timed(redis::cmd("DEL").arg(key).query_async::<()>(&mut connection)).await
     }
 
     pub(crate) async fn exists(&self, key: &str) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
-        Ok(redis::cmd("EXISTS").arg(key).query_async(&mut connection).await?)
+        self.timed(redis::cmd("EXISTS").arg(key).query_async(&mut connection)).await
     }
 
     pub(crate) async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(lease))
-            .query_async(&mut connection)
-            .await?;
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(token).arg("NX").arg("PX").arg(millis(lease));
+        let reply: Option<String> = self.timed(command.query_async(&mut connection)).await?;
         Ok(reply.is_some())
     }
 
     pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
-        let deleted: i64 = UNLOCK.key(key).arg(token).invoke_async(&mut connection).await?;
+        let mut invocation = UNLOCK.key(key);
+        invocation.arg(token);
+        let deleted: i64 = self.timed(invocation.invoke_async(&mut connection)).await?;
         Ok(deleted == 1)
     }
 
     pub(crate) async fn extend(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
-        let renewed: i64 =
-            EXTEND.key(key).arg(token).arg(millis(lease)).invoke_async(&mut connection).await?;
+        let mut invocation = EXTEND.key(key);
+        invocation.arg(token).arg(millis(lease));
+        let renewed: i64 = self.timed(invocation.invoke_async(&mut connection)).await?;
         Ok(renewed == 1)
     }
 }

@@ -1,0 +1,182 @@
+//! Parsing of the attribute arguments: `("template", name = expr, ...)`.
+
+use proc_macro2::{Literal, Span, TokenStream};
+use syn::ext::IdentExt;
+use syn::parse::{ParseStream, Parser};
+use syn::{Expr, Ident, Lit, LitStr, Token};
+
+/// Which of the three macros is being expanded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Cached,
+    Once,
+    Lock,
+}
+
+impl Kind {
+    /// The attribute's name, as users write it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Cached => "cached",
+            Kind::Once => "once",
+            Kind::Lock => "lock",
+        }
+    }
+
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            Kind::Cached => &["ttl", "unless", "client"],
+            Kind::Once => &["ttl", "return_on_locked", "client"],
+            Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
+        }
+    }
+}
+
+/// A `ttl` or `wait` value.
+pub(crate) enum Duration {
+    /// An integer literal: whole seconds, as an unsuffixed literal.
+    Secs(Literal),
+    /// Any other expression, which must evaluate to a `core::time::Duration`.
+    Expr(Expr),
+}
+
+/// The parsed arguments of one attribute.
+pub(crate) struct Args {
+    pub(crate) template: LitStr,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) unless: Option<Expr>,
+    pub(crate) return_on_locked: Option<Expr>,
+    pub(crate) client: Option<Expr>,
+}
+
+/// Parses the tokens inside `#[cached(...)]`, `#[once(...)]` or `#[lock(...)]`.
+pub(crate) fn parse(kind: Kind, args: TokenStream) -> syn::Result<Args> {
+    let parser = |input: ParseStream| parse_args(kind, input);
+    parser.parse2(args)
+}
+
+fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
+    let template = parse_template(kind, input)?;
+    let mut args = Args {
+        template,
+        ttl: None,
+        wait: None,
+        unless: None,
+        return_on_locked: None,
+        client: None,
+    };
+    while !input.is_empty() {
+        input.parse::<Token![,]>()?;
+        if input.is_empty() {
+            break;
+        }
+        // `parse_any` so that a keyword such as `type = 1` is reported as an unknown option.
+        let name = Ident::parse_any(input)?;
+        let option = name.to_string();
+        check_option(kind, &name, &option)?;
+        input.parse::<Token![=]>()?;
+        let value: Expr = input.parse()?;
+        let duplicate = || {
+            syn::Error::new(
+                name.span(),
+                format!("duplicate option `{option}` in `#[{}]`", kind.name()),
+            )
+        };
+        match option.as_str() {
+            "ttl" => {
+                if args.ttl.is_some() {
+                    return Err(duplicate());
+                }
+                args.ttl = Some(duration(value, false)?);
+            }
+            "wait" => {
+                if args.wait.is_some() {
+                    return Err(duplicate());
+                }
+                args.wait = Some(duration(value, true)?);
+            }
+            "unless" => set_once(&mut args.unless, value, duplicate)?,
+            "return_on_locked" => set_once(&mut args.return_on_locked, value, duplicate)?,
+            _ => set_once(&mut args.client, value, duplicate)?,
+        }
+    }
+    Ok(args)
+}
+
+fn parse_template(kind: Kind, input: ParseStream) -> syn::Result<LitStr> {
+    let message = format!(
+        "`#[{}]` takes a key template string as its first argument, e.g. `#[{}(\"user-{{user_id}}\")]`",
+        kind.name(),
+        kind.name(),
+    );
+    if input.is_empty() {
+        return Err(syn::Error::new(Span::call_site(), message));
+    }
+    if !input.peek(Lit) {
+        return Err(input.error(message));
+    }
+    match input.parse::<Lit>()? {
+        Lit::Str(template) if template.suffix().is_empty() => Ok(template),
+        other => Err(syn::Error::new(other.span(), message)),
+    }
+}
+
+fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
+    let valid = kind.options();
+    if valid.contains(&option) {
+        return Ok(());
+    }
+    let list = valid.join(", ");
+    let macro_name = kind.name();
+    let message = match option {
+        "wait" => format!(
+            "option `wait` is not valid for `#[{macro_name}]` (only `#[lock]` waits); valid options are: {list}"
+        ),
+        "unless" => format!(
+            "option `unless` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
+        ),
+        "return_on_locked" => format!(
+            "option `return_on_locked` is not valid for `#[{macro_name}]` (only `#[once]` and `#[lock]` take it); valid options are: {list}"
+        ),
+        _ => format!("unknown option `{option}` for `#[{macro_name}]`; valid options are: {list}"),
+    };
+    Err(syn::Error::new(name.span(), message))
+}
+
+fn set_once(
+    slot: &mut Option<Expr>,
+    value: Expr,
+    duplicate: impl FnOnce() -> syn::Error,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(duplicate());
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Integer literals are seconds; anything else is left to the type checker as a `Duration`.
+fn duration(value: Expr, zero_allowed: bool) -> syn::Result<Duration> {
+    // A literal passed through a `macro_rules!` `$ttl:expr` arrives wrapped in an invisible group.
+    let mut inner = &value;
+    while let Expr::Group(group) = inner {
+        inner = &group.expr;
+    }
+    let Expr::Lit(syn::ExprLit {
+        lit: Lit::Int(int), ..
+    }) = inner
+    else {
+        return Ok(Duration::Expr(value));
+    };
+    let seconds: u64 = int.base10_parse()?;
+    if seconds == 0 && !zero_allowed {
+        return Err(syn::Error::new(
+            int.span(),
+            "ttl must be at least 1 second; omit it to use the client's default",
+        ));
+    }
+    let mut literal = Literal::u64_unsuffixed(seconds);
+    literal.set_span(int.span());
+    Ok(Duration::Secs(literal))
+}

@@ -1,0 +1,577 @@
+//! Code generation: the wrapped function and its `_reset`/`_is_locked`/`_release` siblings.
+
+use std::collections::HashSet;
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{ToTokens, TokenStreamExt, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::visit_mut::{self, VisitMut};
+use syn::{
+    AttrStyle, Attribute, FnArg, GenericParam, Generics, Ident, ItemFn, LitStr, Pat, ReturnType,
+    Token, WherePredicate,
+};
+
+use crate::attr::{self, Args, Duration, Kind};
+use crate::fmt::{self, Field, Piece};
+use crate::valid;
+
+/// Expands one attribute. Errors become `compile_error!` next to the item
+/// left untouched, so the error is the only one the user sees.
+pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
+    match try_expand(kind, args, item.clone()) {
+        Ok(tokens) => tokens,
+        Err(error) => {
+            let error = error.to_compile_error();
+            quote!(#error #item)
+        }
+    }
+}
+
+fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let args = attr::parse(kind, args)?;
+    let function = valid::function(kind, item)?;
+    let pieces = fmt::parse(&args.template.value())
+        .map_err(|message| syn::Error::new(args.template.span(), message))?;
+    let roots = valid::placeholders(&function.sig, &args.template, &pieces)?;
+    valid::return_type(kind, &args, &function.sig)?;
+
+    let key = Key {
+        kind,
+        args: &args,
+        pieces: &pieces,
+        roots: &roots,
+    };
+    let main = wrap(&key, &function);
+    let siblings = siblings(&key, &function);
+    Ok(quote!(#main #(#siblings)*))
+}
+
+/// Everything needed to render the key, shared by the function and its siblings.
+struct Key<'a> {
+    kind: Kind,
+    args: &'a Args,
+    pieces: &'a [Piece],
+    /// The parameter binding each placeholder reads, in template order.
+    roots: &'a [Ident],
+}
+
+/// Names of generated locals: mixed-site hygiene keeps them apart from user code.
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+impl Key<'_> {
+    /// Binds the client and the rendered key, as `__cachify_client` and `__cachify_key`.
+    fn prelude(&self) -> TokenStream {
+        let client_var = local("__cachify_client");
+        let key_var = local("__cachify_key");
+        let template_const = local("__CACHIFY_TEMPLATE");
+        let client = match &self.args.client {
+            Some(client) => client.to_token_stream(),
+            None => quote!(::cachify::__private::global()),
+        };
+        let kind = match self.kind {
+            Kind::Cached => quote!(Cached),
+            Kind::Once => quote!(Once),
+            Kind::Lock => quote!(Lock),
+        };
+        let template = &self.args.template;
+        let text = LitStr::new(&template.value(), template.span());
+        let span = template.span();
+        let pieces = self.pieces.iter().map(|piece| match piece {
+            Piece::Text(text) => quote!(::cachify::__private::Piece::Text(#text)),
+            Piece::Value(placeholder) => {
+                let stop = match placeholder.stop {
+                    Some(stop) => quote!(::core::option::Option::Some(#stop)),
+                    None => quote!(::core::option::Option::None),
+                };
+                quote!(::cachify::__private::Piece::Value { stop: #stop })
+            }
+        });
+        // Each root resolves like the parameter's own identifier, even when a
+        // `macro_rules!` wrote the function; the template's span puts a
+        // missing `Display` impl or field on the template.
+        let placeholders = self.pieces.iter().filter_map(|piece| match piece {
+            Piece::Value(placeholder) => Some(placeholder),
+            Piece::Text(_) => None,
+        });
+        let values = placeholders.zip(self.roots).map(|(placeholder, root)| {
+            let fields = placeholder.fields.iter().map(|field| match field {
+                Field::Named(name) => Ident::new(name, span).into_token_stream(),
+                Field::Index(index) => syn::Index {
+                    index: *index,
+                    span,
+                }
+                .into_token_stream(),
+            });
+            quote_spanned!(span=> &(#root #(. #fields)*) as &dyn ::core::fmt::Display)
+        });
+        quote! {
+            let #client_var: &::cachify::Cachify = #client;
+            const #template_const: ::cachify::__private::KeyTemplate = ::cachify::__private::KeyTemplate {
+                text: #text,
+                pieces: &[#(#pieces),*],
+            };
+            let #key_var = ::cachify::__private::key(
+                #client_var,
+                ::cachify::__private::KeyKind::#kind,
+                &#template_const,
+                &[#(#values),*],
+            );
+        }
+    }
+
+    /// Names the template and the client expression use, to pick the siblings' parameters.
+    fn used_names(&self) -> HashSet<String> {
+        let mut names: HashSet<String> = self.roots.iter().map(ToString::to_string).collect();
+        if let Some(client) = &self.args.client {
+            let mut visitor = ExprNames(&mut names);
+            visitor.visit_expr(client);
+        }
+        names
+    }
+}
+
+/// Collects single-segment paths (variables, `self`) in an expression, and
+/// conservatively every identifier inside macro calls.
+struct ExprNames<'a>(&'a mut HashSet<String>);
+
+impl Visit<'_> for ExprNames<'_> {
+    fn visit_expr_path(&mut self, path: &syn::ExprPath) {
+        if let (None, Some(ident)) = (&path.qself, path.path.get_ident()) {
+            self.0.insert(ident.to_string());
+        }
+        syn::visit::visit_expr_path(self, path);
+    }
+
+    fn visit_macro(&mut self, mac: &syn::Macro) {
+        mentioned(mac.tokens.clone(), self.0);
+    }
+}
+
+/// Every identifier in `tokens`, lifetimes written as `'a`.
+fn mentioned(tokens: TokenStream, out: &mut HashSet<String>) {
+    let mut after_quote = false;
+    for token in tokens {
+        match &token {
+            TokenTree::Group(group) => mentioned(group.stream(), out),
+            TokenTree::Ident(ident) if after_quote => {
+                out.insert(format!("'{ident}"));
+            }
+            TokenTree::Ident(ident) => {
+                out.insert(ident.to_string());
+            }
+            TokenTree::Punct(_) | TokenTree::Literal(_) => {}
+        }
+        after_quote = matches!(&token, TokenTree::Punct(punct) if punct.as_char() == '\'');
+    }
+}
+
+fn mentions(tokens: &impl ToTokens) -> HashSet<String> {
+    let mut names = HashSet::new();
+    mentioned(tokens.to_token_stream(), &mut names);
+    names
+}
+
+/// The return type as the generated code spells it.
+struct Output<'a> {
+    /// The return type, `()` when there is none, `_` when it contains `impl Trait`.
+    ty: TokenStream,
+    /// Whether `ty` is a real type that can annotate a closure or a `let`.
+    nameable: bool,
+    /// The type after `->`, if any.
+    declared: Option<&'a syn::Type>,
+}
+
+impl<'a> Output<'a> {
+    fn new(output: &'a ReturnType) -> Self {
+        match output {
+            ReturnType::Default => Output {
+                ty: quote!(()),
+                nameable: true,
+                declared: None,
+            },
+            ReturnType::Type(_, ty) => {
+                let nameable = !mentions(ty).contains("impl");
+                Output {
+                    ty: if nameable {
+                        ty.to_token_stream()
+                    } else {
+                        quote!(_)
+                    },
+                    nameable,
+                    declared: Some(ty),
+                }
+            }
+        }
+    }
+
+    /// Where a type error about the return type is reported: at its generic
+    /// argument `index` if it has one (`User` in `Result<User, E>`), else at
+    /// the whole type.
+    fn span(&self, index: Option<usize>) -> Span {
+        match self.declared {
+            Some(ty) => index
+                .and_then(|index| valid::type_argument(ty, index))
+                .unwrap_or(ty)
+                .span(),
+            None => Span::call_site(),
+        }
+    }
+
+    /// The user's block as a future or a closure, typed like the function so
+    /// that `?`, early `return`s and coercions behave as they did.
+    fn body(&self, sig: &syn::Signature, block: &syn::Block) -> TokenStream {
+        let ty = &self.ty;
+        match (sig.asyncness.is_some(), self.nameable) {
+            (true, true) => {
+                // An async block cannot be annotated; a typed `return` fixes its
+                // output type before the body is checked.
+                let fake = local("__cachify_return");
+                // Inserted into the user's own braces: a nested block would
+                // trip `unused_braces` on the user's code.
+                let mut body = TokenStream::new();
+                block.brace_token.surround(&mut body, |body| {
+                    body.extend(quote! {
+                        #[allow(unreachable_code)]
+                        if false {
+                            let #fake: #ty = loop {};
+                            return #fake;
+                        }
+                    });
+                    body.append_all(&block.stmts);
+                });
+                quote!(async move #body)
+            }
+            (true, false) => quote!(async move #block),
+            (false, true) => quote!(move || -> #ty #block),
+            (false, false) => quote!(move || #block),
+        }
+    }
+}
+
+/// The function itself: signature untouched, body wrapped.
+fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let prelude = key.prelude();
+    let client_var = local("__cachify_client");
+    let key_var = local("__cachify_key");
+    let output = Output::new(&sig.output);
+    let body = output.body(sig, block);
+    let ttl = match &key.args.ttl {
+        Some(ttl) => {
+            let ttl = duration(ttl);
+            quote!(::core::option::Option::Some(#ttl))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let dot_await = sig.asyncness.map(|_| quote!(.await));
+    let call = if key.kind == Kind::Cached {
+        let (policy, stored) = if valid::is_result_like(&sig.output) {
+            (quote!(OkOnly), Some(0))
+        } else {
+            (quote!(Whole), None)
+        };
+        let runner = if sig.asyncness.is_some() {
+            quote!(cached)
+        } else {
+            quote!(cached_blocking)
+        };
+        let ty = &output.ty;
+        let unless = match &key.args.unless {
+            Some(unless) => unless.to_token_stream(),
+            None => quote!(::cachify::__private::store_all),
+        };
+        // Spanned at the stored type, so an unmet `Policy` bound (not
+        // serializable, not `Clone`) is reported there.
+        let call = quote_spanned!(output.span(stored)=>
+            ::cachify::__private::#runner::<::cachify::__private::#policy, #ty, _, _>(
+                #client_var, #key_var, #ttl, #body, #unless
+            )
+        );
+        quote!(#call #dot_await)
+    } else {
+        let (acquire, run) = if sig.asyncness.is_some() {
+            (quote!(acquire), quote!(run_locked))
+        } else {
+            (quote!(acquire_blocking), quote!(run_locked_blocking))
+        };
+        let wait = match &key.args.wait {
+            Some(wait) => duration(wait),
+            None => quote!(::core::time::Duration::ZERO),
+        };
+        let guard = local("__cachify_guard");
+        // The refused arm runs instead of the body, so the user's expression may
+        // still use the arguments the body would have moved.
+        let refused = match &key.args.return_on_locked {
+            Some(value) => quote!(::core::result::Result::Err(_) => #value),
+            None => {
+                let error = local("__cachify_error");
+                // Spanned at the error type, where a missing `From` impl is reported.
+                let convert =
+                    quote_spanned!(output.span(Some(1))=> ::cachify::__private::lock_error(#error));
+                quote! {
+                    ::core::result::Result::Err(#error) => ::core::result::Result::Err(#convert)
+                }
+            }
+        };
+        quote! {
+            match ::cachify::__private::#acquire(#client_var, #key_var, #ttl, #wait) #dot_await {
+                ::core::result::Result::Ok(#guard) =>
+                    ::cachify::__private::#run(#guard, #body) #dot_await,
+                #refused,
+            }
+        }
+    };
+    // Inner attributes (`#![allow(..)]` at the top of the body) stay inside.
+    let outer = attrs
+        .iter()
+        .filter(|attr| matches!(attr.style, AttrStyle::Outer));
+    let inner = attrs
+        .iter()
+        .filter(|attr| matches!(attr.style, AttrStyle::Inner(_)));
+    quote! {
+        #(#outer)*
+        #vis #sig {
+            #(#inner)*
+            #prelude
+            #call
+        }
+    }
+}
+
+fn duration(duration: &Duration) -> TokenStream {
+    match duration {
+        Duration::Secs(seconds) => quote!(::cachify::__private::secs(#seconds)),
+        Duration::Expr(value) => {
+            let var = local("__cachify_duration");
+            // The user's span on the whole binding keeps a type mismatch on their expression.
+            quote_spanned!(value.span()=> {
+                let #var: ::core::time::Duration = #value;
+                #var
+            })
+        }
+    }
+}
+
+/// `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
+fn siblings(key: &Key, function: &ItemFn) -> Vec<TokenStream> {
+    let sig = &function.sig;
+    let name = &sig.ident;
+    let shown = name.unraw();
+    let used = key.used_names();
+
+    // Only the parameters the key needs, so callers pass just those.
+    let mut inputs = Vec::new();
+    let mut types = TokenStream::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) if used.contains("self") => {
+                let self_token = receiver.self_token;
+                inputs.push(quote!(&#self_token));
+            }
+            FnArg::Receiver(_) => {}
+            FnArg::Typed(typed) => {
+                let bindings = valid::bindings(&typed.pat);
+                if !bindings
+                    .iter()
+                    .any(|binding| used.contains(&binding.to_string()))
+                {
+                    continue;
+                }
+                let mut typed = typed.clone();
+                typed.attrs.retain(is_cfg);
+                Prune(&used).visit_pat_mut(&mut typed.pat);
+                typed.ty.to_tokens(&mut types);
+                inputs.push(typed.into_token_stream());
+            }
+        }
+    }
+    if let Some(client) = &key.args.client {
+        client.to_tokens(&mut types);
+    }
+    let generics = sibling_generics(&sig.generics, &mentions(&types));
+    let (generics, _, where_clause) = generics.split_for_impl();
+
+    // `cfg` so the siblings exist exactly when the function does; `allow` so
+    // a lint the user silenced on the signature stays silent on them.
+    let attrs: Vec<&Attribute> = function
+        .attrs
+        .iter()
+        .filter(|attr| matches!(attr.style, AttrStyle::Outer))
+        .filter(|attr| is_cfg(attr) || attr.path().is_ident("allow"))
+        .collect();
+    let vis = &function.vis;
+    let asyncness = &sig.asyncness;
+    let prelude = key.prelude();
+    let client_var = local("__cachify_client");
+    let key_var = local("__cachify_key");
+    let blocking = if asyncness.is_some() { "" } else { "_blocking" };
+    let dot_await = asyncness.map(|_| quote!(.await));
+
+    let specs: &[(&str, String, TokenStream, &str)] = match key.kind {
+        Kind::Cached => &[(
+            "reset",
+            format!(" Deletes the cached result of `{shown}` for these arguments."),
+            quote!(()),
+            "reset",
+        )],
+        Kind::Once | Kind::Lock => &[
+            (
+                "is_locked",
+                format!(
+                    " Whether a call of `{shown}` with these arguments holds its lock right now."
+                ),
+                quote!(bool),
+                "is_locked",
+            ),
+            (
+                "release",
+                format!(" Releases the lock of `{shown}` for these arguments, whoever holds it."),
+                quote!(()),
+                "force_release",
+            ),
+        ],
+    };
+    specs
+        .iter()
+        .map(|(suffix, doc, ok, runtime)| {
+            let sibling = format_ident!("{}_{}", name, suffix, span = name.span());
+            let runtime = format_ident!("{}{}", runtime, blocking);
+            quote! {
+                #(#attrs)*
+                #[doc = #doc]
+                #vis #asyncness fn #sibling #generics (#(#inputs),*)
+                    -> ::core::result::Result<#ok, ::cachify::Error>
+                #where_clause
+                {
+                    #prelude
+                    ::cachify::__private::#runtime(#client_var, #key_var) #dot_await
+                }
+            }
+        })
+        .collect()
+}
+
+fn is_cfg(attr: &Attribute) -> bool {
+    attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr")
+}
+
+/// Rewrites a kept parameter pattern: no `mut`, and `_` for the bindings the
+/// key does not use, so the sibling compiles without unused warnings.
+struct Prune<'a>(&'a HashSet<String>);
+
+impl VisitMut for Prune<'_> {
+    fn visit_pat_mut(&mut self, pat: &mut Pat) {
+        let replacement = match pat {
+            Pat::Ident(binding) => {
+                binding.mutability = None;
+                if self.0.contains(&binding.ident.to_string()) {
+                    None
+                } else {
+                    let underscore = Token![_](binding.ident.span());
+                    Some(match binding.subpat.take() {
+                        Some((_, subpattern)) => *subpattern,
+                        None => Pat::Wild(syn::PatWild {
+                            attrs: Vec::new(),
+                            underscore_token: underscore,
+                        }),
+                    })
+                }
+            }
+            _ => None,
+        };
+        if let Some(replacement) = replacement {
+            *pat = replacement;
+        }
+        visit_mut::visit_pat_mut(self, pat);
+    }
+
+    fn visit_field_pat_mut(&mut self, field: &mut syn::FieldPat) {
+        visit_mut::visit_field_pat_mut(self, field);
+        // Shorthand `Foo { a }` prints only its pattern; once that is `_`, the field must be named.
+        if field.colon_token.is_none() && !matches!(&*field.pat, Pat::Ident(_)) {
+            field.colon_token = Some(Token![:](field.member.span()));
+        }
+    }
+}
+
+/// The generic parameters the kept parameter types (and the client) mention,
+/// with every bound and predicate that mentions a dropped one removed, so
+/// each kept parameter is inferred from the arguments.
+fn sibling_generics(generics: &Generics, mentioned: &HashSet<String>) -> Generics {
+    let name = |param: &GenericParam| match param {
+        GenericParam::Type(param) => param.ident.to_string(),
+        GenericParam::Lifetime(param) => param.lifetime.to_string(),
+        GenericParam::Const(param) => param.ident.to_string(),
+    };
+    let (kept, dropped): (HashSet<String>, HashSet<String>) = generics
+        .params
+        .iter()
+        .map(name)
+        .partition(|name| mentioned.contains(name));
+
+    let mut sibling = generics.clone();
+    sibling.params = generics
+        .params
+        .iter()
+        .filter(|param| kept.contains(&name(param)))
+        .cloned()
+        .map(|mut param| {
+            match &mut param {
+                GenericParam::Type(param) => param.bounds = without(&param.bounds, &dropped),
+                GenericParam::Lifetime(param) => param.bounds = without(&param.bounds, &dropped),
+                GenericParam::Const(_) => {}
+            }
+            param
+        })
+        .collect();
+    if let Some(where_clause) = &mut sibling.where_clause {
+        where_clause.predicates = where_clause
+            .predicates
+            .iter()
+            .filter_map(|predicate| match predicate {
+                WherePredicate::Type(predicate) => {
+                    let bounded = mentions(&predicate.bounded_ty);
+                    let relevant = bounded.contains("Self") || !bounded.is_disjoint(&kept);
+                    if !relevant || !bounded.is_disjoint(&dropped) {
+                        return None;
+                    }
+                    let mut predicate = predicate.clone();
+                    predicate.bounds = without(&predicate.bounds, &dropped);
+                    (!predicate.bounds.is_empty()).then_some(WherePredicate::Type(predicate))
+                }
+                WherePredicate::Lifetime(predicate) => {
+                    if !kept.contains(&predicate.lifetime.to_string()) {
+                        return None;
+                    }
+                    let mut predicate = predicate.clone();
+                    predicate.bounds = without(&predicate.bounds, &dropped);
+                    (!predicate.bounds.is_empty()).then_some(WherePredicate::Lifetime(predicate))
+                }
+                _ => None,
+            })
+            .collect();
+    }
+    sibling
+}
+
+/// The bounds that mention none of the `dropped` generic parameters.
+fn without<T: ToTokens + Clone, P: Default>(
+    bounds: &Punctuated<T, P>,
+    dropped: &HashSet<String>,
+) -> Punctuated<T, P> {
+    bounds
+        .iter()
+        .filter(|bound| mentions(bound).is_disjoint(dropped))
+        .cloned()
+        .collect()
+}

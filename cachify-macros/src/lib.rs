@@ -1,0 +1,165 @@
+//! Attribute macros for [cachify](https://docs.rs/cachify): `#[cached]`, `#[once]` and `#[lock]`.
+//!
+//! Use them through the `cachify` crate, which re-exports them; the code they
+//! generate calls into `cachify` and does nothing on its own.
+
+mod attr;
+mod expand;
+mod fmt;
+mod valid;
+
+use proc_macro::TokenStream;
+
+use crate::attr::Kind;
+
+/// Caches the result of a function under a key built from its arguments.
+///
+/// ```ignore
+/// use cachify::cached;
+///
+/// #[cached("user-{user_id}", ttl = 300)]
+/// async fn read_user(user_id: i64, db: &Db) -> Result<User, AppError> {
+///     db.load_user(user_id).await
+/// }
+///
+/// // Generated beside it: drop the cached value after a write.
+/// read_user_reset(user_id).await?;
+/// ```
+///
+/// The first call with a given key runs the body and stores its result; later
+/// calls return the stored copy until it expires. What is stored depends on
+/// the return type: for a `Result` (any type spelled `Result`, `io::Result`,
+/// `AppResult`, ...) only `Ok` values are cached and errors always run again;
+/// any other type, `Option` included, is cached whole. The value must
+/// serialize and clone (see the `cachify` docs for the exact bounds).
+///
+/// # Key template
+///
+/// The first argument is a string such as `"user-{user_id}"`. Each `{name}`
+/// placeholder (or `<name>`, the same thing) is replaced by the value of the
+/// parameter `name`, formatted with `Display`. It may also read fields:
+/// `{user.id}`, `{pair.0}`, `{self.tenant}`. Parameters bound by patterns
+/// count too: with `Path(id): Path<i64>`, write `{id}`. `{{`, `}}`, `<<` and
+/// `>>` stand for a literal `{`, `}`, `<` and `>`. Two placeholders need some
+/// literal text between them (`"{a}:{b}"`, not `"{a}{b}"`), so that
+/// different arguments never produce the same key.
+///
+/// # Options
+///
+/// Written after the template as `name = value`, separated by commas:
+///
+/// - `ttl = 300`: how long a value stays cached. An integer literal is a
+///   number of seconds (at least 1); anything else must be an expression of
+///   type `core::time::Duration`, e.g. `ttl = Duration::from_millis(500)`.
+///   Without it the client's `default_ttl` applies (no expiry unless set).
+/// - `unless = <expr>`: a predicate `Fn(&T) -> bool` on the value that would
+///   be stored (the `Ok` value for a `Result`); when it returns `true` the
+///   value is returned but not cached, e.g. `unless = |user: &User| user.is_admin`.
+/// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global
+///   client, e.g. `client = &self.cache`. It may use `self` and the
+///   parameters; it is evaluated before the body runs and stays borrowed
+///   while the body runs, so it must not borrow a parameter that the body
+///   moves or mutates (use a `&'static` client there).
+///
+/// # Generated `<fn>_reset`
+///
+/// A sibling function named `<fn>_reset` is generated right after the
+/// function (inside an `impl` block it is an associated function beside it).
+/// It takes only the parameters the key template (and the `client`
+/// expression) use, plus `&self` if they use `self`, and returns
+/// `Result<(), cachify::Error>`. It is `async` when the function is. Because
+/// it is an extra item, these macros cannot be used on methods of a trait
+/// implementation.
+#[proc_macro_attribute]
+pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(Kind::Cached, args.into(), item.into()).into()
+}
+
+/// Runs a function at most once at a time per key, across every process
+/// sharing the backend; a call made while another holds the lock does not run.
+///
+/// ```ignore
+/// use cachify::once;
+///
+/// #[once("update-user-{user_id}", return_on_locked = Err(AppError::Busy))]
+/// async fn update_user(user_id: i64, new: NewUser, db: &Db) -> Result<User, AppError> {
+///     db.update_user(user_id, new).await
+/// }
+///
+/// // Generated beside it:
+/// let busy: bool = update_user_is_locked(user_id).await?;
+/// update_user_release(user_id).await?; // frees a lock left by a crashed process
+/// ```
+///
+/// The lock is taken before the body runs and released when it finishes.
+/// When it cannot be taken (another call holds it, or the backend failed:
+/// locks never run unprotected), the function returns at once without
+/// running the body: `return_on_locked` if given, otherwise
+/// `Err(E::from(error))` where `error` is the `cachify::Error` that refused
+/// the lock; the latter needs a return type `Result<_, E>` with
+/// `E: From<cachify::Error>`.
+///
+/// The key template is written as for [`macro@cached`]; `#[once]` keys live
+/// in their own key space.
+///
+/// # Options
+///
+/// - `ttl = 30`: the lock's lease. It is renewed while the body runs, so it
+///   only decides how soon the lock frees itself when its holder dies without
+///   releasing it. Integer seconds (at least 1) or a `core::time::Duration`
+///   expression; without it the client's `lock_ttl` applies.
+/// - `return_on_locked = <expr>`: the value returned when the lock is held
+///   elsewhere or the backend fails. It may use the function's parameters.
+/// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global client.
+///
+/// # Generated siblings
+///
+/// `<fn>_is_locked` returns `Result<bool, cachify::Error>`, whether the lock
+/// for these arguments is held now; `<fn>_release` returns
+/// `Result<(), cachify::Error>` and deletes the lock whoever holds it. Their
+/// parameters are those the key template uses, as for `<fn>_reset` of
+/// [`macro@cached`], and they are `async` when the function is.
+#[proc_macro_attribute]
+pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(Kind::Once, args.into(), item.into()).into()
+}
+
+/// Runs a function while holding a lock on a key built from its arguments,
+/// waiting up to `wait` for the lock when another call holds it.
+///
+/// ```ignore
+/// use cachify::lock;
+///
+/// #[lock("report-{id}", wait = 10, ttl = 30)]
+/// fn build_report(id: u64) -> Result<Report, AppError> {
+///     render(id)
+/// }
+///
+/// // Generated beside it (plain functions here, because `build_report` is one):
+/// let busy = build_report_is_locked(id)?;
+/// build_report_release(id)?;
+/// ```
+///
+/// Calls with the same key run one after another; calls with different keys
+/// run in parallel. If the lock is still held after `wait`, the function
+/// returns without running the body, like [`macro@once`]. On a plain `fn`
+/// the wait blocks the thread.
+///
+/// # Options
+///
+/// - `ttl = 30`: the lock's lease, renewed while the body runs, as for
+///   [`macro@once`]. Integer seconds (at least 1) or a `core::time::Duration`
+///   expression; without it the client's `lock_ttl` applies.
+/// - `wait = 10`: how long to wait for the lock. Integer seconds (`0` means
+///   do not wait) or a `core::time::Duration` expression; default zero.
+/// - `return_on_locked = <expr>`: the value returned when the lock could not
+///   be taken in time. Without it the return type must be `Result<_, E>` with
+///   `E: From<cachify::Error>`.
+/// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global client.
+///
+/// The key template and the generated `<fn>_is_locked` and `<fn>_release`
+/// work as for [`macro@once`]; `#[lock]` keys live in their own key space.
+#[proc_macro_attribute]
+pub fn lock(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(Kind::Lock, args.into(), item.into()).into()
+}

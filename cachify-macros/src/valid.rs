@@ -1,0 +1,179 @@
+//! Checks of the annotated item against the template and the options.
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote};
+use syn::visit::{self, Visit};
+use syn::{
+    FnArg, GenericArgument, Ident, Item, ItemFn, LitStr, Pat, PathArguments, PathSegment,
+    ReturnType, Signature, Type,
+};
+
+use crate::attr::{Args, Kind};
+use crate::fmt::Piece;
+
+/// Parses the annotated item, which must be a non-`const` function with a body.
+pub(crate) fn function(kind: Kind, item: TokenStream) -> syn::Result<ItemFn> {
+    // Point at the item's keyword and name, not at its whole body.
+    let function = match syn::parse2::<Item>(item)? {
+        Item::Fn(function) => function,
+        Item::Struct(item) => return Err(not_a_function(kind, item.struct_token, item.ident)),
+        Item::Enum(item) => return Err(not_a_function(kind, item.enum_token, item.ident)),
+        Item::Union(item) => return Err(not_a_function(kind, item.union_token, item.ident)),
+        Item::Trait(item) => return Err(not_a_function(kind, item.trait_token, item.ident)),
+        Item::Mod(item) => return Err(not_a_function(kind, item.mod_token, item.ident)),
+        Item::Const(item) => return Err(not_a_function(kind, item.const_token, item.ident)),
+        Item::Static(item) => return Err(not_a_function(kind, item.static_token, item.ident)),
+        Item::Type(item) => return Err(not_a_function(kind, item.type_token, item.ident)),
+        Item::Impl(item) => return Err(not_a_function(kind, item.impl_token, item.self_ty)),
+        other => return Err(not_a_function(kind, other, TokenStream::new())),
+    };
+    if let Some(constness) = &function.sig.constness {
+        return Err(syn::Error::new(
+            constness.span,
+            format!(
+                "`#[{}]` cannot be applied to a `const fn`: it talks to a cache at run time",
+                kind.name()
+            ),
+        ));
+    }
+    Ok(function)
+}
+
+fn not_a_function(kind: Kind, keyword: impl ToTokens, name: impl ToTokens) -> syn::Error {
+    syn::Error::new_spanned(
+        quote!(#keyword #name),
+        format!("`#[{}]` can only be applied to a function", kind.name()),
+    )
+}
+
+/// Every placeholder root must name a binding of the function's parameters.
+/// Returns those bindings, one per placeholder, in template order.
+pub(crate) fn placeholders(
+    sig: &Signature,
+    template: &LitStr,
+    pieces: &[Piece],
+) -> syn::Result<Vec<Ident>> {
+    let bindings = parameter_bindings(sig);
+    let mut roots = Vec::new();
+    let mut errors: Option<syn::Error> = None;
+    for piece in pieces {
+        let Piece::Value(placeholder) = piece else {
+            continue;
+        };
+        match bindings
+            .iter()
+            .find(|binding| **binding == placeholder.root)
+        {
+            Some(binding) => {
+                // Resolves like the parameter, but errors point at the template.
+                let mut root = binding.clone();
+                root.set_span(binding.span().located_at(template.span()));
+                roots.push(root);
+            }
+            None => {
+                let parameters = if bindings.is_empty() {
+                    "it has no parameters".to_owned()
+                } else {
+                    let names: Vec<String> = bindings.iter().map(ToString::to_string).collect();
+                    format!("its parameters are: {}", names.join(", "))
+                };
+                let error = syn::Error::new(
+                    template.span(),
+                    format!(
+                        "`{}` in the key template names no parameter of `{}`; {parameters}",
+                        placeholder.written, sig.ident
+                    ),
+                );
+                match &mut errors {
+                    Some(errors) => errors.combine(error),
+                    None => errors = Some(error),
+                }
+            }
+        }
+    }
+    match errors {
+        Some(errors) => Err(errors),
+        None => Ok(roots),
+    }
+}
+
+/// `#[once]` and `#[lock]` need a value for a refused lock: the user's
+/// `return_on_locked`, or an `Err` converted from `cachify::Error`.
+pub(crate) fn return_type(kind: Kind, args: &Args, sig: &Signature) -> syn::Result<()> {
+    if kind == Kind::Cached || args.return_on_locked.is_some() || is_result_like(&sig.output) {
+        return Ok(());
+    }
+    let message = format!(
+        "`#[{}]` needs `return_on_locked = <expr>`, or a return type `Result<_, E>` with `E: From<cachify::Error>`",
+        kind.name()
+    );
+    Err(match &sig.output {
+        ReturnType::Type(_, ty) => syn::Error::new_spanned(ty, message),
+        ReturnType::Default => syn::Error::new(sig.ident.span(), message),
+    })
+}
+
+/// Whether the return type is spelled like a `Result`: a path whose last
+/// segment is `Result` or ends with it (`io::Result`, `AppResult`).
+pub(crate) fn is_result_like(output: &ReturnType) -> bool {
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    last_segment(ty).is_some_and(|segment| segment.ident.to_string().ends_with("Result"))
+}
+
+/// The generic type argument `index` of a path type: `User` is argument 0 of `Result<User, E>`.
+pub(crate) fn type_argument(ty: &Type, index: usize) -> Option<&Type> {
+    let PathArguments::AngleBracketed(arguments) = &last_segment(ty)?.arguments else {
+        return None;
+    };
+    arguments
+        .args
+        .iter()
+        .filter_map(|argument| match argument {
+            GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .nth(index)
+}
+
+fn last_segment(mut ty: &Type) -> Option<&PathSegment> {
+    // Types passed through `macro_rules!` arrive in invisible groups.
+    while let Type::Group(group) = ty {
+        ty = &group.elem;
+    }
+    match ty {
+        Type::Path(path) => path.path.segments.last(),
+        _ => None,
+    }
+}
+
+/// The names a template may use, in declaration order: `self` for a
+/// receiver, then every binding in the parameter patterns.
+fn parameter_bindings(sig: &Signature) -> Vec<Ident> {
+    let mut names = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => {
+                names.push(Ident::new("self", receiver.self_token.span));
+            }
+            FnArg::Typed(typed) => names.extend(bindings(&typed.pat)),
+        }
+    }
+    names
+}
+
+/// The variables a parameter pattern binds: `Path(id)` binds `id`,
+/// `Foo { a, b: c }` binds `a` and `c`.
+pub(crate) fn bindings(pat: &Pat) -> Vec<Ident> {
+    struct Bindings(Vec<Ident>);
+    impl Visit<'_> for Bindings {
+        fn visit_pat_ident(&mut self, binding: &syn::PatIdent) {
+            self.0.push(binding.ident.clone());
+            visit::visit_pat_ident(self, binding);
+        }
+    }
+    let mut found = Bindings(Vec::new());
+    found.visit_pat(pat);
+    found.0
+}

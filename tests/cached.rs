@@ -1,0 +1,350 @@
+//! `#[cached]` behaviour on both backends, for async and sync functions.
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cachify::{Cachify, cached};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    id: i64,
+    name: String,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct AppError(String);
+
+/// The same tests, once per backend: `client()` names the client under test.
+macro_rules! cached_suite {
+    () => {
+        use super::*;
+
+        static READS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("user-{user_id}", ttl = 300, client = client())]
+        async fn read_user(user_id: i64) -> Result<User, AppError> {
+            READS.fetch_add(1, Ordering::SeqCst);
+            Ok(User { id: user_id, name: format!("user {user_id}") })
+        }
+
+        #[tokio::test]
+        async fn async_hit_miss_and_reset() {
+            let first = read_user(1).await.unwrap();
+            assert_eq!(first, User { id: 1, name: "user 1".into() });
+            assert_eq!(read_user(1).await.unwrap(), first);
+            assert_eq!(READS.load(Ordering::SeqCst), 1, "second call is a hit");
+            read_user(2).await.unwrap();
+            assert_eq!(READS.load(Ordering::SeqCst), 2, "another argument is another key");
+
+            read_user_reset(1).await.unwrap();
+            assert_eq!(read_user(1).await.unwrap(), first);
+            assert_eq!(READS.load(Ordering::SeqCst), 3, "reset deletes the entry");
+            read_user(2).await.unwrap();
+            assert_eq!(READS.load(Ordering::SeqCst), 3, "reset deletes only that entry");
+        }
+
+        static SQUARES: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("square-{n}", client = client())]
+        fn square(n: u64) -> u64 {
+            SQUARES.fetch_add(1, Ordering::SeqCst);
+            n * n
+        }
+
+        #[test]
+        fn sync_hit_miss_and_reset() {
+            assert_eq!(square(3), 9);
+            assert_eq!(square(3), 9);
+            assert_eq!(SQUARES.load(Ordering::SeqCst), 1);
+            square_reset(3).unwrap();
+            assert_eq!(square(3), 9);
+            assert_eq!(SQUARES.load(Ordering::SeqCst), 2);
+        }
+
+        static FLAKY: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("flaky-{id}", client = client())]
+        async fn flaky(id: u32) -> Result<u32, AppError> {
+            match FLAKY.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(AppError("first call fails".into())),
+                n => Ok(id + n),
+            }
+        }
+
+        #[tokio::test]
+        async fn result_caches_only_ok() {
+            assert_eq!(flaky(10).await, Err(AppError("first call fails".into())));
+            assert_eq!(flaky(10).await, Ok(11), "the error was not cached");
+            assert_eq!(flaky(10).await, Ok(11), "the Ok value was");
+            assert_eq!(FLAKY.load(Ordering::SeqCst), 2);
+        }
+
+        static LOOKUPS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("maybe-{id}", client = client())]
+        fn maybe(id: u32) -> Option<String> {
+            LOOKUPS.fetch_add(1, Ordering::SeqCst);
+            (id % 2 == 0).then(|| format!("even {id}"))
+        }
+
+        #[test]
+        fn option_caches_some_and_none() {
+            assert_eq!(maybe(1), None);
+            assert_eq!(maybe(1), None);
+            assert_eq!(maybe(2), Some("even 2".into()));
+            assert_eq!(maybe(2), Some("even 2".into()));
+            assert_eq!(LOOKUPS.load(Ordering::SeqCst), 2, "None is cached like Some");
+        }
+
+        static NAMES: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("name-{id}", client = client(), unless = |name: &String| name.is_empty())]
+        async fn name_of(id: u32) -> String {
+            NAMES.fetch_add(1, Ordering::SeqCst);
+            if id == 0 { String::new() } else { format!("n{id}") }
+        }
+
+        #[tokio::test]
+        async fn unless_skips_storing_matching_values() {
+            assert_eq!(name_of(0).await, "");
+            assert_eq!(name_of(0).await, "");
+            assert_eq!(NAMES.load(Ordering::SeqCst), 2, "an empty name is returned but not stored");
+            assert_eq!(name_of(5).await, "n5");
+            assert_eq!(name_of(5).await, "n5");
+            assert_eq!(NAMES.load(Ordering::SeqCst), 3);
+        }
+
+        static TICKS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("tick", ttl = Duration::from_millis(300), client = client())]
+        fn tick() -> u32 {
+            TICKS.fetch_add(1, Ordering::SeqCst)
+        }
+
+        #[test]
+        fn entries_expire_after_their_ttl() {
+            assert_eq!(tick(), 0);
+            assert_eq!(tick(), 0, "fresh entry is a hit");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while tick() == 0 {
+                assert!(Instant::now() < deadline, "entry never expired");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(TICKS.load(Ordering::SeqCst), 2);
+        }
+
+        static SLOW: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("slow-{id}", client = client())]
+        async fn slow(id: u32) -> Result<u32, AppError> {
+            SLOW.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(id * 2)
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_async_misses_run_once() {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..50 {
+                tasks.spawn(slow(21));
+            }
+            let results = tasks.join_all().await;
+            assert_eq!(results.len(), 50);
+            assert!(results.iter().all(|r| *r == Ok(42)), "{results:?}");
+            assert_eq!(SLOW.load(Ordering::SeqCst), 1, "single flight");
+        }
+
+        static SLOW_SYNC: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("slow-sync-{id}", client = client())]
+        fn slow_sync(id: u32) -> u32 {
+            SLOW_SYNC.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            id * 2
+        }
+
+        #[test]
+        fn concurrent_sync_misses_run_once() {
+            let results: Vec<u32> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..16).map(|_| scope.spawn(|| slow_sync(8))).collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(results.iter().all(|r| *r == 16), "{results:?}");
+            assert_eq!(SLOW_SYNC.load(Ordering::SeqCst), 1, "single flight");
+        }
+
+        #[cached("{a}-{b}", client = client())]
+        fn joined(a: &str, b: &str) -> String {
+            format!("{a}|{b}")
+        }
+
+        #[test]
+        fn values_cannot_forge_separators() {
+            assert_eq!(joined("x-y", "z"), "x-y|z");
+            assert_eq!(joined("x", "y-z"), "x|y-z", "a different key, not the first entry");
+            assert_eq!(joined("", ""), "|");
+            assert_eq!(joined("-", ""), "-|");
+        }
+
+        static ODD: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("odd-{s}", client = client())]
+        fn odd(s: &str) -> String {
+            ODD.fetch_add(1, Ordering::SeqCst);
+            s.to_uppercase()
+        }
+
+        #[test]
+        fn odd_and_huge_arguments_work() {
+            let huge = "k".repeat(10 * 1024);
+            let inputs = ["", " ", "a b", "\n", "*", "?", "[", ":", "ünï©ødé", "%2A", huge.as_str()];
+            for input in inputs {
+                assert_eq!(odd(input), input.to_uppercase());
+                assert_eq!(odd(input), input.to_uppercase());
+            }
+            assert_eq!(ODD.load(Ordering::SeqCst) as usize, inputs.len(), "each input ran once, no collisions");
+        }
+
+        // One template, three macros: three separate keys.
+        #[cached("shared-{id}", client = client())]
+        fn shared_cached(id: u32) -> Result<u32, AppError> {
+            Ok(id)
+        }
+
+        #[cachify::once("shared-{id}", client = client())]
+        fn shared_once(id: u32) -> Result<bool, cachify::Error> {
+            Ok(shared_once_is_locked(id)?)
+        }
+
+        #[test]
+        fn cached_and_lock_keys_do_not_collide() {
+            assert_eq!(shared_cached(1), Ok(1));
+            // The cache entry exists, yet the once-lock is free, and held only while running.
+            assert!(!shared_once_is_locked(1).unwrap());
+            assert_eq!(shared_once(1).unwrap(), true);
+            assert_eq!(shared_cached(1), Ok(1));
+        }
+    };
+}
+
+mod memory {
+    use super::*;
+
+    fn client() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| Cachify::builder().memory().prefix("t:").build_blocking().unwrap())
+    }
+
+    mod suite {
+        use super::client;
+        cached_suite!();
+    }
+}
+
+mod redis {
+    use super::*;
+
+    fn client() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| {
+            Cachify::builder().redis(support::shared_server().url()).prefix("t:").build_blocking().unwrap()
+        })
+    }
+
+    mod suite {
+        use super::client;
+        cached_suite!();
+    }
+
+    #[cached("user-{user_id}", client = client())]
+    fn stored_user(user_id: i64) -> User {
+        User { id: user_id, name: "stored".into() }
+    }
+
+    #[test]
+    fn keys_are_readable_in_redis() {
+        stored_user(42);
+        let mut raw = support::shared_server().connection();
+        let bytes: Option<Vec<u8>> = ::redis::cmd("GET").arg("t:cache:user-42").query(&mut raw).unwrap();
+        let bytes = bytes.expect("the entry is stored under the key as written");
+        assert_eq!(bytes[0], b'M', "MessagePack tag");
+    }
+
+    static DECODES: AtomicU32 = AtomicU32::new(0);
+
+    #[cached("garbage-{id}", client = client())]
+    fn decoded(id: u32) -> User {
+        DECODES.fetch_add(1, Ordering::SeqCst);
+        User { id: id.into(), name: "fresh".into() }
+    }
+
+    #[test]
+    fn undecodable_values_are_misses_and_get_overwritten() {
+        let mut raw = support::shared_server().connection();
+        // Written from outside: garbage, then a value of another Redis type.
+        let _: () = ::redis::cmd("SET").arg("t:cache:garbage-1").arg(b"\x00\xffnot msgpack".as_slice()).query(&mut raw).unwrap();
+        assert_eq!(decoded(1).name, "fresh");
+        assert_eq!(decoded(1).name, "fresh");
+        assert_eq!(DECODES.load(Ordering::SeqCst), 1, "the garbage was overwritten by a good value");
+
+        let _: () = ::redis::cmd("DEL").arg("t:cache:garbage-2").query(&mut raw).unwrap();
+        let _: () = ::redis::cmd("HSET").arg("t:cache:garbage-2").arg("f").arg("v").query(&mut raw).unwrap();
+        assert_eq!(decoded(2).name, "fresh");
+        assert_eq!(decoded(2).name, "fresh");
+        assert_eq!(DECODES.load(Ordering::SeqCst), 2, "a hash under the key is replaced too");
+    }
+}
+
+/// The cache path fails open: with Redis gone, functions still answer.
+mod outage {
+    use super::*;
+    use std::sync::{Mutex, OnceLock};
+
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+
+    /// This module's own server, so stopping it affects no other test.
+    static SERVER: Mutex<Option<support::RedisServer>> = Mutex::new(None);
+
+    fn client() -> &'static Cachify {
+        static CLIENT: OnceLock<Cachify> = OnceLock::new();
+        CLIENT.get_or_init(|| {
+            let server = support::RedisServer::start();
+            let client = Cachify::builder()
+                .redis(server.url())
+                .command_timeout(Duration::from_millis(200))
+                .connect_timeout(Duration::from_millis(200))
+                .build_blocking()
+                .unwrap();
+            *SERVER.lock().unwrap() = Some(server);
+            client
+        })
+    }
+
+    #[cached("doubled-{n}", client = client())]
+    async fn doubled(n: u32) -> Result<u32, AppError> {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        Ok(n * 2)
+    }
+
+    #[cached("tripled-{n}", client = client())]
+    fn tripled(n: u32) -> u32 {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        n * 3
+    }
+
+    #[tokio::test]
+    async fn functions_answer_when_redis_is_down() {
+        assert_eq!(doubled(1).await, Ok(2));
+        drop(SERVER.lock().unwrap().take());
+        let started = Instant::now();
+        for n in 0..3 {
+            assert_eq!(doubled(n).await, Ok(n * 2));
+            assert_eq!(tokio::task::spawn_blocking(move || tripled(n)).await.unwrap(), n * 3);
+        }
+        assert!(CALLS.load(Ordering::SeqCst) >= 7, "each call ran the function");
+        assert!(started.elapsed() < Duration::from_secs(30), "bounded by timeouts, took {:?}", started.elapsed());
+    }
+}

@@ -1,0 +1,8 @@
+use cachify::cached;
+
+#[cached("user")]
+struct User {
+    id: i64,
+}
+
+fn main() {}
