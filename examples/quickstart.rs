@@ -25,6 +25,17 @@ enum AppError {
     Cache(cachify::Error),
 }
 
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Busy => f.write_str("an update is already in progress"),
+            AppError::Cache(error) => write!(f, "cache error: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
 impl From<cachify::Error> for AppError {
     fn from(error: cachify::Error) -> Self {
         AppError::Cache(error)
@@ -38,7 +49,10 @@ static DB_READS: AtomicU32 = AtomicU32::new(0);
 async fn read_user(user_id: i64) -> Result<User, AppError> {
     DB_READS.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    Ok(User { id: user_id, name: format!("user {user_id}") })
+    Ok(User {
+        id: user_id,
+        name: format!("user {user_id}"),
+    })
 }
 
 /// Only one update per user at a time; a second one is told to come back.
@@ -70,19 +84,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n#[cached]");
     for _ in 0..2 {
         let started = Instant::now();
-        let user = read_user(1).await.map_err(|e| format!("{e:?}"))?;
+        let user = read_user(1).await?;
         println!("  read_user(1) = {user:?} in {:?}", started.elapsed());
     }
     read_user_reset(1).await?;
     let started = Instant::now();
-    read_user(1).await.map_err(|e| format!("{e:?}"))?;
-    println!("  after read_user_reset(1): {:?} (ran again)", started.elapsed());
+    read_user(1).await?;
+    println!(
+        "  after read_user_reset(1): {:?} (ran again)",
+        started.elapsed()
+    );
     println!("  database reads: {}", DB_READS.load(Ordering::SeqCst));
 
     println!("\n#[once]");
     let (first, second) = tokio::join!(update_user(1, "Ada".into()), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        println!("  update_user_is_locked(1) = {}", update_user_is_locked(1).await?);
+        println!(
+            "  update_user_is_locked(1) = {}",
+            update_user_is_locked(1).await?
+        );
         Ok::<_, cachify::Error>(update_user(1, "Grace".into()).await)
     });
     println!("  first update:  {first:?}");
@@ -91,12 +111,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n#[lock] (sync, waits for the lock)");
     let reports = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..2).map(|_| scope.spawn(|| build_report(7))).collect();
-        handles.into_iter().map(|handle| handle.join().expect("report thread")).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("report thread"))
+            .collect::<Vec<_>>()
     });
     println!("  two concurrent build_report(7): {reports:?}");
 
     println!("\ncachify::lock (the lock as a value)");
-    let guard = cachify::lock("nightly-import").ttl(Duration::from_secs(30)).acquire().await?;
+    let guard = cachify::lock("nightly-import")
+        .ttl(Duration::from_secs(30))
+        .acquire()
+        .await?;
     println!("  holding {}", guard.key());
     let refused = cachify::lock("nightly-import").acquire().await;
     println!("  a second acquire: {refused:?}");

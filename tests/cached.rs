@@ -27,23 +27,40 @@ macro_rules! cached_suite {
         #[cached("user-{user_id}", ttl = 300, client = client())]
         async fn read_user(user_id: i64) -> Result<User, AppError> {
             READS.fetch_add(1, Ordering::SeqCst);
-            Ok(User { id: user_id, name: format!("user {user_id}") })
+            Ok(User {
+                id: user_id,
+                name: format!("user {user_id}"),
+            })
         }
 
         #[tokio::test]
         async fn async_hit_miss_and_reset() {
             let first = read_user(1).await.unwrap();
-            assert_eq!(first, User { id: 1, name: "user 1".into() });
+            assert_eq!(
+                first,
+                User {
+                    id: 1,
+                    name: "user 1".into()
+                }
+            );
             assert_eq!(read_user(1).await.unwrap(), first);
             assert_eq!(READS.load(Ordering::SeqCst), 1, "second call is a hit");
             read_user(2).await.unwrap();
-            assert_eq!(READS.load(Ordering::SeqCst), 2, "another argument is another key");
+            assert_eq!(
+                READS.load(Ordering::SeqCst),
+                2,
+                "another argument is another key"
+            );
 
             read_user_reset(1).await.unwrap();
             assert_eq!(read_user(1).await.unwrap(), first);
             assert_eq!(READS.load(Ordering::SeqCst), 3, "reset deletes the entry");
             read_user(2).await.unwrap();
-            assert_eq!(READS.load(Ordering::SeqCst), 3, "reset deletes only that entry");
+            assert_eq!(
+                READS.load(Ordering::SeqCst),
+                3,
+                "reset deletes only that entry"
+            );
         }
 
         static SQUARES: AtomicU32 = AtomicU32::new(0);
@@ -96,7 +113,11 @@ macro_rules! cached_suite {
             assert_eq!(maybe(1), None);
             assert_eq!(maybe(2), Some("even 2".into()));
             assert_eq!(maybe(2), Some("even 2".into()));
-            assert_eq!(LOOKUPS.load(Ordering::SeqCst), 2, "None is cached like Some");
+            assert_eq!(
+                LOOKUPS.load(Ordering::SeqCst),
+                2,
+                "None is cached like Some"
+            );
         }
 
         static NAMES: AtomicU32 = AtomicU32::new(0);
@@ -104,14 +125,22 @@ macro_rules! cached_suite {
         #[cached("name-{id}", client = client(), unless = |name: &String| name.is_empty())]
         async fn name_of(id: u32) -> String {
             NAMES.fetch_add(1, Ordering::SeqCst);
-            if id == 0 { String::new() } else { format!("n{id}") }
+            if id == 0 {
+                String::new()
+            } else {
+                format!("n{id}")
+            }
         }
 
         #[tokio::test]
         async fn unless_skips_storing_matching_values() {
             assert_eq!(name_of(0).await, "");
             assert_eq!(name_of(0).await, "");
-            assert_eq!(NAMES.load(Ordering::SeqCst), 2, "an empty name is returned but not stored");
+            assert_eq!(
+                NAMES.load(Ordering::SeqCst),
+                2,
+                "an empty name is returned but not stored"
+            );
             assert_eq!(name_of(5).await, "n5");
             assert_eq!(name_of(5).await, "n5");
             assert_eq!(NAMES.load(Ordering::SeqCst), 3);
@@ -184,7 +213,11 @@ macro_rules! cached_suite {
         #[test]
         fn values_cannot_forge_separators() {
             assert_eq!(joined("x-y", "z"), "x-y|z");
-            assert_eq!(joined("x", "y-z"), "x|y-z", "a different key, not the first entry");
+            assert_eq!(
+                joined("x", "y-z"),
+                "x|y-z",
+                "a different key, not the first entry"
+            );
             assert_eq!(joined("", ""), "|");
             assert_eq!(joined("-", ""), "-|");
         }
@@ -200,12 +233,28 @@ macro_rules! cached_suite {
         #[test]
         fn odd_and_huge_arguments_work() {
             let huge = "k".repeat(10 * 1024);
-            let inputs = ["", " ", "a b", "\n", "*", "?", "[", ":", "ünï©ødé", "%2A", huge.as_str()];
+            let inputs = [
+                "",
+                " ",
+                "a b",
+                "\n",
+                "*",
+                "?",
+                "[",
+                ":",
+                "ünï©ødé",
+                "%2A",
+                huge.as_str(),
+            ];
             for input in inputs {
                 assert_eq!(odd(input), input.to_uppercase());
                 assert_eq!(odd(input), input.to_uppercase());
             }
-            assert_eq!(ODD.load(Ordering::SeqCst) as usize, inputs.len(), "each input ran once, no collisions");
+            assert_eq!(
+                ODD.load(Ordering::SeqCst) as usize,
+                inputs.len(),
+                "each input ran once, no collisions"
+            );
         }
 
         // One template, three macros: three separate keys.
@@ -216,7 +265,7 @@ macro_rules! cached_suite {
 
         #[cachify::once("shared-{id}", client = client())]
         fn shared_once(id: u32) -> Result<bool, cachify::Error> {
-            Ok(shared_once_is_locked(id)?)
+            shared_once_is_locked(id)
         }
 
         #[test]
@@ -235,7 +284,13 @@ mod memory {
 
     fn client() -> &'static Cachify {
         static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
-        CLIENT.get_or_init(|| Cachify::builder().memory().prefix("t:").build_blocking().unwrap())
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .memory()
+                .prefix("t:")
+                .build_blocking()
+                .unwrap()
+        })
     }
 
     mod suite {
@@ -250,7 +305,11 @@ mod redis {
     fn client() -> &'static Cachify {
         static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
         CLIENT.get_or_init(|| {
-            Cachify::builder().redis(support::shared_server().url()).prefix("t:").build_blocking().unwrap()
+            Cachify::builder()
+                .redis(support::shared_server().url())
+                .prefix("t:")
+                .build_blocking()
+                .unwrap()
         })
     }
 
@@ -261,14 +320,20 @@ mod redis {
 
     #[cached("user-{user_id}", client = client())]
     fn stored_user(user_id: i64) -> User {
-        User { id: user_id, name: "stored".into() }
+        User {
+            id: user_id,
+            name: "stored".into(),
+        }
     }
 
     #[test]
     fn keys_are_readable_in_redis() {
         stored_user(42);
         let mut raw = support::shared_server().connection();
-        let bytes: Option<Vec<u8>> = ::redis::cmd("GET").arg("t:cache:user-42").query(&mut raw).unwrap();
+        let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg("t:cache:user-42")
+            .query(&mut raw)
+            .unwrap();
         let bytes = bytes.expect("the entry is stored under the key as written");
         assert_eq!(bytes[0], b'M', "MessagePack tag");
     }
@@ -278,23 +343,46 @@ mod redis {
     #[cached("garbage-{id}", client = client())]
     fn decoded(id: u32) -> User {
         DECODES.fetch_add(1, Ordering::SeqCst);
-        User { id: id.into(), name: "fresh".into() }
+        User {
+            id: id.into(),
+            name: "fresh".into(),
+        }
     }
 
     #[test]
     fn undecodable_values_are_misses_and_get_overwritten() {
         let mut raw = support::shared_server().connection();
         // Written from outside: garbage, then a value of another Redis type.
-        let _: () = ::redis::cmd("SET").arg("t:cache:garbage-1").arg(b"\x00\xffnot msgpack".as_slice()).query(&mut raw).unwrap();
+        let _: () = ::redis::cmd("SET")
+            .arg("t:cache:garbage-1")
+            .arg(b"\x00\xffnot msgpack".as_slice())
+            .query(&mut raw)
+            .unwrap();
         assert_eq!(decoded(1).name, "fresh");
         assert_eq!(decoded(1).name, "fresh");
-        assert_eq!(DECODES.load(Ordering::SeqCst), 1, "the garbage was overwritten by a good value");
+        assert_eq!(
+            DECODES.load(Ordering::SeqCst),
+            1,
+            "the garbage was overwritten by a good value"
+        );
 
-        let _: () = ::redis::cmd("DEL").arg("t:cache:garbage-2").query(&mut raw).unwrap();
-        let _: () = ::redis::cmd("HSET").arg("t:cache:garbage-2").arg("f").arg("v").query(&mut raw).unwrap();
+        let _: () = ::redis::cmd("DEL")
+            .arg("t:cache:garbage-2")
+            .query(&mut raw)
+            .unwrap();
+        let _: () = ::redis::cmd("HSET")
+            .arg("t:cache:garbage-2")
+            .arg("f")
+            .arg("v")
+            .query(&mut raw)
+            .unwrap();
         assert_eq!(decoded(2).name, "fresh");
         assert_eq!(decoded(2).name, "fresh");
-        assert_eq!(DECODES.load(Ordering::SeqCst), 2, "a hash under the key is replaced too");
+        assert_eq!(
+            DECODES.load(Ordering::SeqCst),
+            2,
+            "a hash under the key is replaced too"
+        );
     }
 }
 
@@ -342,9 +430,21 @@ mod outage {
         let started = Instant::now();
         for n in 0..3 {
             assert_eq!(doubled(n).await, Ok(n * 2));
-            assert_eq!(tokio::task::spawn_blocking(move || tripled(n)).await.unwrap(), n * 3);
+            assert_eq!(
+                tokio::task::spawn_blocking(move || tripled(n))
+                    .await
+                    .unwrap(),
+                n * 3
+            );
         }
-        assert!(CALLS.load(Ordering::SeqCst) >= 7, "each call ran the function");
-        assert!(started.elapsed() < Duration::from_secs(30), "bounded by timeouts, took {:?}", started.elapsed());
+        assert!(
+            CALLS.load(Ordering::SeqCst) >= 7,
+            "each call ran the function"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bounded by timeouts, took {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -23,7 +23,13 @@ fn url() -> String {
 
 fn client() -> &'static Cachify {
     static CLIENT: OnceLock<Cachify> = OnceLock::new();
-    CLIENT.get_or_init(|| Cachify::builder().redis(url()).prefix("xp:").build_blocking().unwrap())
+    CLIENT.get_or_init(|| {
+        Cachify::builder()
+            .redis(url())
+            .prefix("xp:")
+            .build_blocking()
+            .unwrap()
+    })
 }
 
 static COMPUTED: AtomicU32 = AtomicU32::new(0);
@@ -56,14 +62,23 @@ fn child() {
     match role.as_str() {
         "compute" => println!("VALUE {}", computed_by(1)),
         "reset" => counted_reset(2).unwrap(),
-        "hold" => assert!(job(3, Duration::from_millis(1500)), "the child takes the lock"),
+        "hold" => assert!(
+            job(3, Duration::from_millis(1500)),
+            "the child takes the lock"
+        ),
         other => panic!("unknown role {other}"),
     }
 }
 
 fn spawn_child(role: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ROLE, role)
         .env(URL, url())
         .stdout(Stdio::piped())
@@ -75,7 +90,11 @@ fn spawn_child(role: &str) -> Child {
 fn run_child(role: &str) -> Vec<String> {
     let output = spawn_child(role).wait_with_output().unwrap();
     assert!(output.status.success(), "child {role} failed");
-    String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect()
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -90,7 +109,11 @@ fn a_value_cached_by_one_process_is_a_hit_in_another() {
         .unwrap();
     assert_ne!(child_pid, std::process::id());
     assert_eq!(computed_by(1), child_pid, "served from the child's entry");
-    assert_eq!(COMPUTED.load(Ordering::SeqCst), 0, "this process did not run it");
+    assert_eq!(
+        COMPUTED.load(Ordering::SeqCst),
+        0,
+        "this process did not run it"
+    );
 }
 
 #[test]
@@ -106,11 +129,19 @@ fn a_reset_in_one_process_is_seen_by_another() {
 #[test]
 fn once_held_by_one_process_refuses_another() {
     let mut child = spawn_child("hold");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
-    let holding = lines.by_ref().take(50).any(|line| line.contains("HOLDING job-3"));
+    let mut lines = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let holding = lines
+        .by_ref()
+        .take(50)
+        .any(|line| line.contains("HOLDING job-3"));
     assert!(holding, "the child reported holding the lock");
     assert!(job_is_locked(3).unwrap());
-    assert!(!job(3, Duration::ZERO), "refused while the other process holds it");
+    assert!(
+        !job(3, Duration::ZERO),
+        "refused while the other process holds it"
+    );
     // Keep reading so the child never writes into a closed pipe.
     lines.for_each(drop);
     assert!(child.wait().unwrap().success());

@@ -213,7 +213,12 @@ mod redis {
 
     fn client() -> &'static Cachify {
         static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
-        CLIENT.get_or_init(|| Cachify::builder().redis(support::shared_server().url()).build_blocking().unwrap())
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .redis(support::shared_server().url())
+                .build_blocking()
+                .unwrap()
+        })
     }
 
     mod suite {
@@ -265,10 +270,19 @@ mod outage {
         for id in 0..3 {
             let refused = guarded(id).await;
             assert!(matches!(refused, Err(Error::Backend(_))), "{refused:?}");
-            let refused_sync = tokio::task::spawn_blocking(move || guarded_sync(id)).await.unwrap();
+            let refused_sync = tokio::task::spawn_blocking(move || guarded_sync(id))
+                .await
+                .unwrap();
             assert_eq!(refused_sync, u64::MAX);
         }
-        assert!(guarded_is_locked(1).await.is_err(), "is_locked reports the outage too");
-        assert_eq!(RAN.load(Ordering::SeqCst), 1, "nothing ran without its lock");
+        assert!(
+            guarded_is_locked(1).await.is_err(),
+            "is_locked reports the outage too"
+        );
+        assert_eq!(
+            RAN.load(Ordering::SeqCst),
+            1,
+            "nothing ran without its lock"
+        );
     }
 }

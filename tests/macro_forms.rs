@@ -29,7 +29,10 @@ impl Repo {
     #[cached("repo-{self.tenant}-{id}")]
     pub async fn find(&self, id: i64) -> Result<User, String> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(User { id, tenant: self.tenant.clone() })
+        Ok(User {
+            id,
+            tenant: self.tenant.clone(),
+        })
     }
 
     #[cached("repo-mut-{id}")]
@@ -53,11 +56,21 @@ impl Repo {
 
 #[tokio::test]
 async fn methods_with_self_in_the_key() {
-    let repo = Repo { tenant: "acme".into(), calls: AtomicU32::new(0) };
-    let other = Repo { tenant: "globex".into(), calls: AtomicU32::new(0) };
+    let repo = Repo {
+        tenant: "acme".into(),
+        calls: AtomicU32::new(0),
+    };
+    let other = Repo {
+        tenant: "globex".into(),
+        calls: AtomicU32::new(0),
+    };
     assert_eq!(repo.find(1).await.unwrap().tenant, "acme");
     assert_eq!(repo.find(1).await.unwrap().tenant, "acme");
-    assert_eq!(other.find(1).await.unwrap().tenant, "globex", "self.tenant is part of the key");
+    assert_eq!(
+        other.find(1).await.unwrap().tenant,
+        "globex",
+        "self.tenant is part of the key"
+    );
     assert_eq!(repo.calls.load(Ordering::SeqCst), 1);
     repo.find_reset(1).await.unwrap();
     repo.find(1).await.unwrap();
@@ -66,7 +79,10 @@ async fn methods_with_self_in_the_key() {
 
 #[test]
 fn mut_self_and_associated_functions() {
-    let mut repo = Repo { tenant: "t".into(), calls: AtomicU32::new(0) };
+    let mut repo = Repo {
+        tenant: "t".into(),
+        calls: AtomicU32::new(0),
+    };
     assert_eq!(repo.find_mut(4), 40);
     assert_eq!(repo.find_mut(4), 40);
     assert_eq!(repo.calls.load(Ordering::SeqCst), 1);
@@ -77,7 +93,10 @@ fn mut_self_and_associated_functions() {
 
 #[tokio::test]
 async fn arc_self_receiver() {
-    let repo = Arc::new(Repo { tenant: "arc".into(), calls: AtomicU32::new(0) });
+    let repo = Arc::new(Repo {
+        tenant: "arc".into(),
+        calls: AtomicU32::new(0),
+    });
     assert_eq!(repo.clone().arc_job().await, 2, "held while running");
     assert!(!repo.arc_job_is_locked().await.unwrap());
     repo.arc_job_release().await.unwrap();
@@ -114,7 +133,11 @@ async fn display_any(value: impl Display + Send) -> String {
 #[tokio::test]
 async fn impl_trait_arguments() {
     assert_eq!(display_any(3).await, "<3>");
-    assert_eq!(display_any("3").await, "<3>", "same rendered key, same entry");
+    assert_eq!(
+        display_any("3").await,
+        "<3>",
+        "same rendered key, same entry"
+    );
     display_any_reset(3).await.unwrap();
 }
 
@@ -144,7 +167,10 @@ fn field_access(user: &User, mut factor: i64) -> i64 {
 
 #[test]
 fn field_access_and_angle_placeholders() {
-    let user = User { id: 2, tenant: "t".into() };
+    let user = User {
+        id: 2,
+        tenant: "t".into(),
+    };
     assert_eq!(field_access(&user, 1), 4);
     assert_eq!(field_access(&user, 100), 4, "factor is not in the key");
     field_access_reset(&user).unwrap();
@@ -194,7 +220,10 @@ async fn question_mark_and_early_return() {
 #[test]
 fn futures_are_send() {
     fn assert_send<T: Send>(_: &T) {}
-    let repo = Repo { tenant: "s".into(), calls: AtomicU32::new(0) };
+    let repo = Repo {
+        tenant: "s".into(),
+        calls: AtomicU32::new(0),
+    };
     assert_send(&repo.find(1));
     assert_send(&by_path(Path(1), "s"));
     assert_send(&parse("1"));

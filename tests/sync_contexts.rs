@@ -11,7 +11,12 @@ use cachify::{Cachify, cached, lock, once};
 
 fn client() -> &'static Cachify {
     static CLIENT: OnceLock<Cachify> = OnceLock::new();
-    CLIENT.get_or_init(|| Cachify::builder().redis(support::shared_server().url()).build_blocking().unwrap())
+    CLIENT.get_or_init(|| {
+        Cachify::builder()
+            .redis(support::shared_server().url())
+            .build_blocking()
+            .unwrap()
+    })
 }
 
 /// Runs per context: the tests run in parallel, each with its own context.
@@ -51,7 +56,10 @@ fn exercise(context: &str) {
     assert!(lock_sync(context).unwrap());
     lock_sync_release(context).unwrap();
 
-    let guard = client().lock(format!("ctx-value-{context}")).acquire_blocking().unwrap();
+    let guard = client()
+        .lock(format!("ctx-value-{context}"))
+        .acquire_blocking()
+        .unwrap();
     guard.release_blocking().unwrap();
 }
 
@@ -72,9 +80,14 @@ async fn inside_a_multi_thread_runtime() {
 
 #[test]
 fn inside_a_blocking_task_and_nested_runtimes() {
-    let outer = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let outer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     outer.block_on(async {
-        tokio::task::spawn_blocking(|| exercise("blocking")).await.unwrap();
+        tokio::task::spawn_blocking(|| exercise("blocking"))
+            .await
+            .unwrap();
         // A sync call from async code while the runtime also has async work pending.
         let ticker = tokio::spawn(async { tokio::task::yield_now().await });
         exercise("mixed");
@@ -86,6 +99,9 @@ fn inside_a_blocking_task_and_nested_runtimes() {
 fn memory_client_without_a_runtime() {
     let memory = Cachify::builder().memory().build_blocking().unwrap();
     let guard = memory.lock("m").acquire_blocking().unwrap();
-    assert!(matches!(memory.lock("m").acquire_blocking(), Err(cachify::Error::Locked { .. })));
+    assert!(matches!(
+        memory.lock("m").acquire_blocking(),
+        Err(cachify::Error::Locked { .. })
+    ));
     guard.release_blocking().unwrap();
 }

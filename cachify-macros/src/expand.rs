@@ -449,6 +449,8 @@ fn siblings(key: &Key, function: &ItemFn) -> Vec<TokenStream> {
             quote! {
                 #(#attrs)*
                 #[doc = #doc]
+                // Generated whether or not the caller needs it: unused is fine.
+                #[allow(dead_code)]
                 #vis #asyncness fn #sibling #generics (#(#inputs),*)
                     -> ::core::result::Result<#ok, ::cachify::Error>
                 #where_clause

@@ -70,7 +70,11 @@ impl<T: CacheValue> Policy<T> for Whole {
     }
 }
 
-fn hit<P: Policy<R>, R>(client: &Cachify, key: &str, lookup: Result<Option<P::Stored>, Error>) -> Option<R> {
+fn hit<P: Policy<R>, R>(
+    client: &Cachify,
+    key: &str,
+    lookup: Result<Option<P::Stored>, Error>,
+) -> Option<R> {
     match lookup {
         Ok(Some(stored)) => Some(P::restore(stored)),
         Ok(None) => None,

@@ -89,7 +89,10 @@ impl Cachify {
 
     /// The in-memory client used when cachify is used before [`crate::init`].
     pub(crate) fn memory_fallback() -> Self {
-        CachifyBuilder::default().assemble(Backend::Memory(MemoryBackend::new(DEFAULT_MAX_ENTRIES)), "memory".into())
+        CachifyBuilder::default().assemble(
+            Backend::Memory(MemoryBackend::new(DEFAULT_MAX_ENTRIES)),
+            "memory".into(),
+        )
     }
 
     pub(crate) fn backend(&self) -> &Backend {
@@ -100,7 +103,12 @@ impl Cachify {
         &self.inner.flights
     }
 
-    pub(crate) fn render_key(&self, kind: KeyKind, template: &KeyTemplate, values: &[&dyn Display]) -> String {
+    pub(crate) fn render_key(
+        &self,
+        kind: KeyKind,
+        template: &KeyTemplate,
+        values: &[&dyn Display],
+    ) -> String {
         key::render(&self.inner.prefix, kind, template, values)
     }
 
@@ -237,7 +245,9 @@ impl CachifyBuilder {
         ];
         for (name, value) in positive {
             if value < Duration::from_millis(1) {
-                return Err(Error::Config(format!("{name} must be at least 1 ms, got {value:?}")));
+                return Err(Error::Config(format!(
+                    "{name} must be at least 1 ms, got {value:?}"
+                )));
             }
         }
         if self.max_entries == 0 {
@@ -259,7 +269,9 @@ impl CachifyBuilder {
                 // driver task lives there (see `io`).
                 let backend = io::spawn(async move { RedisBackend::connect(&url, settings).await })
                     .await
-                    .map_err(|error| Error::Config(format!("connecting to Redis failed: {error}")))??;
+                    .map_err(|error| {
+                        Error::Config(format!("connecting to Redis failed: {error}"))
+                    })??;
                 Ok(self.with_redis(backend))
             }
         }
@@ -273,7 +285,8 @@ impl CachifyBuilder {
             None => Ok(self.build_memory()),
             Some(url) => {
                 let settings = self.redis_settings();
-                let backend = io::block_on(async move { RedisBackend::connect(&url, settings).await })?;
+                let backend =
+                    io::block_on(async move { RedisBackend::connect(&url, settings).await })?;
                 Ok(self.with_redis(backend))
             }
         }
@@ -293,7 +306,10 @@ impl CachifyBuilder {
     }
 
     fn with_redis(self, backend: RedisBackend) -> Cachify {
-        let shown = format!("redis {}", self.redis_url.as_deref().map(redact).unwrap_or_default());
+        let shown = format!(
+            "redis {}",
+            self.redis_url.as_deref().map(redact).unwrap_or_default()
+        );
         self.assemble(Backend::Redis(backend), shown)
     }
 

@@ -59,8 +59,12 @@ impl Codec {
             Codec::Json => serde_json::to_writer(&mut bytes, value).map_err(CodecError::new)?,
             #[cfg(feature = "bincode")]
             Codec::Bincode => {
-                bincode::serde::encode_into_std_write(value, &mut bytes, bincode::config::standard())
-                    .map_err(CodecError::new)?;
+                bincode::serde::encode_into_std_write(
+                    value,
+                    &mut bytes,
+                    bincode::config::standard(),
+                )
+                .map_err(CodecError::new)?;
             }
         }
         Ok(bytes)
@@ -122,7 +126,13 @@ mod tests {
 
     #[test]
     fn message_pack_round_trips_serde_attributes() {
-        let user = User { id: 7, nickname: None, extra: Extra { email: "a@b.c".into() } };
+        let user = User {
+            id: 7,
+            nickname: None,
+            extra: Extra {
+                email: "a@b.c".into(),
+            },
+        };
         let bytes = Codec::MessagePack.encode(&user).unwrap();
         assert_eq!(bytes[0], b'M');
         assert_eq!(Codec::MessagePack.decode::<User>(&bytes).unwrap(), user);
@@ -138,13 +148,21 @@ mod tests {
         assert!(Codec::MessagePack.decode::<u8>(b"").is_err());
         // JSON text would decode as a MessagePack integer without the tag check.
         assert!(Codec::MessagePack.decode::<u8>(b"{\"a\":1}").is_err());
-        assert!(Codec::MessagePack.decode::<String>(b"Mgarbage\xc1").is_err());
+        assert!(
+            Codec::MessagePack
+                .decode::<String>(b"Mgarbage\xc1")
+                .is_err()
+        );
     }
 
     #[cfg(feature = "json")]
     #[test]
     fn json_round_trips() {
-        let user = User { id: 1, nickname: Some("n".into()), extra: Extra { email: "e".into() } };
+        let user = User {
+            id: 1,
+            nickname: Some("n".into()),
+            extra: Extra { email: "e".into() },
+        };
         let bytes = Codec::Json.encode(&user).unwrap();
         assert_eq!(Codec::Json.decode::<User>(&bytes).unwrap(), user);
         assert!(Codec::MessagePack.decode::<User>(&bytes).is_err());
@@ -154,6 +172,9 @@ mod tests {
     #[test]
     fn bincode_round_trips_plain_structs() {
         let bytes = Codec::Bincode.encode(&Extra { email: "e".into() }).unwrap();
-        assert_eq!(Codec::Bincode.decode::<Extra>(&bytes).unwrap(), Extra { email: "e".into() });
+        assert_eq!(
+            Codec::Bincode.decode::<Extra>(&bytes).unwrap(),
+            Extra { email: "e".into() }
+        );
     }
 }

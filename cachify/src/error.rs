@@ -55,11 +55,25 @@ pub struct BackendError {
 
 impl BackendError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), timed_out: false, source: None }
+        Self {
+            message: message.into(),
+            timed_out: false,
+            source: None,
+        }
+    }
+
+    /// Puts `context` in front of the message, keeping the rest.
+    pub(crate) fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
     }
 
     pub(crate) fn timed_out(limit: std::time::Duration) -> Self {
-        Self { message: format!("no answer within {limit:?}"), timed_out: true, source: None }
+        Self {
+            message: format!("no answer within {limit:?}"),
+            timed_out: true,
+            source: None,
+        }
     }
 
     /// True when the failure was a timeout rather than an error reply.
@@ -76,7 +90,9 @@ impl fmt::Display for BackendError {
 
 impl std::error::Error for BackendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -84,7 +100,11 @@ impl From<redis::RedisError> for BackendError {
     fn from(error: redis::RedisError) -> Self {
         // redis-rs error texts name the command and the server's reply, never
         // the connection's credentials.
-        Self { message: error.to_string(), timed_out: error.is_timeout(), source: Some(Box::new(error)) }
+        Self {
+            message: error.to_string(),
+            timed_out: error.is_timeout(),
+            source: Some(Box::new(error)),
+        }
     }
 }
 
@@ -102,7 +122,9 @@ pub struct CodecError {
 
 impl CodecError {
     pub(crate) fn new(message: impl fmt::Display) -> Self {
-        Self { message: message.to_string() }
+        Self {
+            message: message.to_string(),
+        }
     }
 }
 

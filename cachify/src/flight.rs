@@ -32,7 +32,10 @@ pub(crate) struct Flight {
 
 impl Flight {
     fn outcome(&self) -> Option<Outcome> {
-        self.outcome.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.outcome
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn publish(&self, outcome: Outcome) {
@@ -93,7 +96,11 @@ pub(crate) enum Role<'a> {
 impl Flights {
     /// Joins the flight for `key`, or starts one.
     pub(crate) fn join(&self, key: &str, blocking: bool) -> Role<'_> {
-        let map = if blocking { &self.running_blocking } else { &self.running };
+        let map = if blocking {
+            &self.running_blocking
+        } else {
+            &self.running
+        };
         let mut running = map.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(flight) = running.get(key) {
             return Role::Follower(Arc::clone(flight));
@@ -103,7 +110,11 @@ impl Flights {
             ..Flight::default()
         });
         running.insert(key.to_owned(), Arc::clone(&flight));
-        Role::Leader(Leader { map, key: key.to_owned(), flight })
+        Role::Leader(Leader {
+            map,
+            key: key.to_owned(),
+            flight,
+        })
     }
 }
 
@@ -128,7 +139,10 @@ impl Drop for Leader<'_> {
     fn drop(&mut self) {
         self.flight.publish(Outcome::Retry);
         let mut running = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if running.get(&self.key).is_some_and(|flight| Arc::ptr_eq(flight, &self.flight)) {
+        if running
+            .get(&self.key)
+            .is_some_and(|flight| Arc::ptr_eq(flight, &self.flight))
+        {
             running.remove(&self.key);
         }
     }

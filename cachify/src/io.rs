@@ -54,6 +54,8 @@ where
         let _ = done.send(future.await);
     });
     outcome.recv().unwrap_or_else(|_| {
-        Err(Error::Backend(BackendError::new("cachify's background task stopped before answering")))
+        Err(Error::Backend(BackendError::new(
+            "cachify's background task stopped before answering",
+        )))
     })
 }

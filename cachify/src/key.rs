@@ -69,7 +69,12 @@ const LONG_KEY_HEAD: usize = 256;
 ///
 /// `values` must hold one value per [`Piece::Value`], in order; the macros
 /// guarantee it. A missing value renders as nothing rather than panicking.
-pub fn render(prefix: &str, kind: KeyKind, template: &KeyTemplate, values: &[&dyn Display]) -> String {
+pub fn render(
+    prefix: &str,
+    kind: KeyKind,
+    template: &KeyTemplate,
+    values: &[&dyn Display],
+) -> String {
     let mut key = String::with_capacity(prefix.len() + 8 + template.text.len() + 16 * values.len());
     key.push_str(prefix);
     key.push_str(kind.tag());
@@ -80,7 +85,13 @@ pub fn render(prefix: &str, kind: KeyKind, template: &KeyTemplate, values: &[&dy
             Piece::Value { stop } => {
                 if let Some(value) = values.next() {
                     // Writing into a String cannot fail.
-                    let _ = write!(Escaper { out: &mut key, stop: *stop }, "{value}");
+                    let _ = write!(
+                        Escaper {
+                            out: &mut key,
+                            stop: *stop
+                        },
+                        "{value}"
+                    );
                 }
             }
         }
@@ -157,7 +168,11 @@ mod tests {
 
     const DASHED: KeyTemplate = KeyTemplate {
         text: "{a}-{b}",
-        pieces: &[Piece::Value { stop: Some('-') }, Piece::Text("-"), Piece::Value { stop: None }],
+        pieces: &[
+            Piece::Value { stop: Some('-') },
+            Piece::Text("-"),
+            Piece::Value { stop: None },
+        ],
     };
 
     fn dashed(a: &str, b: &str) -> String {
@@ -166,12 +181,26 @@ mod tests {
 
     #[test]
     fn reads_as_written() {
-        const USER: KeyTemplate =
-            KeyTemplate { text: "user-{id}", pieces: &[Piece::Text("user-"), Piece::Value { stop: None }] };
-        assert_eq!(render("cachify:", KeyKind::Cached, &USER, &[&42]), "cachify:cache:user-42");
-        assert_eq!(render("cachify:", KeyKind::Once, &USER, &[&42]), "cachify:once:user-42");
-        assert_eq!(render("cachify:", KeyKind::Lock, &USER, &[&42]), "cachify:lock:user-42");
-        assert_eq!(plain("cachify:", KeyKind::Lock, "user-42"), "cachify:lock:user-42");
+        const USER: KeyTemplate = KeyTemplate {
+            text: "user-{id}",
+            pieces: &[Piece::Text("user-"), Piece::Value { stop: None }],
+        };
+        assert_eq!(
+            render("cachify:", KeyKind::Cached, &USER, &[&42]),
+            "cachify:cache:user-42"
+        );
+        assert_eq!(
+            render("cachify:", KeyKind::Once, &USER, &[&42]),
+            "cachify:once:user-42"
+        );
+        assert_eq!(
+            render("cachify:", KeyKind::Lock, &USER, &[&42]),
+            "cachify:lock:user-42"
+        );
+        assert_eq!(
+            plain("cachify:", KeyKind::Lock, "user-42"),
+            "cachify:lock:user-42"
+        );
     }
 
     #[test]

@@ -41,7 +41,12 @@ const MIN_RENEW_PERIOD: Duration = Duration::from_millis(1);
 /// # Ok(()) }
 /// ```
 pub fn lock(name: impl Into<String>) -> LockBuilder<'static> {
-    LockBuilder { client: None, name: name.into(), ttl: None, wait: Duration::ZERO }
+    LockBuilder {
+        client: None,
+        name: name.into(),
+        ttl: None,
+        wait: Duration::ZERO,
+    }
 }
 
 /// Configures one lock before acquiring it; from [`lock()`] or [`Cachify::lock`].
@@ -56,7 +61,12 @@ pub struct LockBuilder<'a> {
 
 impl<'a> LockBuilder<'a> {
     pub(crate) fn on(client: &'a Cachify, name: String) -> Self {
-        Self { client: Some(client), name, ttl: None, wait: Duration::ZERO }
+        Self {
+            client: Some(client),
+            name,
+            ttl: None,
+            wait: Duration::ZERO,
+        }
     }
 
     /// The lease: how long the lock outlives a holder that crashed. While
@@ -106,7 +116,9 @@ pub struct LockGuard {
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockGuard").field("key", &self.key).finish_non_exhaustive()
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,7 +175,11 @@ impl LockGuard {
 
     /// Moves the parts out, leaving an empty token so `Drop` does nothing.
     fn take(&mut self) -> (Backend, String, String) {
-        (self.backend.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token))
+        (
+            self.backend.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        )
     }
 }
 
@@ -219,7 +235,8 @@ async fn acquire_owned(
     let lease = clamp_ttl(ttl.unwrap_or(client.lock_ttl()));
     let token = new_token()?;
     let backend = client.backend().clone();
-    let deadline = Instant::now() + wait;
+    // A wait too long to represent is a wait without end.
+    let deadline = Instant::now().checked_add(wait);
     let mut pause = FIRST_RETRY_PAUSE;
     loop {
         match backend.try_lock(&key, &token, lease).await {
@@ -227,18 +244,54 @@ async fn acquire_owned(
             Ok(false) => {}
             Err(error) => {
                 tracing::warn!(key, %error, "cachify: could not take a lock; refusing to run without it");
+                // The SET may still reach Redis (it timed out on our side
+                // only): take back whatever it may have taken.
+                io::spawn(abandon(backend, key, token, lease));
                 return Err(error);
             }
         }
         let now = Instant::now();
-        if now >= deadline {
-            return Err(Error::Locked { key });
-        }
-        tokio::time::sleep(pause.min(deadline - now)).await;
+        let pause_now = match deadline {
+            Some(deadline) if now >= deadline => return Err(Error::Locked { key }),
+            Some(deadline) => pause.min(deadline - now),
+            None => pause,
+        };
+        tokio::time::sleep(pause_now).await;
         pause = (pause * 2).min(MAX_RETRY_PAUSE);
     }
-    let watchdog = io::spawn(renew(backend.clone(), key.clone(), token.clone(), lease)).abort_handle();
-    Ok(LockGuard { backend, key, token, watchdog: Some(watchdog) })
+    let watchdog =
+        io::spawn(renew(backend.clone(), key.clone(), token.clone(), lease)).abort_handle();
+    Ok(LockGuard {
+        backend,
+        key,
+        token,
+        watchdog: Some(watchdog),
+    })
+}
+
+/// After a failed attempt, deletes the lock if that attempt's token holds
+/// it, retrying until the backend answers or the lease would have ended
+/// anyway. Owner-only, so it never touches anyone else's lock.
+async fn abandon(backend: Backend, key: String, token: String, lease: Duration) {
+    let give_up = Instant::now().checked_add(lease);
+    let mut pause = FIRST_RETRY_PAUSE;
+    loop {
+        match backend.unlock(&key, &token).await {
+            Ok(true) => {
+                tracing::info!(
+                    key,
+                    "cachify: removed a lock taken by an attempt that had timed out"
+                );
+                return;
+            }
+            Ok(false) => return,
+            Err(_) if give_up.is_some_and(|give_up| Instant::now() >= give_up) => return,
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE * 10);
+            }
+        }
+    }
 }
 
 /// Renews the lease every third of it until aborted or the lock is lost.
@@ -251,7 +304,10 @@ async fn renew(backend: Backend, key: String, token: String, lease: Duration) {
         match backend.extend(&key, &token, lease).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(key, "cachify: lock lost while its holder was still running (lease expired or key taken)");
+                tracing::warn!(
+                    key,
+                    "cachify: lock lost while its holder was still running (lease expired or key taken)"
+                );
                 return;
             }
             Err(error) => {

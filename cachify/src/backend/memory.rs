@@ -71,7 +71,10 @@ pub(crate) struct MemoryBackend {
 impl MemoryBackend {
     pub(crate) fn new(max_entries: u64) -> Self {
         Self {
-            values: Cache::builder().max_capacity(max_entries).expire_after(PerEntryTtl).build(),
+            values: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntryTtl)
+                .build(),
             locks: Cache::builder().expire_after(PerEntryTtl).build(),
         }
     }
@@ -82,7 +85,10 @@ impl MemoryBackend {
     }
 
     pub(crate) fn set<T: CacheValue>(&self, key: &str, value: T, ttl: Option<Duration>) {
-        let slot = Slot { value: Arc::new(value), ttl: ttl.map(clamp_ttl) };
+        let slot = Slot {
+            value: Arc::new(value),
+            ttl: ttl.map(clamp_ttl),
+        };
         self.values.insert(key.to_owned(), slot);
     }
 
@@ -96,29 +102,42 @@ impl MemoryBackend {
     }
 
     pub(crate) fn try_lock(&self, key: &str, token: &str, lease: Duration) -> bool {
-        let lease = Lease { token: token.into(), ttl: clamp_ttl(lease) };
-        let result = self.locks.entry(key.to_owned()).and_compute_with(|held| match held {
-            Some(_) => Op::Nop,
-            None => Op::Put(lease),
-        });
+        let lease = Lease {
+            token: token.into(),
+            ttl: clamp_ttl(lease),
+        };
+        let result = self
+            .locks
+            .entry(key.to_owned())
+            .and_compute_with(|held| match held {
+                Some(_) => Op::Nop,
+                None => Op::Put(lease),
+            });
         matches!(result, CompResult::Inserted(_))
     }
 
     pub(crate) fn unlock(&self, key: &str, token: &str) -> bool {
-        let result = self.locks.entry(key.to_owned()).and_compute_with(|held| match held {
-            Some(entry) if &*entry.value().token == token => Op::Remove,
-            _ => Op::Nop,
-        });
+        let result = self
+            .locks
+            .entry(key.to_owned())
+            .and_compute_with(|held| match held {
+                Some(entry) if &*entry.value().token == token => Op::Remove,
+                _ => Op::Nop,
+            });
         matches!(result, CompResult::Removed(_))
     }
 
     pub(crate) fn extend(&self, key: &str, token: &str, lease: Duration) -> bool {
-        let result = self.locks.entry(key.to_owned()).and_compute_with(|held| match held {
-            Some(entry) if &*entry.value().token == token => {
-                Op::Put(Lease { token: entry.into_value().token, ttl: clamp_ttl(lease) })
-            }
-            _ => Op::Nop,
-        });
+        let result = self
+            .locks
+            .entry(key.to_owned())
+            .and_compute_with(|held| match held {
+                Some(entry) if &*entry.value().token == token => Op::Put(Lease {
+                    token: entry.into_value().token,
+                    ttl: clamp_ttl(lease),
+                }),
+                _ => Op::Nop,
+            });
         matches!(result, CompResult::ReplacedWith(_))
     }
 }
@@ -143,11 +162,17 @@ mod tests {
         assert!(memory.try_lock("l", "a", Duration::from_millis(80)));
         assert!(!memory.try_lock("l", "b", Duration::from_secs(1)));
         assert!(!memory.unlock("l", "b"), "only the owner releases");
-        assert!(!memory.extend("l", "b", Duration::from_secs(1)), "only the owner extends");
+        assert!(
+            !memory.extend("l", "b", Duration::from_secs(1)),
+            "only the owner extends"
+        );
         assert!(memory.is_locked("l"));
         std::thread::sleep(Duration::from_millis(150));
         assert!(!memory.is_locked("l"), "an expired lease is free");
-        assert!(!memory.extend("l", "a", Duration::from_secs(1)), "an expired lease is gone");
+        assert!(
+            !memory.extend("l", "a", Duration::from_secs(1)),
+            "an expired lease is gone"
+        );
         assert!(memory.try_lock("l", "b", Duration::from_secs(1)));
         assert!(memory.unlock("l", "b"));
         assert!(!memory.is_locked("l"));

@@ -132,7 +132,12 @@ impl Backend {
     }
 
     /// Takes the lock if nobody holds it (`SET NX PX`).
-    pub(crate) async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
         match self {
             Backend::Memory(memory) => Ok(memory.try_lock(key, token, lease)),
             Backend::Redis(redis) => redis.try_lock(key, token, lease).await,
@@ -148,7 +153,12 @@ impl Backend {
     }
 
     /// Renews the lease if `token` still owns the lock; false when it does not.
-    pub(crate) async fn extend(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
         match self {
             Backend::Memory(memory) => Ok(memory.extend(key, token, lease)),
             Backend::Redis(redis) => redis.extend(key, token, lease).await,

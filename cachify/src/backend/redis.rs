@@ -69,7 +69,9 @@ impl RedisBackend {
             Error::Config(format!("invalid Redis URL {shown}: {error}{hint}"))
         })?;
         let unreachable = |error: redis::RedisError| {
-            Error::Backend(BackendError::new(format!("cannot use Redis at {shown}: {error}")))
+            Error::Backend(
+                BackendError::from(error).context(format_args!("cannot use Redis at {shown}")),
+            )
         };
 
         let probe_config = AsyncConnectionConfig::new()
@@ -79,7 +81,10 @@ impl RedisBackend {
             .get_multiplexed_async_connection_with_config(&probe_config)
             .await
             .map_err(unreachable)?;
-        redis::cmd("PING").query_async::<()>(&mut probe).await.map_err(unreachable)?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut probe)
+            .await
+            .map_err(unreachable)?;
         drop(probe);
 
         let manager_config = ConnectionManagerConfig::new()
@@ -88,16 +93,25 @@ impl RedisBackend {
         let connection = ConnectionManager::new_with_config(client, manager_config)
             .await
             .map_err(unreachable)?;
-        Ok(Self { connection, codec: settings.codec, command_timeout: settings.command_timeout })
+        Ok(Self {
+            connection,
+            codec: settings.codec,
+            command_timeout: settings.command_timeout,
+        })
     }
 
     /// Bounds one operation by the command timeout. redis-rs has its own
     /// response timeout, but while it reconnects (with backoff) a command
     /// waits for the reconnection; this keeps every call within the limit.
-    async fn timed<T>(&self, operation: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
+    async fn timed<T>(
+        &self,
+        operation: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
         match tokio::time::timeout(self.command_timeout, operation).await {
             Ok(reply) => Ok(reply?),
-            Err(_) => Err(Error::Backend(BackendError::timed_out(self.command_timeout))),
+            Err(_) => Err(Error::Backend(BackendError::timed_out(
+                self.command_timeout,
+            ))),
         }
     }
 
@@ -111,7 +125,8 @@ impl RedisBackend {
 
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let mut connection = self.connection.clone();
-        self.timed(redis::cmd("GET").arg(key).query_async(&mut connection)).await
+        self.timed(redis::cmd("GET").arg(key).query_async(&mut connection))
+            .await
     }
 
     pub(crate) async fn get<T: CacheValue>(&self, key: &str) -> Result<Option<T>, Error> {
@@ -121,7 +136,12 @@ impl RedisBackend {
         }
     }
 
-    pub(crate) async fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> Result<(), Error> {
+    pub(crate) async fn set(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("SET");
         command.arg(key).arg(bytes);
@@ -133,18 +153,34 @@ impl RedisBackend {
 
     pub(crate) async fn delete(&self, key: &str) -> Result<(), Error> {
         let mut connection = self.connection.clone();
-        self.timed(redis::cmd("DEL").arg(key).query_async::<()>(&mut connection)).await
+        self.timed(
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<()>(&mut connection),
+        )
+        .await
     }
 
     pub(crate) async fn exists(&self, key: &str) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
-        self.timed(redis::cmd("EXISTS").arg(key).query_async(&mut connection)).await
+        self.timed(redis::cmd("EXISTS").arg(key).query_async(&mut connection))
+            .await
     }
 
-    pub(crate) async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+    pub(crate) async fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("SET");
-        command.arg(key).arg(token).arg("NX").arg("PX").arg(millis(lease));
+        command
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease));
         let reply: Option<String> = self.timed(command.query_async(&mut connection)).await?;
         Ok(reply.is_some())
     }
@@ -157,7 +193,12 @@ impl RedisBackend {
         Ok(deleted == 1)
     }
 
-    pub(crate) async fn extend(&self, key: &str, token: &str, lease: Duration) -> Result<bool, Error> {
+    pub(crate) async fn extend(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
         let mut invocation = EXTEND.key(key);
         invocation.arg(token).arg(millis(lease));
@@ -177,15 +218,33 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not shown: it has no scheme such as redis://)".to_owned();
     };
+    // Unix-socket URLs carry the password as a query parameter.
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(redact_query(query))),
+        None => (rest, None),
+    };
+    let query = query.map(|query| format!("?{query}")).unwrap_or_default();
     // Split at the last `@`: a password may itself hold `@`, `:` or `/`.
     match rest.rsplit_once('@') {
         Some((user_info, host_and_path)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("`{scheme}://{user}:***@{host_and_path}`"),
+            Some((user, _)) => format!("`{scheme}://{user}:***@{host_and_path}{query}`"),
             // A lone `word@` may be a password written without its colon.
-            None => format!("`{scheme}://***@{host_and_path}`"),
+            None => format!("`{scheme}://***@{host_and_path}{query}`"),
         },
-        None => format!("`{url}`"),
+        None => format!("`{scheme}://{rest}{query}`"),
     }
+}
+
+/// Hides the value of every query parameter that may hold a secret.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.to_ascii_lowercase().contains("pass") => format!("{name}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
@@ -198,6 +257,14 @@ mod tests {
         assert_eq!(redact("rediss://u:s3cret@h/2"), "`rediss://u:***@h/2`");
         assert_eq!(redact("redis://s3cret@h"), "`redis://***@h`");
         assert_eq!(redact("redis://u:pa/ss@h/0"), "`redis://u:***@h/0`");
+        assert_eq!(
+            redact("redis+unix:///tmp/r.sock?db=1&pass=s3cret"),
+            "`redis+unix:///tmp/r.sock?db=1&pass=***`"
+        );
+        assert_eq!(
+            redact("unix:///tmp/r.sock?password=s3cret"),
+            "`unix:///tmp/r.sock?password=***`"
+        );
         assert_eq!(redact("redis://h:6379/0"), "`redis://h:6379/0`");
         assert!(!redact("s3cret").contains("s3cret"));
         assert!(!redact("redis://u:p@ss:w@rd@h/0").contains("ss:w"));
