@@ -339,10 +339,10 @@ async fn a_server_that_never_answers_is_a_backend_error_within_seconds() {
     drop(silent);
 }
 
-/// BUG (runtime): `BackendError::is_timeout` is documented as "true when
-/// the failure was a timeout", but `RedisBackend::connect` wraps connection
-/// failures with `BackendError::new(..)`, which drops the `RedisError`
-/// source, so a connect that timed out reports `is_timeout() == false`.
+/// `BackendError::is_timeout` is "true when the failure was a timeout",
+/// for a timed-out connect too. (Regression: `connect` once wrapped
+/// connection failures in a new message and dropped the `RedisError`
+/// source, so this reported `false`.)
 #[tokio::test]
 async fn a_connect_timeout_is_reported_as_a_timeout() {
     let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -519,10 +519,11 @@ async fn rediss_without_the_tls_feature_is_a_clear_error() {
     );
 }
 
-/// BUG (runtime): redis-rs takes the password of a Unix-socket URL from its
-/// query (`redis+unix:///path?pass=...`), but `redact` only hides a password
-/// written before an `@`, so `Debug` of the builder and the client, and the
-/// error of a failed connection, print it.
+/// redis-rs takes the password of a Unix-socket URL from its query
+/// (`redis+unix:///path?pass=...`); it must be hidden like any other.
+/// (Regression: `redact` once only hid a password written before an `@`,
+/// so `Debug` of the builder and the client, and the error of a failed
+/// connection, printed it.)
 #[tokio::test]
 async fn a_unix_socket_password_never_shows() {
     let socket_dir = std::env::temp_dir().join(format!("cachify-test-sock-{}", std::process::id()));

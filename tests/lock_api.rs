@@ -402,11 +402,10 @@ async fn one_holder_at_a_time(client: &Cachify) {
 /// `Duration::MAX` is the natural way to write "wait as long as it takes"
 /// or "a lease that never runs out"; neither may panic or fail.
 ///
-/// BUG (runtime): `acquire_owned` computes `Instant::now() + wait`, which
+/// (Regression: `acquire` once computed `Instant::now() + wait`, which
 /// panics with "overflow when adding duration to instant" for
-/// `wait(Duration::MAX)` (and any wait that overflows an `Instant`), even
-/// when the lock is free. `acquire_blocking` turns that panic on the
-/// background thread into `Err(Backend("background task stopped"))`.
+/// `wait(Duration::MAX)`, even on a free lock; `acquire_blocking` turned
+/// that panic on the background thread into an `Err(Backend)`.)
 async fn extreme_durations_are_accepted(client: &Cachify) {
     let name = "extreme";
     let guard = client
@@ -866,14 +865,10 @@ async fn redis_a_crashed_holders_lock_expires_after_its_lease() {
 /// Redis stopped: every lock call fails closed with `Err(Error::Backend)`,
 /// within a few seconds each, and the client recovers once Redis is back.
 ///
-/// BUG (runtime): each call takes about 9.5 s to fail, far beyond the
-/// client's `connect_timeout` (2 s) and `command_timeout` (500 ms). Every
-/// command waits for redis-rs's `ConnectionManager` to finish its whole
-/// reconnect schedule (6 retries with exponential backoff from 100 ms, the
-/// `ConnectionManagerConfig` defaults `RedisBackend::connect` keeps), and
-/// `command_timeout` does not bound that wait. (Only the first call after
-/// the crash fails at once, with "broken pipe".) The cache path, which is
-/// meant to fail open quickly, stalls just as long.
+/// (Regression: each call once took about 9.5 s to fail, far beyond the
+/// client's `connect_timeout` (2 s) and `command_timeout` (500 ms): every
+/// command waited for redis-rs's `ConnectionManager` to run its whole
+/// reconnect schedule, which its response timeout does not bound.)
 #[tokio::test]
 async fn redis_down_means_backend_errors_never_a_lock() {
     let mut server = RedisServer::start();
@@ -981,13 +976,10 @@ async fn redis_hung_means_a_timeout_error_never_a_lock() {
 
 /// An acquire that timed out must not leave the lock taken by nobody.
 ///
-/// BUG (runtime): when `SET key token NX PX` times out (`command_timeout`),
-/// the command may still run once the server answers again. `acquire`
-/// returns `Err(Backend)` and forgets the token, so the lock stays held by
-/// that token, which no guard owns, for the whole lease (30 s by default):
-/// every caller gets `Locked` meanwhile. A best-effort owner-only unlock
-/// with that token after a failed attempt (harmless if the SET never ran)
-/// would free it as soon as the server is back.
+/// When `SET key token NX PX` times out, the command may still run once the
+/// server answers again. (Regression: `acquire` once returned
+/// `Err(Backend)` and forgot the token, so the lock stayed held by a token
+/// no guard owns for the whole lease, 30 s by default.)
 #[tokio::test]
 async fn redis_a_timed_out_acquire_leaves_no_orphan_lock() {
     let server = RedisServer::start();
