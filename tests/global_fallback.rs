@@ -3,12 +3,36 @@
 //! One test only: the global client is per process, and this binary must
 //! touch it before any `init`.
 
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cachify::{Cachify, Error};
 
+/// Log lines written through `tracing`, kept for inspection.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
 fn global_before_init_is_a_memory_client_and_init_is_then_refused() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
     let first: &'static Cachify = cachify::global();
     assert_eq!(first.prefix(), "cachify:");
     assert_eq!(first.lock_ttl(), Duration::from_secs(30));
@@ -57,4 +81,12 @@ fn global_before_init_is_a_memory_client_and_init_is_then_refused() {
         .unwrap()
         .release_blocking()
         .unwrap();
+
+    // Exactly one warning, however often the fallback was used.
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings = logs
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("falling back"))
+        .count();
+    assert_eq!(warnings, 1, "logs:\n{logs}");
 }

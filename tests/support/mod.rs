@@ -265,14 +265,40 @@ fn redis_server_binary() -> PathBuf {
 /// A new, empty directory for one server.
 fn fresh_dir(port: u16) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_dead_dirs);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "cachify-test-redis-{}-{port}-{n}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{port}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create a temporary directory for redis-server");
     dir
+}
+
+const DIR_PREFIX: &str = "cachify-test-redis-";
+
+/// Removes the directories of servers whose test process is gone without
+/// dropping them (a server kept in a `static` is never dropped).
+fn sweep_dead_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// One server for the whole test binary, started on first use. It lives
