@@ -148,7 +148,7 @@ macro_rules! cached_suite {
 
         static TICKS: AtomicU32 = AtomicU32::new(0);
 
-        #[cached("tick", ttl = Duration::from_millis(300), client = client())]
+        #[cached("tick", ttl = Duration::from_secs(1), client = client())]
         fn tick() -> u32 {
             TICKS.fetch_add(1, Ordering::SeqCst)
         }
@@ -170,7 +170,8 @@ macro_rules! cached_suite {
         #[cached("slow-{id}", client = client())]
         async fn slow(id: u32) -> Result<u32, AppError> {
             SLOW.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Long enough for all 50 callers to join while it runs.
+            tokio::time::sleep(Duration::from_millis(800)).await;
             Ok(id * 2)
         }
 
@@ -186,12 +187,65 @@ macro_rules! cached_suite {
             assert_eq!(SLOW.load(Ordering::SeqCst), 1, "single flight");
         }
 
+        static HANDOVERS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("handover-{id}", client = client())]
+        async fn handover(id: u32, hold: Duration) -> u32 {
+            HANDOVERS.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(hold).await;
+            id
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn followers_elect_a_new_leader_when_the_leader_is_cancelled() {
+            let leader = tokio::spawn(handover(3, Duration::from_secs(30)));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while HANDOVERS.load(Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < deadline, "the leader never started");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut followers = tokio::task::JoinSet::new();
+            for _ in 0..20 {
+                followers.spawn(handover(3, Duration::from_millis(500)));
+            }
+            // Let the followers join the leader's flight, then cancel it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            leader.abort();
+            let results = followers.join_all().await;
+            assert!(results.iter().all(|r| *r == 3), "{results:?}");
+            assert_eq!(
+                HANDOVERS.load(Ordering::SeqCst),
+                2,
+                "one new leader ran for all twenty followers"
+            );
+        }
+
+        static GREETINGS: AtomicU32 = AtomicU32::new(0);
+
+        // `unless` reads a parameter that is not `Copy`.
+        #[cached("greet-{name}", client = client(), unless = |greeting: &String| greeting.contains(banned.as_str()))]
+        fn greet(name: &str, banned: String) -> String {
+            GREETINGS.fetch_add(1, Ordering::SeqCst);
+            format!("hello {name}")
+        }
+
+        #[test]
+        fn unless_may_read_the_arguments() {
+            assert_eq!(greet("bob", "bob".into()), "hello bob");
+            assert_eq!(greet("bob", "bob".into()), "hello bob");
+            assert_eq!(GREETINGS.load(Ordering::SeqCst), 2, "matched `unless`: not stored");
+            assert_eq!(greet("amy", "bob".into()), "hello amy");
+            assert_eq!(greet("amy", "bob".into()), "hello amy");
+            assert_eq!(GREETINGS.load(Ordering::SeqCst), 3);
+        }
+
         static SLOW_SYNC: AtomicU32 = AtomicU32::new(0);
 
         #[cached("slow-sync-{id}", client = client())]
         fn slow_sync(id: u32) -> u32 {
             SLOW_SYNC.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(200));
+            // Long enough for all 16 threads to join while it runs.
+            std::thread::sleep(Duration::from_millis(800));
             id * 2
         }
 
@@ -324,6 +378,22 @@ mod redis {
             id: user_id,
             name: "stored".into(),
         }
+    }
+
+    #[cached("set-{{{id}}}-<<{id}>>", client = client())]
+    fn braced(id: u32) -> u32 {
+        id
+    }
+
+    #[test]
+    fn escaped_braces_and_angles_are_literal_in_the_key() {
+        braced(5);
+        let mut raw = support::shared_server().connection();
+        let stored: bool = ::redis::cmd("EXISTS")
+            .arg("t:cache:set-{5}-<5>")
+            .query(&mut raw)
+            .unwrap();
+        assert!(stored, "`{{{{`, `}}}}`, `<<` and `>>` are literal text");
     }
 
     #[test]

@@ -343,7 +343,7 @@ async fn a_cancelled_future_releases(client: &Cachify) {
 
 async fn the_watchdog_keeps_a_short_lease(client: &Cachify) {
     let name = "short-lease";
-    let ttl = Duration::from_millis(150);
+    let ttl = Duration::from_millis(600);
     let guard = client.lock(name).ttl(ttl).acquire().await.unwrap();
     tokio::time::sleep(ttl * 5).await;
     assert!(
@@ -994,5 +994,24 @@ async fn redis_a_timed_out_acquire_leaves_no_orphan_lock() {
     // The lease is the default 30 s; nothing is held, so the lock must be
     // free right away once the server answers again.
     let freed_after = wait_until_free(&client, "orphan", SOON).await;
+    assert!(freed_after < SOON);
+}
+
+/// An acquire whose future is dropped while its `SET NX` is in flight must
+/// not leave the lock taken by nobody once Redis answers again.
+#[tokio::test]
+async fn redis_a_cancelled_acquire_leaves_no_orphan_lock() {
+    let server = RedisServer::start();
+    let client = redis_client(&server).await;
+    let frozen = Frozen::new(&server);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        client.lock("cancelled").acquire(),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the acquire was cancelled mid-flight");
+    drop(frozen);
+    // The lease is the default 30 s: only the cleanup can free it this soon.
+    let freed_after = wait_until_free(&client, "cancelled", SOON).await;
     assert!(freed_after < SOON);
 }

@@ -31,6 +31,15 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Async twin of [`eventually`].
+async fn until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 macro_rules! locking_suite {
     () => {
         use super::*;
@@ -47,9 +56,8 @@ macro_rules! locking_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn once_refuses_while_running_and_frees_after() {
             assert!(!update_user_is_locked(1).await.unwrap());
-            let running = tokio::spawn(update_user(1, Duration::from_millis(400)));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(update_user_is_locked(1).await.unwrap());
+            let running = tokio::spawn(update_user(1, Duration::from_millis(800)));
+            until("the first update holds the lock", async || update_user_is_locked(1).await.unwrap()).await;
             assert_eq!(update_user(1, Duration::ZERO).await, Err(AppError::Busy(1)), "return_on_locked sees the arguments");
             assert_eq!(update_user(2, Duration::ZERO).await, Ok(2), "another key is free");
             assert_eq!(running.await.unwrap(), Ok(1));
@@ -66,8 +74,8 @@ macro_rules! locking_suite {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn once_without_return_on_locked_is_err_locked() {
-            let running = tokio::spawn(plain(5, Duration::from_millis(300)));
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let running = tokio::spawn(plain(5, Duration::from_millis(800)));
+            until("the first call holds the lock", async || plain_is_locked(5).await.unwrap()).await;
             let refused = plain(5, Duration::ZERO).await.unwrap_err();
             let AppError::Cache(message) = refused else { panic!("expected a converted cachify error") };
             assert!(message.starts_with("locked ") && message.ends_with("once:plain-5"), "{message}");
@@ -76,9 +84,8 @@ macro_rules! locking_suite {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn release_sibling_frees_a_held_lock() {
-            let running = tokio::spawn(plain(6, Duration::from_millis(500)));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(plain_is_locked(6).await.unwrap());
+            let running = tokio::spawn(plain(6, Duration::from_millis(800)));
+            until("the first call holds the lock", async || plain_is_locked(6).await.unwrap()).await;
             plain_release(6).await.unwrap();
             assert!(!plain_is_locked(6).await.unwrap());
             assert_eq!(plain(6, Duration::ZERO).await, Ok(6));
@@ -133,7 +140,8 @@ macro_rules! locking_suite {
         #[once("sync-once-{id}", client = client(), return_on_locked = Ok(0))]
         fn sync_once(id: u32) -> Result<u32, AppError> {
             SYNC_ONCE.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(300));
+            // Long enough for all six threads to try while it runs.
+            std::thread::sleep(Duration::from_millis(1000));
             Ok(id)
         }
 
@@ -148,17 +156,17 @@ macro_rules! locking_suite {
             assert_eq!(SYNC_ONCE.load(Ordering::SeqCst), 1);
         }
 
-        #[once("long-{id}", ttl = Duration::from_millis(300), client = client(), return_on_locked = None)]
+        #[once("long-{id}", ttl = Duration::from_millis(600), client = client(), return_on_locked = None)]
         async fn long_job(id: u64) -> Option<u64> {
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+            tokio::time::sleep(Duration::from_millis(2400)).await;
             Some(id)
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn watchdog_keeps_a_short_lease_while_the_job_runs() {
             let running = tokio::spawn(long_job(1));
-            // Four leases later the job still runs, and still holds its lock.
-            tokio::time::sleep(Duration::from_millis(900)).await;
+            // Three leases later the job still runs, and still holds its lock.
+            tokio::time::sleep(Duration::from_millis(1800)).await;
             assert!(long_job_is_locked(1).await.unwrap());
             assert_eq!(long_job(1).await, None, "refused: the lease was renewed");
             assert_eq!(running.await.unwrap(), Some(1));

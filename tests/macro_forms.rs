@@ -228,3 +228,23 @@ fn futures_are_send() {
     assert_send(&by_path(Path(1), "s"));
     assert_send(&parse("1"));
 }
+
+/// A struct whose name ends in `Result` is a value, not a `Result`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchResult {
+    hits: u32,
+}
+
+#[cached("search-{query}")]
+fn search(query: &str) -> SearchResult {
+    SearchResult {
+        hits: query.len() as u32,
+    }
+}
+
+#[test]
+fn result_named_structs_are_cached_whole() {
+    assert_eq!(search("abc"), SearchResult { hits: 3 });
+    assert_eq!(search("abc"), SearchResult { hits: 3 });
+    search_reset("abc").unwrap();
+}

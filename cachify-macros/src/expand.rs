@@ -286,6 +286,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             quote!(cached_blocking)
         };
         let ty = &output.ty;
+        let unless_var = local("__cachify_unless");
         let unless = match &key.args.unless {
             Some(unless) => unless.to_token_stream(),
             None => quote!(::cachify::__private::store_all),
@@ -294,10 +295,14 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         // serializable, not `Clone`) is reported there.
         let call = quote_spanned!(output.span(stored)=>
             ::cachify::__private::#runner::<::cachify::__private::#policy, #ty, _, _>(
-                #client_var, #key_var, #ttl, #body, #unless
+                #client_var, #key_var, #ttl, #body, #unless_var
             )
         );
-        quote!(#call #dot_await)
+        // Bound first: the body moves the arguments, and `unless` may read them.
+        quote! {
+            let #unless_var = #unless;
+            #call #dot_await
+        }
     } else {
         let (acquire, run) = if sig.asyncness.is_some() {
             (quote!(acquire), quote!(run_locked))
@@ -422,7 +427,7 @@ fn siblings(key: &Key, function: &ItemFn) -> Vec<TokenStream> {
             "reset",
             format!(" Deletes the cached result of `{shown}` for these arguments."),
             quote!(()),
-            "reset",
+            "delete",
         )],
         Kind::Once | Kind::Lock => &[
             (
@@ -437,7 +442,7 @@ fn siblings(key: &Key, function: &ItemFn) -> Vec<TokenStream> {
                 "release",
                 format!(" Releases the lock of `{shown}` for these arguments, whoever holds it."),
                 quote!(()),
-                "force_release",
+                "delete",
             ),
         ],
     };

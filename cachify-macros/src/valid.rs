@@ -114,12 +114,19 @@ pub(crate) fn return_type(kind: Kind, args: &Args, sig: &Signature) -> syn::Resu
 }
 
 /// Whether the return type is spelled like a `Result`: a path whose last
-/// segment is `Result` or ends with it (`io::Result`, `AppResult`).
+/// segment is `Result` (`Result<T, E>`, `io::Result<T>`), or ends with
+/// `Result` and takes generic arguments (`AppResult<T>`). A plain struct
+/// such as `SearchResult` is not one.
 pub(crate) fn is_result_like(output: &ReturnType) -> bool {
     let ReturnType::Type(_, ty) = output else {
         return false;
     };
-    last_segment(ty).is_some_and(|segment| segment.ident.to_string().ends_with("Result"))
+    last_segment(ty).is_some_and(|segment| {
+        let name = segment.ident.to_string();
+        name == "Result"
+            || (name.ends_with("Result")
+                && matches!(segment.arguments, PathArguments::AngleBracketed(_)))
+    })
 }
 
 /// The generic type argument `index` of a path type: `User` is argument 0 of `Result<User, E>`.

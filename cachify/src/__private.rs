@@ -114,13 +114,14 @@ pub fn lock_error<E: From<Error>>(error: Error) -> E {
     E::from(error)
 }
 
-/// `<fn>_reset`: deletes one cache entry.
-pub async fn reset(client: &Cachify, key: String) -> Result<(), Error> {
+/// `<fn>_reset` and `<fn>_release`: deletes one cache entry, or a lock
+/// whoever holds it.
+pub async fn delete(client: &Cachify, key: String) -> Result<(), Error> {
     client.backend().delete(key).await
 }
 
-/// Blocking `<fn>_reset`.
-pub fn reset_blocking(client: &Cachify, key: String) -> Result<(), Error> {
+/// Blocking [`delete`].
+pub fn delete_blocking(client: &Cachify, key: String) -> Result<(), Error> {
     client.backend().delete_blocking(key)
 }
 
@@ -132,14 +133,4 @@ pub async fn is_locked(client: &Cachify, key: String) -> Result<bool, Error> {
 /// Blocking `<fn>_is_locked`.
 pub fn is_locked_blocking(client: &Cachify, key: String) -> Result<bool, Error> {
     client.backend().exists_blocking(key)
-}
-
-/// `<fn>_release`: deletes the lock whoever holds it.
-pub async fn force_release(client: &Cachify, key: String) -> Result<(), Error> {
-    client.backend().delete(key).await
-}
-
-/// Blocking `<fn>_release`.
-pub fn force_release_blocking(client: &Cachify, key: String) -> Result<(), Error> {
-    client.backend().delete_blocking(key)
 }

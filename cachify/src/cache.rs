@@ -89,11 +89,25 @@ fn hit<P: Policy<R>, R>(
     }
 }
 
-/// Takes the leader's value if it has the type this caller expects.
-fn shared<P: Policy<R>, R>(outcome: Outcome) -> Option<R> {
+/// What a follower does with its leader's outcome.
+enum Next<R> {
+    /// Return the leader's value.
+    Return(R),
+    /// Run the function without a flight.
+    Run,
+    /// Check the cache and join again (the leader vanished).
+    Rejoin,
+}
+
+fn follow<P: Policy<R>, R>(outcome: Outcome) -> Next<R> {
     match outcome {
-        Outcome::Value(value) => value.downcast_ref::<P::Stored>().cloned().map(P::restore),
-        Outcome::Retry => None,
+        // Another function with the same key may have stored another type.
+        Outcome::Value(value) => match value.downcast_ref::<P::Stored>() {
+            Some(stored) => Next::Return(P::restore(stored.clone())),
+            None => Next::Run,
+        },
+        Outcome::Failed => Next::Run,
+        Outcome::Abandoned => Next::Rejoin,
     }
 }
 
@@ -107,7 +121,7 @@ fn to_store<'a, P: Policy<R>, R, U: Fn(&P::Stored) -> bool>(
             let share = Outcome::Value(Arc::new(stored.clone()));
             (if unless(stored) { None } else { Some(stored) }, share)
         }
-        None => (None, Outcome::Retry),
+        None => (None, Outcome::Failed),
     }
 }
 
@@ -123,19 +137,20 @@ where
     F: Future<Output = R>,
     U: Fn(&P::Stored) -> bool,
 {
-    if let Some(output) = hit::<P, R>(client, &key, client.backend().get(&key).await) {
-        return output;
-    }
-    let ttl = ttl.or(client.default_ttl());
-    let leader = match client.flights().join(&key, false) {
-        Role::Leader(leader) => Some(leader),
-        Role::Follower(flight) => {
-            if let Some(output) = shared::<P, R>(flight.wait().await) {
-                return output;
-            }
-            None
+    let leader = loop {
+        if let Some(output) = hit::<P, R>(client, &key, client.backend().get(&key).await) {
+            return output;
+        }
+        match client.flights().join(&key, false) {
+            Role::Leader(leader) => break Some(leader),
+            Role::Follower(flight) => match follow::<P, R>(flight.wait().await) {
+                Next::Return(output) => return output,
+                Next::Run => break None,
+                Next::Rejoin => {}
+            },
         }
     };
+    let ttl = ttl.or(client.default_ttl());
     let output = body.await;
     let (store, share) = to_store::<P, R, U>(&output, &unless);
     if let Some(leader) = &leader {
@@ -162,19 +177,20 @@ where
     F: FnOnce() -> R,
     U: Fn(&P::Stored) -> bool,
 {
-    if let Some(output) = hit::<P, R>(client, &key, client.backend().get_blocking(&key)) {
-        return output;
-    }
-    let ttl = ttl.or(client.default_ttl());
-    let leader = match client.flights().join(&key, true) {
-        Role::Leader(leader) => Some(leader),
-        Role::Follower(flight) => {
-            if let Some(output) = shared::<P, R>(flight.wait_blocking()) {
-                return output;
-            }
-            None
+    let leader = loop {
+        if let Some(output) = hit::<P, R>(client, &key, client.backend().get_blocking(&key)) {
+            return output;
+        }
+        match client.flights().join(&key, true) {
+            Role::Leader(leader) => break Some(leader),
+            Role::Follower(flight) => match follow::<P, R>(flight.wait_blocking()) {
+                Next::Return(output) => return output,
+                Next::Run => break None,
+                Next::Rejoin => {}
+            },
         }
     };
+    let ttl = ttl.or(client.default_ttl());
     let output = body();
     let (store, share) = to_store::<P, R, U>(&output, &unless);
     if let Some(leader) = &leader {

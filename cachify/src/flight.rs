@@ -17,9 +17,12 @@ use tokio::sync::Notify;
 pub(crate) enum Outcome {
     /// The value to return, type-erased; followers downcast it.
     Value(Arc<dyn Any + Send + Sync>),
-    /// The leader produced nothing shareable (an `Err`, a panic, or it was
-    /// cancelled): each follower runs the function itself.
-    Retry,
+    /// The leader's result cannot be shared (an `Err`): each follower runs
+    /// the function itself, as it would without a cache.
+    Failed,
+    /// The leader went away without a result (it panicked or its future was
+    /// cancelled): the followers elect a new leader.
+    Abandoned,
 }
 
 #[derive(Default)]
@@ -67,14 +70,14 @@ impl Flight {
         if self.leader_thread == Some(thread::current().id()) {
             // The leader's own body called back into the same key: waiting
             // would wait for ourselves forever.
-            return Outcome::Retry;
+            return Outcome::Failed;
         }
         let slot = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = self
             .ready
             .wait_while(slot, |outcome| outcome.is_none())
             .unwrap_or_else(PoisonError::into_inner);
-        slot.clone().unwrap_or(Outcome::Retry)
+        slot.clone().unwrap_or(Outcome::Abandoned)
     }
 }
 
@@ -119,8 +122,8 @@ impl Flights {
 }
 
 /// The leader's handle on its flight. Dropping it without publishing (a
-/// panic or a cancelled future) tells the followers to retry, so nobody
-/// waits forever.
+/// panic or a cancelled future) tells the followers to elect a new leader,
+/// so nobody waits forever.
 pub(crate) struct Leader<'a> {
     map: &'a Mutex<HashMap<String, Arc<Flight>>>,
     key: String,
@@ -137,7 +140,7 @@ impl Leader<'_> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        self.flight.publish(Outcome::Retry);
+        self.flight.publish(Outcome::Abandoned);
         let mut running = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if running
             .get(&self.key)

@@ -7,9 +7,13 @@
 //! first character of the literal text that follows its placeholder (the
 //! "stop" character), and for a fixed set of characters that must never
 //! appear raw (control characters, whitespace, glob metacharacters, `#`).
-//! Because the macros refuse two placeholders with no literal text between
-//! them, the stop character always marks where a value ends, so different
-//! argument tuples always render different keys.
+//! Read left to right, an encoded value is a sequence of tokens: `%XX`
+//! (always three characters, since `%` never appears raw) or one raw
+//! character that is never the stop character. The first raw stop
+//! character outside a `%XX` token therefore ends the value; and since the
+//! macros refuse two placeholders with no literal text between them, every
+//! value but the last has one. So different argument tuples render
+//! different keys, even when the stop character is a hex digit.
 
 use std::fmt::{self, Display, Write};
 
@@ -41,7 +45,7 @@ impl KeyKind {
 /// A key template, parsed and checked at compile time by the macros.
 #[derive(Debug)]
 pub struct KeyTemplate {
-    /// The template as the user wrote it, for logs and docs.
+    /// The template as the user wrote it (shown by `Debug`, and a size hint).
     pub text: &'static str,
     /// Literal text and value slots, in order.
     pub pieces: &'static [Piece],
@@ -211,6 +215,24 @@ mod tests {
         assert_ne!(dashed("x%2Dy", "z"), dashed("x-y", "z"));
         // Only the stop character of the last value is free.
         assert_eq!(dashed("a", "b-c"), "p:cache:a-b-c");
+    }
+
+    #[test]
+    fn a_hex_digit_stop_character_stays_unambiguous() {
+        const HEX_STOP: KeyTemplate = KeyTemplate {
+            text: "{a}A{b}",
+            pieces: &[
+                Piece::Value { stop: Some('A') },
+                Piece::Text("A"),
+                Piece::Value { stop: None },
+            ],
+        };
+        let key = |a: &str, b: &str| render("", KeyKind::Cached, &HEX_STOP, &[&a, &b]);
+        // `*` encodes as `%2A`, which holds an `A` inside its token.
+        assert_eq!(key("*", "x"), "cache:%2AAx");
+        assert_ne!(key("*", "x"), key("%2", "x"));
+        assert_ne!(key("*", "x"), key("", "%2Ax"));
+        assert_ne!(key("A", ""), key("", "A"));
     }
 
     #[test]

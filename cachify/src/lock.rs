@@ -110,7 +110,9 @@ impl<'a> LockBuilder<'a> {
 pub struct LockGuard {
     backend: Backend,
     key: String,
+    /// Empty once released: `Drop` then has nothing left to do.
     token: String,
+    lease: Duration,
     watchdog: Option<AbortHandle>,
 }
 
@@ -132,23 +134,19 @@ impl LockGuard {
     /// ours: the lease ran out or someone deleted or took the key.
     pub async fn release(mut self) -> Result<(), Error> {
         self.stop_watchdog();
-        let (backend, key, token) = self.take();
-        match backend.unlock(&key, &token).await? {
-            true => Ok(()),
-            false => Err(Error::NotOwner),
-        }
+        let released = unlock(&self.backend, &self.key, &self.token, self.lease).await;
+        // Cleared only now: if this future is dropped during the await,
+        // `Drop` still sees the token and releases in the background.
+        self.token.clear();
+        released
     }
 
     /// Blocking twin of [`LockGuard::release`].
     pub fn release_blocking(mut self) -> Result<(), Error> {
         self.stop_watchdog();
-        let (backend, key, token) = self.take();
-        io::block_on(async move {
-            match backend.unlock(&key, &token).await? {
-                true => Ok(()),
-                false => Err(Error::NotOwner),
-            }
-        })
+        let (backend, key, lease) = (self.backend.clone(), self.key.clone(), self.lease);
+        let token = std::mem::take(&mut self.token);
+        io::block_on(async move { unlock(&backend, &key, &token, lease).await })
     }
 
     /// Release at the end of a `#[once]`/`#[lock]` function: the function
@@ -172,15 +170,6 @@ impl LockGuard {
             watchdog.abort();
         }
     }
-
-    /// Moves the parts out, leaving an empty token so `Drop` does nothing.
-    fn take(&mut self) -> (Backend, String, String) {
-        (
-            self.backend.clone(),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.token),
-        )
-    }
 }
 
 impl Drop for LockGuard {
@@ -189,14 +178,71 @@ impl Drop for LockGuard {
         if self.token.is_empty() {
             return;
         }
-        let (backend, key, token) = self.take();
-        // Drop cannot await: release in the background. Owner-only release
-        // makes a late one harmless.
-        io::spawn(async move {
-            if let Err(error) = backend.unlock(&key, &token).await {
-                tracing::warn!(key, %error, "cachify: releasing a dropped lock failed; it expires after its lease");
+        let token = std::mem::take(&mut self.token);
+        match &self.backend {
+            // In-process: release at once, so the next caller finds it free.
+            Backend::Memory(memory) => {
+                memory.unlock(&self.key, &token);
             }
-        });
+            // Drop cannot await: release in the background, retrying while
+            // Redis is unreachable. Owner-only release makes a late one harmless.
+            Backend::Redis(_) => {
+                io::spawn(abandon(
+                    self.backend.clone(),
+                    self.key.clone(),
+                    token,
+                    self.lease,
+                ));
+            }
+        }
+    }
+}
+
+/// Owner-only release; on a backend error, keeps trying in the background
+/// so the lock does not linger for its whole lease.
+async fn unlock(backend: &Backend, key: &str, token: &str, lease: Duration) -> Result<(), Error> {
+    match backend.unlock(key, token).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::NotOwner),
+        Err(error) => {
+            io::spawn(abandon(
+                backend.clone(),
+                key.to_owned(),
+                token.to_owned(),
+                lease,
+            ));
+            Err(error)
+        }
+    }
+}
+
+/// While armed, dropping it (the acquiring future was cancelled mid-call,
+/// or the call failed) takes back whatever the attempt may have taken:
+/// its `SET NX` can still land on Redis after we stopped waiting.
+struct Attempt<'a> {
+    backend: &'a Backend,
+    key: &'a str,
+    token: &'a str,
+    lease: Duration,
+    armed: bool,
+}
+
+impl Attempt<'_> {
+    fn settle(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let (backend, key, token) = (
+                self.backend.clone(),
+                self.key.to_owned(),
+                self.token.to_owned(),
+            );
+            io::spawn(abandon(backend, key, token, self.lease));
+        }
     }
 }
 
@@ -205,7 +251,7 @@ fn new_token() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
         .map_err(|error| Error::Config(format!("no randomness for a lock token: {error}")))?;
-    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+    Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
 }
 
 pub(crate) async fn acquire(
@@ -239,14 +285,23 @@ async fn acquire_owned(
     let deadline = Instant::now().checked_add(wait);
     let mut pause = FIRST_RETRY_PAUSE;
     loop {
+        let attempt = Attempt {
+            backend: &backend,
+            key: &key,
+            token: &token,
+            lease,
+            armed: true,
+        };
         match backend.try_lock(&key, &token, lease).await {
-            Ok(true) => break,
-            Ok(false) => {}
+            Ok(true) => {
+                attempt.settle();
+                break;
+            }
+            Ok(false) => attempt.settle(),
             Err(error) => {
                 tracing::warn!(key, %error, "cachify: could not take a lock; refusing to run without it");
-                // The SET may still reach Redis (it timed out on our side
-                // only): take back whatever it may have taken.
-                io::spawn(abandon(backend, key, token, lease));
+                // Dropping the armed attempt takes back what the SET may yet take.
+                drop(attempt);
                 return Err(error);
             }
         }
@@ -265,6 +320,7 @@ async fn acquire_owned(
         backend,
         key,
         token,
+        lease,
         watchdog: Some(watchdog),
     })
 }

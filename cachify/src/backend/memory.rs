@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn locks_are_owned_and_expire() {
         let memory = MemoryBackend::new(100);
-        assert!(memory.try_lock("l", "a", Duration::from_millis(80)));
+        assert!(memory.try_lock("l", "a", Duration::from_millis(400)));
         assert!(!memory.try_lock("l", "b", Duration::from_secs(1)));
         assert!(!memory.unlock("l", "b"), "only the owner releases");
         assert!(
@@ -167,7 +167,7 @@ mod tests {
             "only the owner extends"
         );
         assert!(memory.is_locked("l"));
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(!memory.is_locked("l"), "an expired lease is free");
         assert!(
             !memory.extend("l", "a", Duration::from_secs(1)),
@@ -181,10 +181,10 @@ mod tests {
     #[test]
     fn extend_renews_the_lease() {
         let memory = MemoryBackend::new(100);
-        assert!(memory.try_lock("l", "a", Duration::from_millis(100)));
+        assert!(memory.try_lock("l", "a", Duration::from_millis(400)));
         for _ in 0..4 {
-            std::thread::sleep(Duration::from_millis(50));
-            assert!(memory.extend("l", "a", Duration::from_millis(100)));
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(memory.extend("l", "a", Duration::from_millis(400)));
         }
         assert!(memory.is_locked("l"));
     }

@@ -218,21 +218,22 @@ pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "(not shown: it has no scheme such as redis://)".to_owned();
     };
-    // Unix-socket URLs carry the password as a query parameter.
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, Some(redact_query(query))),
-        None => (rest, None),
-    };
-    let query = query.map(|query| format!("?{query}")).unwrap_or_default();
-    // Split at the last `@`: a password may itself hold `@`, `:` or `/`.
-    match rest.rsplit_once('@') {
-        Some((user_info, host_and_path)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("`{scheme}://{user}:***@{host_and_path}{query}`"),
+    // Split at the last `@` first: a password may itself hold `@`, `:`,
+    // `/` or `?`, and everything before that `@` is credentials.
+    let (credentials, location) = match rest.rsplit_once('@') {
+        Some((user_info, location)) => match user_info.split_once(':') {
+            Some((user, _)) => (format!("{user}:***@"), location),
             // A lone `word@` may be a password written without its colon.
-            None => format!("`{scheme}://***@{host_and_path}{query}`"),
+            None => ("***@".to_owned(), location),
         },
-        None => format!("`{scheme}://{rest}{query}`"),
-    }
+        None => (String::new(), rest),
+    };
+    // Unix-socket URLs carry the password as a query parameter.
+    let location = match location.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", redact_query(query)),
+        None => location.to_owned(),
+    };
+    format!("`{scheme}://{credentials}{location}`")
 }
 
 /// Hides the value of every query parameter that may hold a secret.
@@ -257,6 +258,11 @@ mod tests {
         assert_eq!(redact("rediss://u:s3cret@h/2"), "`rediss://u:***@h/2`");
         assert_eq!(redact("redis://s3cret@h"), "`redis://***@h`");
         assert_eq!(redact("redis://u:pa/ss@h/0"), "`redis://u:***@h/0`");
+        assert_eq!(
+            redact("redis://u:pa?ss@h:6379/0"),
+            "`redis://u:***@h:6379/0`"
+        );
+        assert_eq!(redact("redis://u:p?pass=x@h/0"), "`redis://u:***@h/0`");
         assert_eq!(
             redact("redis+unix:///tmp/r.sock?db=1&pass=s3cret"),
             "`redis+unix:///tmp/r.sock?db=1&pass=***`"
