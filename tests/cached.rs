@@ -459,26 +459,13 @@ mod redis {
 /// The cache path fails open: with Redis gone, functions still answer.
 mod outage {
     use super::*;
-    use std::sync::{Mutex, OnceLock};
-
     static CALLS: AtomicU32 = AtomicU32::new(0);
 
     /// This module's own server, so stopping it affects no other test.
-    static SERVER: Mutex<Option<support::RedisServer>> = Mutex::new(None);
+    static OWN: support::OwnServer = support::OwnServer::new();
 
     fn client() -> &'static Cachify {
-        static CLIENT: OnceLock<Cachify> = OnceLock::new();
-        CLIENT.get_or_init(|| {
-            let server = support::RedisServer::start();
-            let client = Cachify::builder()
-                .redis(server.url())
-                .command_timeout(Duration::from_millis(200))
-                .connect_timeout(Duration::from_millis(200))
-                .build_blocking()
-                .unwrap();
-            *SERVER.lock().unwrap() = Some(server);
-            client
-        })
+        OWN.client()
     }
 
     #[cached("doubled-{n}", client = client())]
@@ -496,7 +483,7 @@ mod outage {
     #[tokio::test]
     async fn functions_answer_when_redis_is_down() {
         assert_eq!(doubled(1).await, Ok(2));
-        drop(SERVER.lock().unwrap().take());
+        OWN.stop();
         let started = Instant::now();
         for n in 0..3 {
             assert_eq!(doubled(n).await, Ok(n * 2));

@@ -238,24 +238,12 @@ mod redis {
 /// Locks fail closed: with Redis gone they refuse, and the body never runs.
 mod outage {
     use super::*;
-    use std::sync::{Mutex, OnceLock};
 
-    static SERVER: Mutex<Option<support::RedisServer>> = Mutex::new(None);
+    static OWN: support::OwnServer = support::OwnServer::new();
     static RAN: AtomicU32 = AtomicU32::new(0);
 
     fn client() -> &'static Cachify {
-        static CLIENT: OnceLock<Cachify> = OnceLock::new();
-        CLIENT.get_or_init(|| {
-            let server = support::RedisServer::start();
-            let client = Cachify::builder()
-                .redis(server.url())
-                .command_timeout(Duration::from_millis(200))
-                .connect_timeout(Duration::from_millis(200))
-                .build_blocking()
-                .unwrap();
-            *SERVER.lock().unwrap() = Some(server);
-            client
-        })
+        OWN.client()
     }
 
     #[once("guarded-{id}", client = client())]
@@ -274,7 +262,7 @@ mod outage {
     async fn locks_refuse_when_redis_is_down() {
         assert_eq!(guarded(1).await.unwrap(), 1);
         assert_eq!(RAN.load(Ordering::SeqCst), 1);
-        drop(SERVER.lock().unwrap().take());
+        OWN.stop();
         for id in 0..3 {
             let refused = guarded(id).await;
             assert!(matches!(refused, Err(Error::Backend(_))), "{refused:?}");

@@ -3,8 +3,8 @@
 
 mod support;
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cachify::{Cachify, cached, once};
@@ -136,21 +136,10 @@ fn the_memory_backend_is_bounded() {
 }
 
 /// A server this test can restart on the same port.
-static RESTARTABLE: Mutex<Option<support::RedisServer>> = Mutex::new(None);
+static RESTARTABLE: support::OwnServer = support::OwnServer::new();
 
 fn restartable_client() -> &'static Cachify {
-    static CLIENT: OnceLock<Cachify> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        let server = support::RedisServer::start();
-        let client = Cachify::builder()
-            .redis(server.url())
-            .command_timeout(Duration::from_millis(200))
-            .connect_timeout(Duration::from_millis(200))
-            .build_blocking()
-            .unwrap();
-        *RESTARTABLE.lock().unwrap() = Some(server);
-        client
-    })
+    RESTARTABLE.client()
 }
 
 static RECONNECT_RUNS: AtomicU32 = AtomicU32::new(0);
@@ -167,7 +156,7 @@ async fn caching_resumes_after_redis_restarts() {
     assert_eq!(reconnecting().await, 7);
     assert_eq!(RECONNECT_RUNS.load(Ordering::SeqCst), 1);
 
-    RESTARTABLE.lock().unwrap().as_mut().unwrap().restart();
+    RESTARTABLE.restart();
 
     // The restarted server is empty: the next calls run, store again, and
     // once the connection is back they are hits.
@@ -187,7 +176,7 @@ async fn caching_resumes_after_redis_restarts() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut raw = RESTARTABLE.lock().unwrap().as_ref().unwrap().connection();
+    let mut raw = RESTARTABLE.connection();
     let stored: bool = redis::cmd("EXISTS")
         .arg("cachify:cache:reconnect")
         .query(&mut raw)

@@ -395,3 +395,63 @@ impl Drop for Deadline {
         self.disarm.take();
     }
 }
+
+/// A server of a test's own, in a `static` so that `client = ..` attributes
+/// can reach its client, and that the test may stop or restart without
+/// touching any other test. The client has short timeouts, so calls during
+/// an outage fail fast.
+pub struct OwnServer {
+    server: Mutex<Option<RedisServer>>,
+    client: OnceLock<cachify::Cachify>,
+}
+
+impl OwnServer {
+    pub const fn new() -> Self {
+        OwnServer {
+            server: Mutex::new(None),
+            client: OnceLock::new(),
+        }
+    }
+
+    /// The client, starting the server on first use.
+    pub fn client(&self) -> &cachify::Cachify {
+        self.client.get_or_init(|| {
+            let server = RedisServer::start();
+            let client = cachify::Cachify::builder()
+                .redis(server.url())
+                .command_timeout(Duration::from_millis(200))
+                .connect_timeout(Duration::from_millis(200))
+                .build_blocking()
+                .expect("connect to the test's own redis-server");
+            *self.lock() = Some(server);
+            client
+        })
+    }
+
+    /// Kills the server for good.
+    pub fn stop(&self) {
+        drop(self.lock().take());
+    }
+
+    /// Kills the server and starts it again, empty, on the same port.
+    pub fn restart(&self) {
+        self.lock()
+            .as_mut()
+            .expect("the server was started and not stopped")
+            .restart();
+    }
+
+    /// A raw connection for inspection.
+    pub fn connection(&self) -> redis::Connection {
+        self.lock()
+            .as_ref()
+            .expect("the server was started and not stopped")
+            .connection()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<RedisServer>> {
+        self.server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
