@@ -25,7 +25,7 @@ impl Kind {
 
     fn options(self) -> &'static [&'static str] {
         match self {
-            Kind::Cached => &["ttl", "unless", "client"],
+            Kind::Cached => &["ttl", "unless", "lock", "client"],
             Kind::Once => &["ttl", "return_on_locked", "client"],
             Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
         }
@@ -47,6 +47,8 @@ pub(crate) struct Args {
     pub(crate) wait: Option<Duration>,
     pub(crate) unless: Option<Expr>,
     pub(crate) return_on_locked: Option<Expr>,
+    /// `lock = <bool>` on `#[cached]`: one fill across processes.
+    pub(crate) fill_lock: Option<Expr>,
     pub(crate) client: Option<Expr>,
 }
 
@@ -64,6 +66,7 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
         wait: None,
         unless: None,
         return_on_locked: None,
+        fill_lock: None,
         client: None,
     };
     while !input.is_empty() {
@@ -98,6 +101,7 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
             }
             "unless" => set_once(&mut args.unless, value, duplicate)?,
             "return_on_locked" => set_once(&mut args.return_on_locked, value, duplicate)?,
+            "lock" => set_once(&mut args.fill_lock, value, duplicate)?,
             _ => set_once(&mut args.client, value, duplicate)?,
         }
     }
@@ -135,6 +139,9 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         ),
         "unless" => format!(
             "option `unless` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
+        ),
+        "lock" => format!(
+            "option `lock` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
         ),
         "return_on_locked" => format!(
             "option `return_on_locked` is not valid for `#[{macro_name}]` (only `#[once]` and `#[lock]` take it); valid options are: {list}"

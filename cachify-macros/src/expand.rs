@@ -293,9 +293,17 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         };
         // Spanned at the stored type, so an unmet `Policy` bound (not
         // serializable, not `Clone`) is reported there.
+        let fill_lock = match &key.args.fill_lock {
+            Some(fill_lock) => fill_lock.to_token_stream(),
+            None => quote!(false),
+        };
         let call = quote_spanned!(output.span(stored)=>
             ::cachify::__private::#runner::<::cachify::__private::#policy, #ty, _, _>(
-                #client_var, #key_var, #ttl, #body, #unless_var
+                #client_var,
+                #key_var,
+                ::cachify::__private::CacheCall { ttl: #ttl, fill_lock: #fill_lock },
+                #body,
+                #unless_var
             )
         );
         // Bound first: the body moves the arguments, and `unless` may read them.

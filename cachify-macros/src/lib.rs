@@ -55,6 +55,11 @@ use crate::attr::Kind;
 /// - `unless = <expr>`: a predicate `Fn(&T) -> bool` on the value that would
 ///   be stored (the `Ok` value for a `Result`); when it returns `true` the
 ///   value is returned but not cached, e.g. `unless = |user: &User| user.is_admin`.
+/// - `lock = true`: concurrent misses in *different processes* also run
+///   the body once. The first process takes a short-lived lock on the key
+///   and computes; the others wait for its value (for at most the client's
+///   `lock_ttl`, then compute themselves). Single flight within one process
+///   is always on.
 /// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global
 ///   client, e.g. `client = &self.cache`. It may use `self` and the
 ///   parameters; it is evaluated before the body runs and stays borrowed

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::Cachify;
 use crate::Error;
-pub use crate::cache::{OkOnly, Policy, Whole};
+pub use crate::cache::{CacheCall, OkOnly, Policy, Whole};
 pub use crate::key::{KeyKind, KeyTemplate, Piece};
 pub use crate::lock::LockGuard;
 
@@ -46,7 +46,7 @@ pub fn store_all<T: ?Sized>(_: &T) -> bool {
 pub async fn cached<P, R, F, U>(
     client: &Cachify,
     key: String,
-    ttl: Option<Duration>,
+    call: CacheCall,
     body: F,
     unless: U,
 ) -> R
@@ -55,14 +55,14 @@ where
     F: Future<Output = R>,
     U: Fn(&P::Stored) -> bool,
 {
-    crate::cache::cached::<P, R, F, U>(client, key, ttl, body, unless).await
+    crate::cache::cached::<P, R, F, U>(client, key, call, body, unless).await
 }
 
 /// `#[cached]` on a plain `fn`.
 pub fn cached_blocking<P, R, F, U>(
     client: &Cachify,
     key: String,
-    ttl: Option<Duration>,
+    call: CacheCall,
     body: F,
     unless: U,
 ) -> R
@@ -71,7 +71,7 @@ where
     F: FnOnce() -> R,
     U: Fn(&P::Stored) -> bool,
 {
-    crate::cache::cached_blocking::<P, R, F, U>(client, key, ttl, body, unless)
+    crate::cache::cached_blocking::<P, R, F, U>(client, key, call, body, unless)
 }
 
 /// Acquires the lock of a `#[once]`/`#[lock]` call (`wait` is zero for `once`).

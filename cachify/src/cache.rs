@@ -11,9 +11,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Cachify;
-use crate::Error;
+use tokio::time::Instant;
+
 use crate::flight::{Outcome, Role};
+use crate::health::Counters;
+use crate::key;
+use crate::lock::{self, LockGuard};
+use crate::{Cachify, Error};
 
 /// What a cached value must be: stored in Redis as bytes, kept in memory as
 /// it is, and handed to concurrent callers as clones.
@@ -70,22 +74,71 @@ impl<T: CacheValue> Policy<T> for Whole {
     }
 }
 
+/// Reads the cache: `Some` on a hit. Skips the backend while the breaker
+/// is open; counts hits, misses and failures.
+async fn read<P: Policy<R>, R>(client: &Cachify, key: &str) -> Option<R> {
+    if !client.health().breaker.allows() {
+        Counters::add(&client.health().counters.bypassed);
+        return None;
+    }
+    let lookup = client.backend().get(key).await;
+    client.observe("read", key, &lookup);
+    hit::<P, R>(client, key, lookup)
+}
+
+fn read_blocking<P: Policy<R>, R>(client: &Cachify, key: &str) -> Option<R> {
+    if !client.health().breaker.allows() {
+        Counters::add(&client.health().counters.bypassed);
+        return None;
+    }
+    let lookup = client.backend().get_blocking(key);
+    client.observe("read", key, &lookup);
+    hit::<P, R>(client, key, lookup)
+}
+
 fn hit<P: Policy<R>, R>(
     client: &Cachify,
     key: &str,
     lookup: Result<Option<P::Stored>, Error>,
 ) -> Option<R> {
+    let counters = &client.health().counters;
     match lookup {
-        Ok(Some(stored)) => Some(P::restore(stored)),
-        Ok(None) => None,
+        Ok(Some(stored)) => {
+            Counters::add(&counters.hits);
+            return Some(P::restore(stored));
+        }
+        Ok(None) => {}
         Err(Error::Codec(error)) => {
             tracing::debug!(key, %error, "cachify: cached value no longer decodes; treating it as a miss");
-            None
         }
-        Err(error) => {
-            client.note_backend_failure("read", key, &error);
-            None
-        }
+        // Already counted and logged by `observe`.
+        Err(_) => {}
+    }
+    Counters::add(&counters.misses);
+    None
+}
+
+/// Stores a value unless the breaker is open; never fails the caller.
+async fn write<T: CacheValue>(client: &Cachify, key: &str, value: &T, ttl: Option<Duration>) {
+    if !client.health().breaker.allows() {
+        return;
+    }
+    let written = client.backend().set(key, value, ttl).await;
+    record_write(client, key, written);
+}
+
+fn write_blocking<T: CacheValue>(client: &Cachify, key: &str, value: &T, ttl: Option<Duration>) {
+    if !client.health().breaker.allows() {
+        return;
+    }
+    let written = client.backend().set_blocking(key, value, ttl);
+    record_write(client, key, written);
+}
+
+fn record_write(client: &Cachify, key: &str, written: Result<bool, Error>) {
+    client.observe("write", key, &written);
+    if let Ok(false) = written {
+        Counters::add(&client.health().counters.oversized);
     }
 }
 
@@ -125,10 +178,78 @@ fn to_store<'a, P: Policy<R>, R, U: Fn(&P::Stored) -> bool>(
     }
 }
 
+/// How a `#[cached]` call runs, from the attribute.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheCall {
+    /// Time to live; `None`: the client's default.
+    pub ttl: Option<Duration>,
+    /// `lock = true`: concurrent misses across processes run the function once.
+    pub fill_lock: bool,
+}
+
+/// Pause between two looks at the cache while another process fills it.
+const FILL_POLL: Duration = Duration::from_millis(20);
+
+/// Where a local leader stands after coordinating with other processes.
+enum Fill<R> {
+    /// Another process filled the cache meanwhile.
+    Filled(R),
+    /// Run the function (holding the fill lock if one was taken).
+    Run(Option<Box<LockGuard>>),
+}
+
+/// With `lock = true`: takes the fill lock, or waits (up to the client's
+/// `lock_ttl`) for whoever holds it to store the value. Fails open: a
+/// backend error means running the function.
+async fn fill<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
+    let fill_key = key::derived(client.prefix(), key, "fill:");
+    let deadline = Instant::now() + client.lock_ttl();
+    loop {
+        match lock::acquire(client, fill_key.clone(), None, Duration::ZERO).await {
+            Ok(guard) => {
+                // The previous holder may have stored it just before releasing.
+                return match read::<P, R>(client, key).await {
+                    Some(output) => Fill::Filled(output),
+                    None => Fill::Run(Some(Box::new(guard))),
+                };
+            }
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(FILL_POLL).await;
+                if let Some(output) = read::<P, R>(client, key).await {
+                    return Fill::Filled(output);
+                }
+            }
+            Err(_) => return Fill::Run(None),
+        }
+    }
+}
+
+fn fill_blocking<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
+    let fill_key = key::derived(client.prefix(), key, "fill:");
+    let deadline = Instant::now() + client.lock_ttl();
+    loop {
+        match lock::acquire_blocking(client, fill_key.clone(), None, Duration::ZERO) {
+            Ok(guard) => {
+                return match read_blocking::<P, R>(client, key) {
+                    Some(output) => Fill::Filled(output),
+                    None => Fill::Run(Some(Box::new(guard))),
+                };
+            }
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(FILL_POLL);
+                if let Some(output) = read_blocking::<P, R>(client, key) {
+                    return Fill::Filled(output);
+                }
+            }
+            Err(_) => return Fill::Run(None),
+        }
+    }
+}
+
 pub(crate) async fn cached<P, R, F, U>(
     client: &Cachify,
     key: String,
-    ttl: Option<Duration>,
+    call: CacheCall,
     body: F,
     unless: U,
 ) -> R
@@ -138,7 +259,7 @@ where
     U: Fn(&P::Stored) -> bool,
 {
     let leader = loop {
-        if let Some(output) = hit::<P, R>(client, &key, client.backend().get(&key).await) {
+        if let Some(output) = read::<P, R>(client, &key).await {
             return output;
         }
         match client.flights().join(&key, false) {
@@ -150,16 +271,26 @@ where
             },
         }
     };
-    let ttl = ttl.or(client.default_ttl());
+    let fill_guard = match (&leader, call.fill_lock) {
+        (Some(leader), true) => match fill::<P, R>(client, &key).await {
+            Fill::Filled(output) => {
+                leader.publish(to_store::<P, R, U>(&output, &unless).1);
+                return output;
+            }
+            Fill::Run(guard) => guard,
+        },
+        _ => None,
+    };
     let output = body.await;
     let (store, share) = to_store::<P, R, U>(&output, &unless);
     if let Some(leader) = &leader {
         leader.publish(share);
     }
-    if let Some(value) = store
-        && let Err(error) = client.backend().set(&key, value, ttl).await
-    {
-        client.note_backend_failure("write", &key, &error);
+    if let Some(value) = store {
+        write(client, &key, value, call.ttl.or(client.default_ttl())).await;
+    }
+    if let Some(guard) = fill_guard {
+        guard.release_after_run().await;
     }
     drop(leader);
     output
@@ -168,7 +299,7 @@ where
 pub(crate) fn cached_blocking<P, R, F, U>(
     client: &Cachify,
     key: String,
-    ttl: Option<Duration>,
+    call: CacheCall,
     body: F,
     unless: U,
 ) -> R
@@ -178,7 +309,7 @@ where
     U: Fn(&P::Stored) -> bool,
 {
     let leader = loop {
-        if let Some(output) = hit::<P, R>(client, &key, client.backend().get_blocking(&key)) {
+        if let Some(output) = read_blocking::<P, R>(client, &key) {
             return output;
         }
         match client.flights().join(&key, true) {
@@ -190,16 +321,26 @@ where
             },
         }
     };
-    let ttl = ttl.or(client.default_ttl());
+    let fill_guard = match (&leader, call.fill_lock) {
+        (Some(leader), true) => match fill_blocking::<P, R>(client, &key) {
+            Fill::Filled(output) => {
+                leader.publish(to_store::<P, R, U>(&output, &unless).1);
+                return output;
+            }
+            Fill::Run(guard) => guard,
+        },
+        _ => None,
+    };
     let output = body();
     let (store, share) = to_store::<P, R, U>(&output, &unless);
     if let Some(leader) = &leader {
         leader.publish(share);
     }
-    if let Some(value) = store
-        && let Err(error) = client.backend().set_blocking(&key, value, ttl)
-    {
-        client.note_backend_failure("write", &key, &error);
+    if let Some(value) = store {
+        write_blocking(client, &key, value, call.ttl.or(client.default_ttl()));
+    }
+    if let Some(guard) = fill_guard {
+        guard.release_after_run_blocking();
     }
     drop(leader);
     output

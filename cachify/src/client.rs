@@ -8,6 +8,7 @@ use crate::backend::redis::{RedisSettings, redact};
 use crate::backend::{Backend, MemoryBackend, RedisBackend};
 use crate::codec::Codec;
 use crate::flight::Flights;
+use crate::health::{Counters, Health, Stats};
 use crate::key::{self, KeyKind, KeyTemplate};
 use crate::lock::LockBuilder;
 use crate::{Error, io};
@@ -17,6 +18,9 @@ const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
+const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
+const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
 
 /// A cachify client: where entries and locks live, and how keys are named.
 ///
@@ -48,6 +52,7 @@ struct Inner {
     default_ttl: Option<Duration>,
     lock_ttl: Duration,
     flights: Flights,
+    health: Health,
 }
 
 impl fmt::Debug for Cachify {
@@ -87,6 +92,19 @@ impl Cachify {
         self.inner.lock_ttl
     }
 
+    /// Counters of hits, misses, backend errors and lock contention, and the
+    /// state of the cache path's circuit breaker.
+    pub fn stats(&self) -> Stats {
+        self.inner
+            .health
+            .counters
+            .snapshot(self.inner.health.breaker.state())
+    }
+
+    pub(crate) fn health(&self) -> &Health {
+        &self.inner.health
+    }
+
     /// The in-memory client used when cachify is used before [`crate::init`].
     pub(crate) fn memory_fallback() -> Self {
         CachifyBuilder::default().assemble(
@@ -112,9 +130,26 @@ impl Cachify {
         key::render(&self.inner.prefix, kind, template, values)
     }
 
-    /// Logs a failure of the fail-open cache path.
-    pub(crate) fn note_backend_failure(&self, operation: &str, key: &str, error: &Error) {
-        tracing::warn!(operation, key, %error, "cachify: cache backend failed; running the function without the cache");
+    /// Records the outcome of a cache-path backend call: feeds the breaker
+    /// and the counters, and logs failures (at most one line per period).
+    pub(crate) fn observe<T>(&self, operation: &str, key: &str, outcome: &Result<T, Error>) {
+        let health = &self.inner.health;
+        match outcome {
+            Ok(_) | Err(Error::Codec(_)) => health.breaker.record_success(),
+            Err(error) => {
+                health.breaker.record_failure();
+                Counters::add(&health.counters.errors);
+                if let Some(suppressed) = health.cache_log.admit() {
+                    tracing::warn!(
+                        operation,
+                        key,
+                        %error,
+                        suppressed,
+                        "cachify: cache backend failed; running the function without the cache"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -146,6 +181,10 @@ pub struct CachifyBuilder {
     codec: Codec,
     connect_timeout: Duration,
     command_timeout: Duration,
+    max_value_size: usize,
+    breaker_threshold: u32,
+    breaker_cool_down: Duration,
+    lazy: bool,
 }
 
 impl Default for CachifyBuilder {
@@ -159,6 +198,10 @@ impl Default for CachifyBuilder {
             codec: Codec::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
+            lazy: false,
         }
     }
 }
@@ -174,6 +217,10 @@ impl fmt::Debug for CachifyBuilder {
             .field("codec", &self.codec)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
+            .field("max_value_size", &self.max_value_size)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cool_down", &self.breaker_cool_down)
+            .field("lazy", &self.lazy)
             .finish()
     }
 }
@@ -236,6 +283,33 @@ impl CachifyBuilder {
         self
     }
 
+    /// Largest encoded value written to Redis, in bytes; larger values are
+    /// returned to the caller but not stored (with a warning). Default 1 MiB.
+    /// The memory backend stores values without encoding and has no limit.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// The cache path's circuit breaker: after `threshold` consecutive
+    /// backend failures, cached functions run without the backend for
+    /// `cool_down`, then one call probes it. Default 5 failures, 5 s.
+    /// Locks never skip the backend: they keep failing closed.
+    pub fn circuit_breaker(mut self, threshold: u32, cool_down: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// Lets `build()` succeed while Redis is unreachable: the connection is
+    /// made in the background on first use. Until it is up, cached functions
+    /// run without the cache and locks return `Err(Error::Backend)`. A
+    /// malformed URL is still an error.
+    pub fn lazy(mut self) -> Self {
+        self.lazy = true;
+        self
+    }
+
     fn check(&self) -> Result<(), Error> {
         let positive = [
             ("default_ttl", self.default_ttl.unwrap_or(Duration::MAX)),
@@ -252,6 +326,11 @@ impl CachifyBuilder {
         }
         if self.max_entries == 0 {
             return Err(Error::Config("max_entries must be at least 1".into()));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(Error::Config(
+                "the circuit breaker threshold must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -297,6 +376,8 @@ impl CachifyBuilder {
             codec: self.codec,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
+            max_value_size: self.max_value_size,
+            lazy: self.lazy,
         }
     }
 
@@ -322,6 +403,7 @@ impl CachifyBuilder {
                 default_ttl: self.default_ttl,
                 lock_ttl: self.lock_ttl,
                 flights: Flights::default(),
+                health: Health::new(self.breaker_threshold, self.breaker_cool_down),
             }),
         }
     }

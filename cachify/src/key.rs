@@ -112,6 +112,19 @@ pub fn plain(prefix: &str, kind: KeyKind, name: &str) -> String {
     shorten(key)
 }
 
+/// A key that belongs to `key`, in its own key space: `tag` goes after the
+/// prefix, so `cachify:lock:report-7` gets `cachify:fence:lock:report-7`.
+/// Tags `fence:` (fencing counters) and `fill:` (cross-process cache-fill
+/// locks) differ from every [`KeyKind::tag`], so they never collide.
+pub fn derived(prefix: &str, key: &str, tag: &str) -> String {
+    let rest = key.strip_prefix(prefix).unwrap_or(key);
+    let mut derived = String::with_capacity(prefix.len() + tag.len() + rest.len());
+    derived.push_str(prefix);
+    derived.push_str(tag);
+    derived.push_str(rest);
+    derived
+}
+
 /// Replaces the tail of an over-long key with a digest of the whole key.
 ///
 /// The marker `#` never appears raw in an interpolated value, so a shortened
@@ -204,6 +217,10 @@ mod tests {
         assert_eq!(
             plain("cachify:", KeyKind::Lock, "user-42"),
             "cachify:lock:user-42"
+        );
+        assert_eq!(
+            derived("cachify:", "cachify:lock:user-42", "fence:"),
+            "cachify:fence:lock:user-42"
         );
     }
 

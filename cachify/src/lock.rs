@@ -5,12 +5,16 @@
 //! without the lock.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, clamp_ttl};
+use crate::health::Counters;
 use crate::key::{self, KeyKind};
 use crate::{Cachify, Error, io};
 
@@ -113,13 +117,30 @@ pub struct LockGuard {
     /// Empty once released: `Drop` then has nothing left to do.
     token: String,
     lease: Duration,
+    fencing_token: u64,
+    lost: Arc<Lost>,
     watchdog: Option<AbortHandle>,
+}
+
+/// Set by the watchdog when it finds the lock is no longer ours.
+#[derive(Default)]
+struct Lost {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Lost {
+    fn mark(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
 }
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
             .field("key", &self.key)
+            .field("fencing_token", &self.fencing_token)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +149,51 @@ impl LockGuard {
     /// The full backend key of this lock.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// A number that strictly increases with every grant of this lock name
+    /// (across processes, for as long as the backend keeps its data).
+    ///
+    /// A lease can run out while its holder is paused (a GC pause, a stalled
+    /// VM), and another holder may then take the lock: mutual exclusion by
+    /// lease alone is for efficiency, not correctness. Pass this token with
+    /// every write to the resource the lock protects, and have that store
+    /// reject a token lower than the highest it has seen: then a stale
+    /// holder's late writes are refused.
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    /// Whether the watchdog found the lock taken away (its key deleted or
+    /// overwritten, or its lease expired while renewals failed).
+    pub fn is_lost(&self) -> bool {
+        self.lost.flag.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the lock is found lost (see [`LockGuard::is_lost`]).
+    /// Race it against the protected work to stop early:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let guard = cachify::lock("import").acquire().await?;
+    /// tokio::select! {
+    ///     _ = guard.lost() => { /* someone took the lock: stop writing */ }
+    ///     _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => { /* the work */ }
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lost(&self) {
+        loop {
+            let notified = self.lost.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_lost() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Releases the lock. `Err(Error::NotOwner)` means it was no longer
@@ -281,10 +347,12 @@ async fn acquire_owned(
     let lease = clamp_ttl(ttl.unwrap_or(client.lock_ttl()));
     let token = new_token()?;
     let backend = client.backend().clone();
+    let fence_key = key::derived(client.prefix(), &key, "fence:");
+    let counters = &client.health().counters;
     // A wait too long to represent is a wait without end.
     let deadline = Instant::now().checked_add(wait);
     let mut pause = FIRST_RETRY_PAUSE;
-    loop {
+    let fencing_token = loop {
         let attempt = Attempt {
             backend: &backend,
             key: &key,
@@ -292,14 +360,17 @@ async fn acquire_owned(
             lease,
             armed: true,
         };
-        match backend.try_lock(&key, &token, lease).await {
-            Ok(true) => {
+        match backend.try_lock(&key, &fence_key, &token, lease).await {
+            Ok(Some(fencing_token)) => {
                 attempt.settle();
-                break;
+                break fencing_token;
             }
-            Ok(false) => attempt.settle(),
+            Ok(None) => attempt.settle(),
             Err(error) => {
-                tracing::warn!(key, %error, "cachify: could not take a lock; refusing to run without it");
+                Counters::add(&counters.errors);
+                if let Some(suppressed) = client.health().lock_log.admit() {
+                    tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
+                }
                 // Dropping the armed attempt takes back what the SET may yet take.
                 drop(attempt);
                 return Err(error);
@@ -307,20 +378,33 @@ async fn acquire_owned(
         }
         let now = Instant::now();
         let pause_now = match deadline {
-            Some(deadline) if now >= deadline => return Err(Error::Locked { key }),
+            Some(deadline) if now >= deadline => {
+                Counters::add(&counters.lock_contention);
+                return Err(Error::Locked { key });
+            }
             Some(deadline) => pause.min(deadline - now),
             None => pause,
         };
         tokio::time::sleep(pause_now).await;
         pause = (pause * 2).min(MAX_RETRY_PAUSE);
-    }
-    let watchdog =
-        io::spawn(renew(backend.clone(), key.clone(), token.clone(), lease)).abort_handle();
+    };
+    Counters::add(&counters.locks_acquired);
+    let lost = Arc::new(Lost::default());
+    let watchdog = io::spawn(renew(
+        backend.clone(),
+        key.clone(),
+        token.clone(),
+        lease,
+        Arc::clone(&lost),
+    ))
+    .abort_handle();
     Ok(LockGuard {
         backend,
         key,
         token,
         lease,
+        fencing_token,
+        lost,
         watchdog: Some(watchdog),
     })
 }
@@ -351,19 +435,26 @@ async fn abandon(backend: Backend, key: String, token: String, lease: Duration) 
 }
 
 /// Renews the lease every third of it until aborted or the lock is lost.
-async fn renew(backend: Backend, key: String, token: String, lease: Duration) {
+async fn renew(backend: Backend, key: String, token: String, lease: Duration, lost: Arc<Lost>) {
     let period = (lease / 3).max(MIN_RENEW_PERIOD);
     let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = Instant::now();
     loop {
         ticks.tick().await;
         match backend.extend(&key, &token, lease).await {
-            Ok(true) => {}
+            Ok(true) => renewed = Instant::now(),
             Ok(false) => {
                 tracing::warn!(
                     key,
                     "cachify: lock lost while its holder was still running (lease expired or key taken)"
                 );
+                lost.mark();
+                return;
+            }
+            Err(error) if renewed.elapsed() >= lease => {
+                tracing::warn!(key, %error, "cachify: lock lost: its lease ran out while renewals failed");
+                lost.mark();
                 return;
             }
             Err(error) => {

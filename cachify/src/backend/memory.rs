@@ -66,6 +66,9 @@ pub(crate) struct MemoryBackend {
     /// Unbounded on purpose: evicting a held lock under memory pressure
     /// would let a second holder in. Every lease expires by itself.
     locks: Cache<String, Lease>,
+    /// The last fencing token of each lock name. Never evicted: a counter
+    /// that restarted would hand out tokens a downstream store has seen.
+    fences: Cache<String, u64>,
 }
 
 impl MemoryBackend {
@@ -76,6 +79,7 @@ impl MemoryBackend {
                 .expire_after(PerEntryTtl)
                 .build(),
             locks: Cache::builder().expire_after(PerEntryTtl).build(),
+            fences: Cache::builder().build(),
         }
     }
 
@@ -101,19 +105,35 @@ impl MemoryBackend {
         self.locks.contains_key(key)
     }
 
-    pub(crate) fn try_lock(&self, key: &str, token: &str, lease: Duration) -> bool {
+    /// Takes the lock if it is free; returns its fencing token.
+    pub(crate) fn try_lock(
+        &self,
+        key: &str,
+        fence_key: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Option<u64> {
         let lease = Lease {
             token: token.into(),
             ttl: clamp_ttl(lease),
         };
-        let result = self
-            .locks
+        let mut fence = None;
+        // The token is drawn inside the lock's compute, which moka runs
+        // alone for this key: grant and token are one step.
+        self.locks
             .entry(key.to_owned())
             .and_compute_with(|held| match held {
                 Some(_) => Op::Nop,
-                None => Op::Put(lease),
+                None => {
+                    let next = self
+                        .fences
+                        .entry(fence_key.to_owned())
+                        .and_upsert_with(|last| last.map_or(1, |last| last.into_value() + 1));
+                    fence = Some(next.into_value());
+                    Op::Put(lease)
+                }
             });
-        matches!(result, CompResult::Inserted(_))
+        fence
     }
 
     pub(crate) fn unlock(&self, key: &str, token: &str) -> bool {
@@ -159,8 +179,11 @@ mod tests {
     #[test]
     fn locks_are_owned_and_expire() {
         let memory = MemoryBackend::new(100);
-        assert!(memory.try_lock("l", "a", Duration::from_millis(400)));
-        assert!(!memory.try_lock("l", "b", Duration::from_secs(1)));
+        assert_eq!(
+            memory.try_lock("l", "f", "a", Duration::from_millis(400)),
+            Some(1)
+        );
+        assert_eq!(memory.try_lock("l", "f", "b", Duration::from_secs(1)), None);
         assert!(!memory.unlock("l", "b"), "only the owner releases");
         assert!(
             !memory.extend("l", "b", Duration::from_secs(1)),
@@ -173,7 +196,11 @@ mod tests {
             !memory.extend("l", "a", Duration::from_secs(1)),
             "an expired lease is gone"
         );
-        assert!(memory.try_lock("l", "b", Duration::from_secs(1)));
+        assert_eq!(
+            memory.try_lock("l", "f", "b", Duration::from_secs(1)),
+            Some(2),
+            "fencing tokens increase"
+        );
         assert!(memory.unlock("l", "b"));
         assert!(!memory.is_locked("l"));
     }
@@ -181,7 +208,11 @@ mod tests {
     #[test]
     fn extend_renews_the_lease() {
         let memory = MemoryBackend::new(100);
-        assert!(memory.try_lock("l", "a", Duration::from_millis(400)));
+        assert!(
+            memory
+                .try_lock("l", "f", "a", Duration::from_millis(400))
+                .is_some()
+        );
         for _ in 0..4 {
             std::thread::sleep(Duration::from_millis(200));
             assert!(memory.extend("l", "a", Duration::from_millis(400)));

@@ -54,18 +54,22 @@ impl Backend {
         }
     }
 
+    /// Stores a value; `Ok(false)` when it is over the size limit.
     pub(crate) async fn set<T: CacheValue>(
         &self,
         key: &str,
         value: &T,
         ttl: Option<Duration>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         match self {
             Backend::Memory(memory) => {
                 memory.set(key, value.clone(), ttl);
-                Ok(())
+                Ok(true)
             }
-            Backend::Redis(redis) => redis.set(key, redis.encode(value)?, ttl).await,
+            Backend::Redis(redis) => match redis.encode_within_limit(key, value)? {
+                Some(bytes) => redis.set(key, bytes, ttl).await.map(|()| true),
+                None => Ok(false),
+            },
         }
     }
 
@@ -74,18 +78,20 @@ impl Backend {
         key: &str,
         value: &T,
         ttl: Option<Duration>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         match self {
             Backend::Memory(memory) => {
                 memory.set(key, value.clone(), ttl);
-                Ok(())
+                Ok(true)
             }
-            Backend::Redis(redis) => {
-                let bytes = redis.encode(value)?;
-                let redis = redis.clone();
-                let key = key.to_owned();
-                io::block_on(async move { redis.set(&key, bytes, ttl).await })
-            }
+            Backend::Redis(redis) => match redis.encode_within_limit(key, value)? {
+                Some(bytes) => {
+                    let redis = redis.clone();
+                    let key = key.to_owned();
+                    io::block_on(async move { redis.set(&key, bytes, ttl).await }).map(|()| true)
+                }
+                None => Ok(false),
+            },
         }
     }
 
@@ -131,16 +137,18 @@ impl Backend {
         }
     }
 
-    /// Takes the lock if nobody holds it (`SET NX PX`).
+    /// Takes the lock if nobody holds it (`SET NX PX`), and draws the next
+    /// fencing token of `fence_key` in the same atomic step.
     pub(crate) async fn try_lock(
         &self,
         key: &str,
+        fence_key: &str,
         token: &str,
         lease: Duration,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<u64>, Error> {
         match self {
-            Backend::Memory(memory) => Ok(memory.try_lock(key, token, lease)),
-            Backend::Redis(redis) => redis.try_lock(key, token, lease).await,
+            Backend::Memory(memory) => Ok(memory.try_lock(key, fence_key, token, lease)),
+            Backend::Redis(redis) => redis.try_lock(key, fence_key, token, lease).await,
         }
     }
 

@@ -15,6 +15,18 @@ use crate::cache::CacheValue;
 use crate::codec::Codec;
 use crate::error::BackendError;
 
+/// Takes the lock if it is free and, in the same atomic step, draws the
+/// next fencing token of that lock name.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+             return redis.call('INCR', KEYS[2]) \
+         else \
+             return false \
+         end",
+    )
+});
+
 /// Deletes the lock only if it still holds our token.
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -43,18 +55,26 @@ pub(crate) struct RedisSettings {
     pub(crate) codec: Codec,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    pub(crate) max_value_size: usize,
+    pub(crate) lazy: bool,
 }
+
+/// How long redis-rs may wait between two reconnection attempts, so that
+/// caching resumes soon after Redis is back.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub(crate) struct RedisBackend {
     connection: ConnectionManager,
     codec: Codec,
     command_timeout: Duration,
+    max_value_size: usize,
 }
 
 impl RedisBackend {
     /// Connects and PINGs, so that a wrong address, password or database
-    /// number is an error here rather than on the first cached call.
+    /// number is an error here rather than on the first cached call; or,
+    /// with `lazy`, only checks the URL and connects on first use.
     ///
     /// Must run on the background runtime: redis-rs spawns the connection's
     /// driver task on the runtime it is created from.
@@ -74,6 +94,16 @@ impl RedisBackend {
             )
         };
 
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_max_delay(MAX_RECONNECT_DELAY);
+        if settings.lazy {
+            let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
+                .map_err(unreachable)?;
+            return Ok(Self::with(connection, &settings));
+        }
+
         let probe_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.command_timeout));
@@ -87,17 +117,38 @@ impl RedisBackend {
             .map_err(unreachable)?;
         drop(probe);
 
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.command_timeout));
         let connection = ConnectionManager::new_with_config(client, manager_config)
             .await
             .map_err(unreachable)?;
-        Ok(Self {
+        Ok(Self::with(connection, &settings))
+    }
+
+    fn with(connection: ConnectionManager, settings: &RedisSettings) -> Self {
+        Self {
             connection,
             codec: settings.codec,
             command_timeout: settings.command_timeout,
-        })
+            max_value_size: settings.max_value_size,
+        }
+    }
+
+    /// Encodes a value for `set`; `None` when it is over the size limit.
+    pub(crate) fn encode_within_limit<T: CacheValue>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let bytes = self.encode(value)?;
+        if bytes.len() > self.max_value_size {
+            tracing::warn!(
+                key,
+                size = bytes.len(),
+                limit = self.max_value_size,
+                "cachify: value over the size limit; returned but not stored"
+            );
+            return Ok(None);
+        }
+        Ok(Some(bytes))
     }
 
     /// Bounds one operation by the command timeout. redis-rs has its own
@@ -167,22 +218,18 @@ impl RedisBackend {
             .await
     }
 
+    /// Takes the lock if it is free; returns its fencing token.
     pub(crate) async fn try_lock(
         &self,
         key: &str,
+        fence_key: &str,
         token: &str,
         lease: Duration,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<u64>, Error> {
         let mut connection = self.connection.clone();
-        let mut command = redis::cmd("SET");
-        command
-            .arg(key)
-            .arg(token)
-            .arg("NX")
-            .arg("PX")
-            .arg(millis(lease));
-        let reply: Option<String> = self.timed(command.query_async(&mut connection)).await?;
-        Ok(reply.is_some())
+        let mut invocation = ACQUIRE.key(key);
+        invocation.key(fence_key).arg(token).arg(millis(lease));
+        self.timed(invocation.invoke_async(&mut connection)).await
     }
 
     pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<bool, Error> {
