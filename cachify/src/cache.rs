@@ -199,11 +199,13 @@ enum Fill<R> {
 }
 
 /// With `lock = true`: takes the fill lock, or waits (up to the client's
-/// `lock_ttl`) for whoever holds it to store the value. Fails open: a
-/// backend error means running the function.
+/// `fill_wait`) for whoever holds it to store the value. A live filler's
+/// lease is renewed, so waiters keep waiting while it computes; a crashed
+/// filler's lease runs out after `lock_ttl` and the next waiter to try takes
+/// over. Fails open: a backend error means running the function.
 async fn fill<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
     let fill_key = key::derived(client.prefix(), key, "fill:");
-    let deadline = Instant::now() + client.lock_ttl();
+    let deadline = Instant::now() + client.fill_wait();
     loop {
         match lock::acquire(client, fill_key.clone(), None, Duration::ZERO).await {
             Ok(guard) => {
@@ -226,7 +228,7 @@ async fn fill<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
 
 fn fill_blocking<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
     let fill_key = key::derived(client.prefix(), key, "fill:");
-    let deadline = Instant::now() + client.lock_ttl();
+    let deadline = Instant::now() + client.fill_wait();
     loop {
         match lock::acquire_blocking(client, fill_key.clone(), None, Duration::ZERO) {
             Ok(guard) => {

@@ -51,6 +51,7 @@ struct Inner {
     prefix: String,
     default_ttl: Option<Duration>,
     lock_ttl: Duration,
+    fill_wait: Duration,
     flights: Flights,
     health: Health,
 }
@@ -90,6 +91,12 @@ impl Cachify {
     /// The lease of locks whose attribute sets no `ttl`.
     pub fn lock_ttl(&self) -> Duration {
         self.inner.lock_ttl
+    }
+
+    /// How long `#[cached(lock = true)]` waits for another process to fill
+    /// a key before computing it itself.
+    pub fn fill_wait(&self) -> Duration {
+        self.inner.fill_wait
     }
 
     /// Counters of hits, misses, backend errors and lock contention, and the
@@ -177,6 +184,7 @@ pub struct CachifyBuilder {
     prefix: String,
     default_ttl: Option<Duration>,
     lock_ttl: Duration,
+    fill_wait: Option<Duration>,
     max_entries: u64,
     codec: Codec,
     connect_timeout: Duration,
@@ -194,6 +202,7 @@ impl Default for CachifyBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
             default_ttl: None,
             lock_ttl: DEFAULT_LOCK_TTL,
+            fill_wait: None,
             max_entries: DEFAULT_MAX_ENTRIES,
             codec: Codec::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -213,6 +222,7 @@ impl fmt::Debug for CachifyBuilder {
             .field("prefix", &self.prefix)
             .field("default_ttl", &self.default_ttl)
             .field("lock_ttl", &self.lock_ttl)
+            .field("fill_wait", &self.fill_wait)
             .field("max_entries", &self.max_entries)
             .field("codec", &self.codec)
             .field("connect_timeout", &self.connect_timeout)
@@ -255,6 +265,15 @@ impl CachifyBuilder {
     /// Lease of locks whose attribute sets no `ttl`. Default 30 s.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
+        self
+    }
+
+    /// How long `#[cached(lock = true)]` callers wait for another process
+    /// that is filling the same key, before computing it themselves.
+    /// Default: twice `lock_ttl`, so that a crashed filler (whose lock
+    /// expires after one `lock_ttl`) is replaced by a waiter first.
+    pub fn fill_wait(mut self, wait: Duration) -> Self {
+        self.fill_wait = Some(wait);
         self
     }
 
@@ -402,6 +421,7 @@ impl CachifyBuilder {
                 prefix: self.prefix,
                 default_ttl: self.default_ttl,
                 lock_ttl: self.lock_ttl,
+                fill_wait: self.fill_wait.unwrap_or(self.lock_ttl.saturating_mul(2)),
                 flights: Flights::default(),
                 health: Health::new(self.breaker_threshold, self.breaker_cool_down),
             }),

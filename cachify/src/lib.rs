@@ -40,6 +40,8 @@ mod error;
 mod flight;
 mod global;
 mod health;
+#[cfg(feature = "axum")]
+pub mod http;
 mod io;
 mod key;
 mod lock;

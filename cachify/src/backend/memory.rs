@@ -101,6 +101,19 @@ impl MemoryBackend {
         self.locks.invalidate(key);
     }
 
+    /// Deletes every value whose key starts with `prefix`.
+    #[cfg(feature = "axum")]
+    pub(crate) fn delete_prefix(&self, prefix: &str) -> u64 {
+        let mut deleted = 0;
+        for (key, _) in self.values.iter() {
+            if key.starts_with(prefix) {
+                self.values.invalidate(key.as_str());
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+
     pub(crate) fn is_locked(&self, key: &str) -> bool {
         self.locks.contains_key(key)
     }

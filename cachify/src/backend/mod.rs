@@ -119,6 +119,16 @@ impl Backend {
         }
     }
 
+    /// Deletes every cache entry whose key starts with `prefix` (locks are
+    /// never touched on the memory backend). Returns how many were deleted.
+    #[cfg(feature = "axum")]
+    pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.delete_prefix(prefix)),
+            Backend::Redis(redis) => redis.delete_prefix(prefix).await,
+        }
+    }
+
     /// Whether a lock is currently held.
     pub(crate) async fn exists(&self, key: String) -> Result<bool, Error> {
         match self {

@@ -212,6 +212,37 @@ impl RedisBackend {
         .await
     }
 
+    /// Deletes every key that starts with `prefix`, with `SCAN` (never
+    /// `KEYS`, which blocks the server) and `UNLINK` in batches. Returns how
+    /// many keys were deleted.
+    #[cfg(feature = "axum")]
+    pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}*", glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH);
+            let (next, keys): (u64, Vec<String>) =
+                self.timed(scan.query_async(&mut connection)).await?;
+            if !keys.is_empty() {
+                let unlinked: u64 = self
+                    .timed(redis::cmd("UNLINK").arg(&keys).query_async(&mut connection))
+                    .await?;
+                deleted += unlinked;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     pub(crate) async fn exists(&self, key: &str) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
         self.timed(redis::cmd("EXISTS").arg(key).query_async(&mut connection))
@@ -252,6 +283,23 @@ impl RedisBackend {
         let renewed: i64 = self.timed(invocation.invoke_async(&mut connection)).await?;
         Ok(renewed == 1)
     }
+}
+
+/// How many keys one `SCAN` step asks for.
+#[cfg(feature = "axum")]
+const SCAN_BATCH: u64 = 500;
+
+/// Escapes Redis glob metacharacters so `prefix` matches only itself.
+#[cfg(feature = "axum")]
+fn glob_escape(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 fn millis(ttl: Duration) -> u64 {
@@ -298,6 +346,12 @@ fn redact_query(query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn glob_characters_in_prefixes_match_only_themselves() {
+        assert_eq!(super::glob_escape("a*b?[c]\\d:"), "a\\*b\\?\\[c\\]\\\\d:");
+    }
 
     #[test]
     fn passwords_never_show() {

@@ -1,0 +1,504 @@
+//! cachify against the peers, side by side in one process and one run,
+//! against a `redis-server` this bench starts on a free loopback port.
+//!
+//! ```text
+//! cargo bench --bench peers              # full run, prints a ratio table
+//! cargo bench --bench peers -- --test    # quick mode: each bench once (CI)
+//! ```
+//!
+//! Workloads (see BENCHMARKS.md):
+//! - `redis_hit/<size>/<who>`: one task, one cached read in a loop.
+//! - `redis_hit_64_tasks/<size>/<who>`: 64 tasks reading concurrently.
+//! - `memory_hit/<who>`: one thread, an in-process hit.
+//! - `lock/<who>`: acquire + release round trip.
+//! - stampede: 1,000 callers on one cold key whose function takes 50 ms
+//!   (executions and time to the last answer, printed).
+
+use std::hint::black_box;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cachify::{Cachify, cached};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+/// A small, realistic value: a user record of three fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    id: u64,
+    name: String,
+    email: String,
+}
+
+/// A larger value, about 10 KiB encoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    id: u64,
+    users: Vec<User>,
+}
+
+fn user(id: u64) -> User {
+    User {
+        id,
+        name: format!("user number {id}"),
+        email: format!("user{id}@example.com"),
+    }
+}
+
+fn page(id: u64) -> Page {
+    Page {
+        id,
+        users: (0..200).map(user).collect(),
+    }
+}
+
+/// The bench's own redis-server, killed when the bench ends.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_redis() -> Server {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server on PATH (apt-get install redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child, port }
+}
+
+static URL: OnceLock<String> = OnceLock::new();
+
+fn url() -> &'static str {
+    URL.get().expect("set in main")
+}
+
+fn redis_client() -> &'static Cachify {
+    static CLIENT: OnceLock<Cachify> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        Cachify::builder()
+            .redis(url())
+            .prefix("bench:")
+            .build_blocking()
+            .unwrap()
+    })
+}
+
+fn memory_client() -> &'static Cachify {
+    static CLIENT: OnceLock<Cachify> = OnceLock::new();
+    CLIENT.get_or_init(|| Cachify::builder().memory().build_blocking().unwrap())
+}
+
+// --- the cached functions under test -------------------------------------
+
+#[cached("user-{id}", ttl = 3600, client = redis_client())]
+async fn cachify_user(id: u64) -> User {
+    user(id)
+}
+
+#[cached("page-{id}", ttl = 3600, client = redis_client())]
+async fn cachify_page(id: u64) -> Page {
+    page(id)
+}
+
+#[cached::macros::concurrent_cached(
+    redis = true,
+    ttl_secs = 3600,
+    cache_prefix_block = r##"{ "bench-cached-user" }"##,
+    map_error = r##"|e| format!("{e:?}")"##
+)]
+async fn cached_crate_user(id: u64) -> Result<User, String> {
+    Ok(user(id))
+}
+
+#[cached::macros::concurrent_cached(
+    redis = true,
+    ttl_secs = 3600,
+    cache_prefix_block = r##"{ "bench-cached-page" }"##,
+    map_error = r##"|e| format!("{e:?}")"##
+)]
+async fn cached_crate_page(id: u64) -> Result<Page, String> {
+    Ok(page(id))
+}
+
+#[cached("mem-user-{id}", ttl = 3600, client = memory_client())]
+fn cachify_memory_user(id: u64) -> User {
+    user(id)
+}
+
+#[cached::macros::cached(ttl_secs = 3600)]
+fn cached_crate_memory_user(id: u64) -> User {
+    user(id)
+}
+
+// --- raw redis-rs, as a user would write it by hand ----------------------
+
+async fn raw_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn raw_get<T: serde::de::DeserializeOwned>(
+    connection: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> T {
+    let bytes: Vec<u8> = connection.get(key).await.unwrap();
+    rmp_serde::from_slice(&bytes).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+// --- workloads ------------------------------------------------------------
+
+fn redis_hit(c: &mut Criterion) {
+    let rt = runtime();
+    let mut raw = rt.block_on(async {
+        let mut raw = raw_connection().await;
+        let _: () = raw
+            .set("raw-user", rmp_serde::to_vec_named(&user(1)).unwrap())
+            .await
+            .unwrap();
+        let _: () = raw
+            .set("raw-page", rmp_serde::to_vec_named(&page(1)).unwrap())
+            .await
+            .unwrap();
+        // Warm every cache so each measured call is a hit.
+        cachify_user(1).await;
+        cachify_page(1).await;
+        cached_crate_user(1).await.unwrap();
+        cached_crate_page(1).await.unwrap();
+        raw
+    });
+    let mut group = c.benchmark_group("redis_hit");
+    group.bench_function(BenchmarkId::new("user", "raw_redis_rs"), |b| {
+        b.to_async(&rt).iter(|| {
+            let mut connection = raw.clone();
+            async move { black_box(raw_get::<User>(&mut connection, "raw-user").await) }
+        })
+    });
+    group.bench_function(BenchmarkId::new("user", "cachify"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cachify_user(1).await) })
+    });
+    group.bench_function(BenchmarkId::new("user", "cached_crate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cached_crate_user(1).await.unwrap()) })
+    });
+    group.bench_function(BenchmarkId::new("page_10k", "raw_redis_rs"), |b| {
+        b.to_async(&rt).iter(|| {
+            let mut connection = raw.clone();
+            async move { black_box(raw_get::<Page>(&mut connection, "raw-page").await) }
+        })
+    });
+    group.bench_function(BenchmarkId::new("page_10k", "cachify"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cachify_page(1).await) })
+    });
+    group.bench_function(BenchmarkId::new("page_10k", "cached_crate"), |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cached_crate_page(1).await.unwrap()) })
+    });
+    group.finish();
+    rt.block_on(async { black_box(&mut raw) });
+}
+
+const TASKS: u64 = 64;
+const READS_PER_TASK: u64 = 50;
+
+/// Runs `TASKS` tasks of `READS_PER_TASK` reads each, `iters` times.
+fn concurrent<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, read: F) -> Duration
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    rt.block_on(async move {
+        let started = Instant::now();
+        for _ in 0..iters {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..TASKS {
+                let read = read.clone();
+                tasks.spawn(async move {
+                    for _ in 0..READS_PER_TASK {
+                        read().await;
+                    }
+                });
+            }
+            tasks.join_all().await;
+        }
+        started.elapsed()
+    })
+}
+
+fn redis_hit_64_tasks(c: &mut Criterion) {
+    let rt = runtime();
+    let raw = rt.block_on(async {
+        let mut raw = raw_connection().await;
+        let _: () = raw
+            .set("raw-user", rmp_serde::to_vec_named(&user(1)).unwrap())
+            .await
+            .unwrap();
+        cachify_user(1).await;
+        cached_crate_user(1).await.unwrap();
+        raw
+    });
+    let mut group = c.benchmark_group("redis_hit_64_tasks");
+    group.throughput(Throughput::Elements(TASKS * READS_PER_TASK));
+    group.sample_size(20);
+    group.bench_function(BenchmarkId::new("user", "raw_redis_rs"), |b| {
+        b.iter_custom(|iters| {
+            let raw = raw.clone();
+            concurrent(&rt, iters, move || {
+                let mut connection = raw.clone();
+                async move {
+                    black_box(raw_get::<User>(&mut connection, "raw-user").await);
+                }
+            })
+        })
+    });
+    group.bench_function(BenchmarkId::new("user", "cachify"), |b| {
+        b.iter_custom(|iters| {
+            concurrent(&rt, iters, || async {
+                black_box(cachify_user(1).await);
+            })
+        })
+    });
+    group.bench_function(BenchmarkId::new("user", "cached_crate"), |b| {
+        b.iter_custom(|iters| {
+            concurrent(&rt, iters, || async {
+                black_box(cached_crate_user(1).await.unwrap());
+            })
+        })
+    });
+    group.finish();
+}
+
+fn memory_hit(c: &mut Criterion) {
+    cachify_memory_user(1);
+    cached_crate_memory_user(1);
+    let moka: moka::sync::Cache<u64, User> = moka::sync::Cache::new(10_000);
+    moka.insert(1, user(1));
+    let mut group = c.benchmark_group("memory_hit");
+    group.bench_function("cachify", |b| {
+        b.iter(|| black_box(cachify_memory_user(black_box(1))))
+    });
+    group.bench_function("cached_crate", |b| {
+        b.iter(|| black_box(cached_crate_memory_user(black_box(1))))
+    });
+    group.bench_function("moka_get", |b| {
+        b.iter(|| black_box(moka.get(&black_box(1))))
+    });
+    group.finish();
+}
+
+fn lock_round_trip(c: &mut Criterion) {
+    let rt = runtime();
+    let raw = rt.block_on(raw_connection());
+    let release = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+    );
+    let mut group = c.benchmark_group("lock");
+    group.bench_function("raw_set_nx_and_script", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut connection = raw.clone();
+            let release = release.clone();
+            async move {
+                let taken: Option<String> = redis::cmd("SET")
+                    .arg("raw-lock")
+                    .arg("token")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap();
+                assert!(taken.is_some());
+                let released: i64 = release
+                    .key("raw-lock")
+                    .arg("token")
+                    .invoke_async(&mut connection)
+                    .await
+                    .unwrap();
+                assert_eq!(released, 1);
+            }
+        })
+    });
+    group.bench_function("cachify", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = redis_client().lock("bench-lock").acquire().await.unwrap();
+            guard.release().await.unwrap();
+        })
+    });
+    group.finish();
+}
+
+static STAMPEDE_RUNS: AtomicU32 = AtomicU32::new(0);
+
+#[cached("stampede-{round}", client = redis_client())]
+async fn stampede(round: u64) -> User {
+    STAMPEDE_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    user(round)
+}
+
+/// 1,000 concurrent callers on one cold key: executions and time to the
+/// last answer. Printed, not timed by criterion: it is one event.
+fn stampede_report() {
+    let rt = runtime();
+    let round = u64::from(std::process::id());
+    let (elapsed, answers) = rt.block_on(async move {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..1_000 {
+            tasks.spawn(stampede(round));
+        }
+        let answers = tasks.join_all().await;
+        (started.elapsed(), answers)
+    });
+    assert!(answers.iter().all(|answer| *answer == user(round)));
+    println!(
+        "stampede: 1000 callers, function ran {} time(s), last answer after {:.1} ms",
+        STAMPEDE_RUNS.load(Ordering::SeqCst),
+        elapsed.as_secs_f64() * 1000.0
+    );
+}
+
+criterion_group!(
+    benches,
+    redis_hit,
+    redis_hit_64_tasks,
+    memory_hit,
+    lock_round_trip
+);
+
+/// Reads criterion's median for one bench, in nanoseconds per iteration.
+fn median_ns(group: &str, id: &str) -> Option<f64> {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("../criterion")
+        .join(group)
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+fn report() {
+    let row = |label: &str, group: &str, ours: &str, theirs: &str, per: f64| match (
+        median_ns(group, ours),
+        median_ns(group, theirs),
+    ) {
+        (Some(ours_ns), Some(theirs_ns)) => println!(
+            "{label:<44} cachify {:>10.2} µs   {theirs:<22} {:>10.2} µs   ratio {:.3}",
+            ours_ns / per / 1000.0,
+            theirs_ns / per / 1000.0,
+            ours_ns / theirs_ns
+        ),
+        _ => println!("{label:<44} (no figures: quick mode or not run)"),
+    };
+    let per_batch = (TASKS * READS_PER_TASK) as f64;
+    println!("\nratios (cachify time / peer time; below 1.0 means cachify is faster)");
+    row(
+        "redis hit, user, serial",
+        "redis_hit",
+        "user/cachify",
+        "user/raw_redis_rs",
+        1.0,
+    );
+    row(
+        "redis hit, user, serial",
+        "redis_hit",
+        "user/cachify",
+        "user/cached_crate",
+        1.0,
+    );
+    row(
+        "redis hit, 10 KiB page, serial",
+        "redis_hit",
+        "page_10k/cachify",
+        "page_10k/raw_redis_rs",
+        1.0,
+    );
+    row(
+        "redis hit, 10 KiB page, serial",
+        "redis_hit",
+        "page_10k/cachify",
+        "page_10k/cached_crate",
+        1.0,
+    );
+    row(
+        "redis hit, 64 tasks (per read)",
+        "redis_hit_64_tasks",
+        "user/cachify",
+        "user/raw_redis_rs",
+        per_batch,
+    );
+    row(
+        "redis hit, 64 tasks (per read)",
+        "redis_hit_64_tasks",
+        "user/cachify",
+        "user/cached_crate",
+        per_batch,
+    );
+    row("memory hit", "memory_hit", "cachify", "cached_crate", 1.0);
+    row("memory hit", "memory_hit", "cachify", "moka_get", 1.0);
+    row(
+        "lock acquire + release",
+        "lock",
+        "cachify",
+        "raw_set_nx_and_script",
+        1.0,
+    );
+}
+
+fn main() {
+    let server = start_redis();
+    let url = format!("redis://127.0.0.1:{}/0", server.port);
+    // SAFETY: set before any other thread exists; the `cached` crate reads it.
+    unsafe { std::env::set_var("CACHED_REDIS_CONNECTION_STRING", &url) };
+    URL.set(url).unwrap();
+
+    benches();
+    stampede_report();
+    Criterion::default().configure_from_args().final_summary();
+    report();
+    drop(server);
+}

@@ -1,0 +1,373 @@
+//! Whole-response HTTP caching for axum (feature `axum`).
+//!
+//! [`CacheLayer`] is a tower layer: put it on a router with
+//! [`Router::route_layer`](axum::Router::route_layer) (only matched routes)
+//! or [`Router::layer`](axum::Router::layer) (everything, 404s included,
+//! which are never stored). It caches whole GET responses, status, headers
+//! and body, in the client's backend, Redis or memory:
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use cachify::http::CacheLayer;
+//!
+//! async fn list_users() -> &'static str {
+//!     "[]"
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cachify::Error> {
+//! let users = CacheLayer::new().namespace("users").ttl(Duration::from_secs(60));
+//! let app: Router = Router::new()
+//!     .route("/users", get(list_users))
+//!     .route_layer(users.clone());
+//!
+//! // After a write, drop what is cached:
+//! users.invalidate("/users").await?; // one entry
+//! cachify::http::clear_namespace(cachify::global(), "users").await?; // all of them
+//! # Ok(()) }
+//! ```
+//!
+//! # What is cached
+//!
+//! - Only GET responses are stored; HEAD requests are answered from the GET
+//!   entry, headers only. Other methods pass through untouched.
+//! - Only 2xx responses (not 206) are stored, so an error is never replayed.
+//!   Nor are responses with `Cache-Control: no-store`, `private` or
+//!   `no-cache`, a `Set-Cookie` header, or `Vary: *`.
+//! - The status, the body and the headers are stored and replayed as they
+//!   were, less hop-by-hop headers, `Set-Cookie`, `Date`, `Age`, `Expires`,
+//!   `Cache-Control` and `Content-Length` (which is recomputed).
+//! - Bodies over [`CacheLayer::max_body_size`] pass through and are not
+//!   stored. A body is read up to the limit while deciding; one that goes
+//!   over it is sent on as read so far followed by the rest of the stream,
+//!   never collected whole. A body whose size hint is already over the
+//!   limit is not read at all.
+//! - Requests with an `Authorization` header pass through, unless
+//!   [`CacheLayer::cache_authorized`] allows them: then each credential has
+//!   its own entry, keyed by a SHA-256 digest of the header (never the
+//!   header itself), and replies say `Cache-Control: private`.
+//! - A request with `Cache-Control: no-cache` skips the read and refreshes
+//!   the entry; one with `no-store` bypasses the cache, neither reading nor
+//!   writing. Requests with a `Range` header bypass it too.
+//! - One entry per key: a response with `Vary: Accept-Language` is stored
+//!   with the request's `Accept-Language`, and a request with another one
+//!   is a miss that replaces it. To keep one entry per language, put the
+//!   header in the key with [`CacheLayer::key_fn`].
+//!
+//! # What replies carry
+//!
+//! - `x-cachify: HIT` or `MISS` (requests that bypass the cache get none).
+//! - `Cache-Control: max-age=<seconds left>`, counted from the expiry time
+//!   stored in the entry, so it decreases as the entry ages, in every
+//!   process. It replaces the handler's own `Cache-Control`.
+//! - An `ETag`: the handler's, or else the quoted SHA-256 of the body, the
+//!   same in every process and across restarts.
+//! - A request whose `If-None-Match` matches gets `304 Not Modified`, on
+//!   hits and on misses alike.
+//!
+//! # Keys
+//!
+//! `{prefix}http:{namespace}:GET:{path}?{query}`, for example
+//! `cachify:http:users:GET:/users?page=2&sort=name`. Query parameters are
+//! decoded, sorted by name and encoded again, so `?b=2&a=1` and `?a=1&b=2`
+//! share an entry. The `http:` tag keeps responses apart from `#[cached]`
+//! values and locks. With a credential, `auth.<digest>:` comes before
+//! `GET`. [`CacheLayer::key_fn`] replaces the `GET:{path}?{query}` part.
+//!
+//! # Failures
+//!
+//! Like `#[cached]`, the cache fails open: if the backend errors or times
+//! out, the handler runs and its response is returned, a warning is logged
+//! (at most one line per 5 s), and the client's circuit breaker skips the
+//! backend after repeated failures. Hits, misses, errors and skipped
+//! writes show in [`Cachify::stats`].
+
+mod body;
+mod entry;
+mod key;
+mod service;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::request::Parts;
+use axum::http::{Request, Uri};
+use tower_layer::Layer;
+
+pub use self::service::{CacheService, ResponseFuture};
+use crate::{Cachify, Error};
+
+/// TTL of entries when neither the layer nor the client sets one.
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Largest body stored by default.
+const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+
+type KeyFn = dyn Fn(&Parts) -> String + Send + Sync;
+
+#[derive(Clone)]
+struct Settings {
+    client: Option<Cachify>,
+    namespace: String,
+    ttl: Option<Duration>,
+    max_body_size: usize,
+    cache_authorized: bool,
+    request_cache_control: bool,
+    key_fn: Option<Arc<KeyFn>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            client: None,
+            namespace: "default".to_owned(),
+            ttl: None,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            cache_authorized: false,
+            request_cache_control: true,
+            key_fn: None,
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("client", &self.client)
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .field("max_body_size", &self.max_body_size)
+            .field("cache_authorized", &self.cache_authorized)
+            .field("request_cache_control", &self.request_cache_control)
+            .field("key_fn", &self.key_fn.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl Settings {
+    /// The pinned client, or the global one in force now.
+    fn client(&self) -> &Cachify {
+        self.client.as_ref().unwrap_or_else(|| crate::global())
+    }
+
+    fn ttl(&self, client: &Cachify) -> Duration {
+        self.ttl.or(client.default_ttl()).unwrap_or(DEFAULT_TTL)
+    }
+}
+
+/// A tower [`Layer`] that caches whole HTTP responses. See the
+/// [module documentation](self) for what is cached and how.
+///
+/// Cheap to clone: keep a clone to invalidate entries after writes.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use cachify::http::CacheLayer;
+///
+/// let client = cachify::Cachify::builder().memory().build_blocking()?;
+/// let cache = CacheLayer::new()
+///     .client(client)                      // default: `cachify::global()`
+///     .namespace("catalog")                // default "default"
+///     .ttl(Duration::from_secs(300))       // default: the client's, else 60 s
+///     .max_body_size(256 * 1024)           // default 1 MiB
+///     .cache_authorized(false);            // the default
+/// let app: Router = Router::new()
+///     .route("/items", get(|| async { "[]" }))
+///     .layer(cache);
+/// # Ok::<(), cachify::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "a layer does nothing until it is applied to a router or service"]
+pub struct CacheLayer {
+    settings: Arc<Settings>,
+}
+
+impl CacheLayer {
+    /// A layer with the defaults: the global client, namespace `"default"`,
+    /// the client's default TTL (else 60 s), bodies up to 1 MiB, requests
+    /// with `Authorization` not cached.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn settings(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
+    }
+
+    /// Uses `client` instead of [`crate::global()`] (which is otherwise
+    /// looked up at each request, so `cachify::init` may come later).
+    pub fn client(mut self, client: Cachify) -> Self {
+        self.settings().client = Some(client);
+        self
+    }
+
+    /// The namespace of this layer's entries, cleared together by
+    /// [`clear_namespace`] or [`CacheLayer::clear`]. Default `"default"`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.settings().namespace = namespace.into();
+        self
+    }
+
+    /// How long entries live. Default: the client's `default_ttl`, else 60 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.settings().ttl = Some(ttl);
+        self
+    }
+
+    /// Largest body stored, in bytes; larger ones pass through. Default
+    /// 1 MiB. With Redis, the client's `max_value_size` also applies to the
+    /// whole encoded entry.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.settings().max_body_size = bytes;
+        self
+    }
+
+    /// Whether requests with an `Authorization` header are cached, each
+    /// credential under its own key. Default `false`: they pass through.
+    pub fn cache_authorized(mut self, cache: bool) -> Self {
+        self.settings().cache_authorized = cache;
+        self
+    }
+
+    /// Whether a request's `Cache-Control: no-cache` (refresh) and
+    /// `no-store` (bypass) are obeyed. Default `true`; `false` stops clients
+    /// from forcing the handler to run.
+    pub fn request_cache_control(mut self, obey: bool) -> Self {
+        self.settings().request_cache_control = obey;
+        self
+    }
+
+    /// Replaces the `GET:{path}?{query}` part of keys with what `key_fn`
+    /// returns for the request. The prefix, namespace and credential digest
+    /// still come first.
+    ///
+    /// ```
+    /// use cachify::http::CacheLayer;
+    ///
+    /// // One entry per path and language, whatever the query.
+    /// let cache = CacheLayer::new().key_fn(|request| {
+    ///     let language = request
+    ///         .headers
+    ///         .get("accept-language")
+    ///         .and_then(|value| value.to_str().ok())
+    ///         .unwrap_or("-");
+    ///     format!("{}:{language}", request.uri.path())
+    /// });
+    /// ```
+    pub fn key_fn<F>(mut self, key_fn: F) -> Self
+    where
+        F: Fn(&Parts) -> String + Send + Sync + 'static,
+    {
+        self.settings().key_fn = Some(Arc::new(key_fn));
+        self
+    }
+
+    /// The backend key a plain (no credential) GET of `uri` is cached
+    /// under, as `redis-cli` shows it. `uri` is a path with an optional
+    /// query, or an absolute URL. With a [`key_fn`](Self::key_fn), that
+    /// function is applied to a GET of `uri` with no headers.
+    ///
+    /// ```
+    /// use cachify::http::CacheLayer;
+    ///
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// let cache = CacheLayer::new().client(client).namespace("users");
+    /// assert_eq!(cache.key("/users?b=2&a=1")?, "cachify:http:users:GET:/users?a=1&b=2");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn key(&self, uri: &str) -> Result<String, Error> {
+        let uri: Uri = uri
+            .parse()
+            .map_err(|error| Error::Config(format!("invalid URI `{uri}`: {error}")))?;
+        let request = match &self.settings.key_fn {
+            Some(key_fn) => {
+                let (parts, ()) = Request::get(uri)
+                    .body(())
+                    .map_err(|error| Error::Config(error.to_string()))?
+                    .into_parts();
+                key_fn(&parts)
+            }
+            None => key::of_uri(&uri),
+        };
+        Ok(self.key_of(&request))
+    }
+
+    fn key_of(&self, request: &str) -> String {
+        let client = self.settings.client();
+        key::full(
+            &key::scope(client.prefix(), &self.settings.namespace),
+            None,
+            request,
+        )
+    }
+
+    /// Deletes the entry of a plain GET of `uri` (see [`CacheLayer::key`]);
+    /// query order does not matter. Entries cached per credential are
+    /// cleared with [`CacheLayer::clear`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let cache = cachify::http::CacheLayer::new().namespace("users");
+    /// cache.invalidate("/users/42").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate(&self, uri: &str) -> Result<(), Error> {
+        let key = self.key(uri)?;
+        self.settings.client().backend().delete(key).await
+    }
+
+    /// Deletes the entry whose key part is `key`, as a
+    /// [`key_fn`](Self::key_fn) returned it (or `GET:{path}?{sorted query}`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let cache = cachify::http::CacheLayer::new()
+    ///     .namespace("users")
+    ///     .key_fn(|request| request.uri.path().to_owned());
+    /// cache.invalidate_key("/users/42").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_key(&self, key: &str) -> Result<(), Error> {
+        let key = self.key_of(key);
+        self.settings.client().backend().delete(key).await
+    }
+
+    /// Deletes every entry of this layer's namespace; see [`clear_namespace`].
+    pub async fn clear(&self) -> Result<u64, Error> {
+        clear_namespace(self.settings.client(), &self.settings.namespace).await
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> CacheService<S> {
+        CacheService {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// Deletes every cached response of `namespace` on `client` (all paths, all
+/// credentials) and returns how many entries were deleted. On Redis this
+/// walks the keys with `SCAN` in batches and `UNLINK`s them, so it never
+/// blocks the server the way `KEYS` would.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// let deleted = cachify::http::clear_namespace(cachify::global(), "users").await?;
+/// assert_eq!(deleted, 0);
+/// # Ok(()) }
+/// ```
+pub async fn clear_namespace(client: &Cachify, namespace: &str) -> Result<u64, Error> {
+    client
+        .backend()
+        .delete_prefix(&key::scope(client.prefix(), namespace))
+        .await
+}
