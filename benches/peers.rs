@@ -179,12 +179,17 @@ async fn raw_get<T: serde::de::DeserializeOwned>(
     rmp_serde::from_slice(&bytes).unwrap()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+/// One runtime for the whole bench: the `cached` crate's connection lives
+/// on the runtime that first used it, and dies with it.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 // --- workloads ------------------------------------------------------------
@@ -210,31 +215,31 @@ fn redis_hit(c: &mut Criterion) {
     });
     let mut group = c.benchmark_group("redis_hit");
     group.bench_function(BenchmarkId::new("user", "raw_redis_rs"), |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             let mut connection = raw.clone();
             async move { black_box(raw_get::<User>(&mut connection, "raw-user").await) }
         })
     });
     group.bench_function(BenchmarkId::new("user", "cachify"), |b| {
-        b.to_async(&rt)
+        b.to_async(rt)
             .iter(|| async { black_box(cachify_user(1).await) })
     });
     group.bench_function(BenchmarkId::new("user", "cached_crate"), |b| {
-        b.to_async(&rt)
+        b.to_async(rt)
             .iter(|| async { black_box(cached_crate_user(1).await.unwrap()) })
     });
     group.bench_function(BenchmarkId::new("page_10k", "raw_redis_rs"), |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             let mut connection = raw.clone();
             async move { black_box(raw_get::<Page>(&mut connection, "raw-page").await) }
         })
     });
     group.bench_function(BenchmarkId::new("page_10k", "cachify"), |b| {
-        b.to_async(&rt)
+        b.to_async(rt)
             .iter(|| async { black_box(cachify_page(1).await) })
     });
     group.bench_function(BenchmarkId::new("page_10k", "cached_crate"), |b| {
-        b.to_async(&rt)
+        b.to_async(rt)
             .iter(|| async { black_box(cached_crate_page(1).await.unwrap()) })
     });
     group.finish();
@@ -286,7 +291,7 @@ fn redis_hit_64_tasks(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("user", "raw_redis_rs"), |b| {
         b.iter_custom(|iters| {
             let raw = raw.clone();
-            concurrent(&rt, iters, move || {
+            concurrent(rt, iters, move || {
                 let mut connection = raw.clone();
                 async move {
                     black_box(raw_get::<User>(&mut connection, "raw-user").await);
@@ -296,14 +301,14 @@ fn redis_hit_64_tasks(c: &mut Criterion) {
     });
     group.bench_function(BenchmarkId::new("user", "cachify"), |b| {
         b.iter_custom(|iters| {
-            concurrent(&rt, iters, || async {
+            concurrent(rt, iters, || async {
                 black_box(cachify_user(1).await);
             })
         })
     });
     group.bench_function(BenchmarkId::new("user", "cached_crate"), |b| {
         b.iter_custom(|iters| {
-            concurrent(&rt, iters, || async {
+            concurrent(rt, iters, || async {
                 black_box(cached_crate_user(1).await.unwrap());
             })
         })
@@ -337,7 +342,7 @@ fn lock_round_trip(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("lock");
     group.bench_function("raw_set_nx_and_script", |b| {
-        b.to_async(&rt).iter(|| {
+        b.to_async(rt).iter(|| {
             let mut connection = raw.clone();
             let release = release.clone();
             async move {
@@ -362,7 +367,7 @@ fn lock_round_trip(c: &mut Criterion) {
         })
     });
     group.bench_function("cachify", |b| {
-        b.to_async(&rt).iter(|| async {
+        b.to_async(rt).iter(|| async {
             let guard = redis_client().lock("bench-lock").acquire().await.unwrap();
             guard.release().await.unwrap();
         })

@@ -87,6 +87,18 @@ pub(crate) fn parse(template: &str) -> Result<Vec<Piece>, String> {
     if !text.is_empty() {
         pieces.push(Piece::Text(text));
     }
+    // `%` starts the escapes in interpolated values: as the first character
+    // after a value it could not be told apart from one.
+    for pair in pieces.windows(2) {
+        if let [Piece::Value(value), Piece::Text(text)] = pair
+            && text.starts_with('%')
+        {
+            return Err(format!(
+                "the text right after `{}` starts with `%`, which keys use to escape values, so different arguments could share a key: put another character first, e.g. `-%`",
+                value.written
+            ));
+        }
+    }
     set_stops(&mut pieces);
     Ok(pieces)
 }
@@ -327,6 +339,16 @@ mod tests {
                 "{template}"
             );
         }
+    }
+
+    #[test]
+    fn percent_right_after_a_placeholder() {
+        assert_eq!(
+            parse("{a}%{b}").unwrap_err(),
+            "the text right after `{a}` starts with `%`, which keys use to escape values, so different arguments could share a key: put another character first, e.g. `-%`"
+        );
+        assert!(parse("{first}%20{last}").is_err());
+        assert!(parse("%{a}-%{b}").is_ok(), "elsewhere `%` is plain text");
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub enum Codec {
     Bincode,
 }
 
+/// Deepest nesting a stored MessagePack value may have. Bytes in Redis may
+/// come from anyone; rmp-serde's own limit (1024) lets a 1 KiB value
+/// overflow a 2 MiB thread stack in a debug build.
+const MAX_DEPTH: usize = 128;
+
 impl Codec {
     fn tag(self) -> u8 {
         match self {
@@ -81,7 +86,11 @@ impl Codec {
             )));
         }
         match self {
-            Codec::MessagePack => rmp_serde::from_slice(body).map_err(CodecError::new),
+            Codec::MessagePack => {
+                let mut deserializer = rmp_serde::Deserializer::from_read_ref(body);
+                deserializer.set_max_depth(MAX_DEPTH);
+                T::deserialize(&mut deserializer).map_err(CodecError::new)
+            }
             #[cfg(feature = "json")]
             Codec::Json => serde_json::from_slice(body).map_err(CodecError::new),
             #[cfg(feature = "bincode")]
@@ -141,6 +150,27 @@ mod tests {
             let bytes = Codec::MessagePack.encode(&id).unwrap();
             assert_eq!(Codec::MessagePack.decode::<Id>(&bytes).unwrap(), id);
         }
+    }
+
+    #[test]
+    fn deeply_nested_values_are_refused() {
+        // 1,000 nested one-element arrays around an integer.
+        let mut bytes = vec![b'M'];
+        bytes.extend(std::iter::repeat_n(0x91, 1000));
+        bytes.push(0x01);
+        assert!(
+            Codec::MessagePack
+                .decode::<serde::de::IgnoredAny>(&bytes)
+                .is_err()
+        );
+        let mut shallow = vec![b'M'];
+        shallow.extend(std::iter::repeat_n(0x91, 10));
+        shallow.push(0x01);
+        assert!(
+            Codec::MessagePack
+                .decode::<serde::de::IgnoredAny>(&shallow)
+                .is_ok()
+        );
     }
 
     #[test]
