@@ -406,6 +406,80 @@ fn stampede_report() {
     );
 }
 
+/// Alternates raw redis-rs and cachify batches, round after round, and
+/// prints the median of the per-round time ratios. On a noisy machine this
+/// is steadier than comparing two benches measured minutes apart.
+fn interleaved_report() {
+    const ROUNDS: usize = 21;
+    const SERIAL_READS: u32 = 2_000;
+    let rt = runtime();
+    let raw = rt.block_on(async {
+        let mut raw = raw_connection().await;
+        let _: () = raw
+            .set("raw-user", rmp_serde::to_vec_named(&user(1)).unwrap())
+            .await
+            .unwrap();
+        cachify_user(1).await;
+        raw
+    });
+    let serial_raw = || {
+        let raw = raw.clone();
+        rt.block_on(async move {
+            let mut connection = raw;
+            let started = Instant::now();
+            for _ in 0..SERIAL_READS {
+                black_box(raw_get::<User>(&mut connection, "raw-user").await);
+            }
+            started.elapsed()
+        })
+    };
+    let serial_cachify = || {
+        rt.block_on(async {
+            let started = Instant::now();
+            for _ in 0..SERIAL_READS {
+                black_box(cachify_user(1).await);
+            }
+            started.elapsed()
+        })
+    };
+    let concurrent_raw = || {
+        let raw = raw.clone();
+        concurrent(rt, 1, move || {
+            let mut connection = raw.clone();
+            async move {
+                black_box(raw_get::<User>(&mut connection, "raw-user").await);
+            }
+        })
+    };
+    let concurrent_cachify = || {
+        concurrent(rt, 1, || async {
+            black_box(cachify_user(1).await);
+        })
+    };
+    let median_ratio = |ours: &dyn Fn() -> Duration, theirs: &dyn Fn() -> Duration| {
+        let mut ratios: Vec<f64> = (0..ROUNDS)
+            .map(|_| {
+                let theirs = theirs().as_secs_f64();
+                ours().as_secs_f64() / theirs
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        (ratios[ROUNDS / 2], ratios[0], ratios[ROUNDS - 1])
+    };
+    println!(
+        "\ninterleaved, {ROUNDS} rounds (cachify time / raw redis-rs time: median [min, max])"
+    );
+    let (median, low, high) = median_ratio(&serial_cachify, &serial_raw);
+    println!(
+        "redis hit, user, serial ({SERIAL_READS} reads a round)   {median:.3} [{low:.3}, {high:.3}]"
+    );
+    let (median, low, high) = median_ratio(&concurrent_cachify, &concurrent_raw);
+    println!(
+        "redis hit, user, 64 tasks ({} reads a round) {median:.3} [{low:.3}, {high:.3}]",
+        TASKS * READS_PER_TASK
+    );
+}
+
 criterion_group!(
     benches,
     redis_hit,
@@ -503,6 +577,9 @@ fn main() {
 
     benches();
     stampede_report();
+    if !std::env::args().any(|arg| arg == "--test") {
+        interleaved_report();
+    }
     Criterion::default().configure_from_args().final_summary();
     report();
     drop(server);

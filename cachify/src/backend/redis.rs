@@ -9,8 +9,9 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Id as RuntimeId};
+use tokio::sync::OnceCell;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script};
 
 use super::clamp_ttl;
@@ -84,15 +85,23 @@ pub(crate) struct RedisBackend {
 /// crosses to its thread and back, two wake-ups that cost a serial cache
 /// hit about 15% over a hand-written redis-rs call; on a connection of the
 /// caller's runtime it does not.
+///
+/// They are plain multiplexed connections, made on first use: a
+/// `ConnectionManager` takes a mutex shared by all workers on every
+/// command, which costs throughput. A read connection that fails is
+/// dropped, and the next read makes a new one.
 struct PerRuntime {
     /// Tells this client's entries apart in the per-thread cache.
     id: u64,
     client: redis::Client,
-    config: ConnectionManagerConfig,
+    config: AsyncConnectionConfig,
     /// Bounded: runtimes come and go (one per `#[tokio::test]`), and a dead
     /// runtime's entry is never looked up again.
-    connections: Mutex<Vec<(RuntimeId, ConnectionManager)>>,
+    connections: Mutex<Vec<(RuntimeId, ReadSlot)>>,
 }
+
+/// A runtime's read connection, connected by whichever read needs it first.
+type ReadSlot = Arc<OnceCell<MultiplexedConnection>>;
 
 /// How many runtimes' connections a client (and each thread) remembers.
 const REMEMBERED_RUNTIMES: usize = 8;
@@ -100,7 +109,7 @@ const REMEMBERED_RUNTIMES: usize = 8;
 thread_local! {
     /// Per-thread shortcut to [`PerRuntime::connections`], so the hot path
     /// takes no lock: `(client id, runtime id, connection)`.
-    static LOCAL_CONNECTIONS: RefCell<Vec<(u64, RuntimeId, ConnectionManager)>> =
+    static LOCAL_CONNECTIONS: RefCell<Vec<(u64, RuntimeId, ReadSlot)>> =
         const { RefCell::new(Vec::new()) };
 }
 
@@ -145,7 +154,7 @@ impl RedisBackend {
             let connection =
                 ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
                     .map_err(unreachable)?;
-            return Ok(Self::with(connection, client, manager_config, &settings));
+            return Ok(Self::with(connection, client, &settings));
         }
 
         let probe_config = AsyncConnectionConfig::new()
@@ -164,13 +173,12 @@ impl RedisBackend {
         let connection = ConnectionManager::new_with_config(client.clone(), manager_config.clone())
             .await
             .map_err(unreachable)?;
-        Ok(Self::with(connection, client, manager_config, &settings))
+        Ok(Self::with(connection, client, &settings))
     }
 
     fn with(
         connection: ConnectionManager,
         client: redis::Client,
-        config: ConnectionManagerConfig,
         settings: &RedisSettings,
     ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -179,7 +187,9 @@ impl RedisBackend {
             runtimes: Arc::new(PerRuntime {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 client,
-                config,
+                config: AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_response_timeout(None),
                 connections: Mutex::new(Vec::new()),
             }),
             codec: settings.codec,
@@ -207,57 +217,65 @@ impl RedisBackend {
         Ok(Some(bytes))
     }
 
-    /// The connection for a read by this caller: its own runtime's, made on
-    /// first use (it connects lazily, within the command timeout), or the
-    /// background runtime's. Only reads use it: writes, deletes and lock
+    /// The read connection slot of this caller's runtime, or `None` for
+    /// callers outside any runtime and on the background runtime, which read
+    /// through the background connection.
+    ///
+    /// Only reads use per-runtime connections: writes, deletes and lock
     /// commands all go through the one background connection, so that a
     /// command that timed out on our side but still reaches Redis later can
     /// never overtake one issued after it.
-    fn read_connection(&self) -> ConnectionManager {
-        let Ok(handle) = Handle::try_current() else {
-            return self.connection.clone();
-        };
-        let runtime = handle.id();
+    fn read_slot(&self) -> Option<(RuntimeId, ReadSlot)> {
+        let runtime = Handle::try_current().ok()?.id();
         if runtime == io::handle().id() {
-            return self.connection.clone();
+            return None;
         }
         let id = self.runtimes.id;
-        LOCAL_CONNECTIONS.with_borrow_mut(|local| {
-            if let Some((_, _, connection)) = local
+        let slot = LOCAL_CONNECTIONS.with_borrow_mut(|local| {
+            if let Some((_, _, slot)) = local
                 .iter()
                 .find(|(client, at, _)| *client == id && *at == runtime)
             {
-                return connection.clone();
+                return Arc::clone(slot);
             }
-            let connection = self.runtime_connection(runtime);
-            remember(local, (id, runtime, connection.clone()));
-            connection
-        })
+            let slot = self.shared_slot(runtime);
+            remember(local, (id, runtime, Arc::clone(&slot)));
+            slot
+        });
+        Some((runtime, slot))
     }
 
-    /// The shared connection of `runtime`, made if it has none yet.
-    fn runtime_connection(&self, runtime: RuntimeId) -> ConnectionManager {
+    /// The shared read slot of `runtime`, made if it has none yet.
+    fn shared_slot(&self, runtime: RuntimeId) -> ReadSlot {
         let mut connections = self
             .runtimes
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, connection)) = connections.iter().find(|(at, _)| *at == runtime) {
-            return connection.clone();
+        if let Some((_, slot)) = connections.iter().find(|(at, _)| *at == runtime) {
+            return Arc::clone(slot);
         }
-        let made = ConnectionManager::new_lazy_with_config(
-            self.runtimes.client.clone(),
-            self.runtimes.config.clone(),
-        );
-        match made {
-            Ok(connection) => {
-                remember(&mut connections, (runtime, connection.clone()));
-                connection
-            }
-            // Only a malformed configuration fails here, and that was
-            // checked when the client was built.
-            Err(_) => self.connection.clone(),
-        }
+        let slot = ReadSlot::default();
+        remember(&mut connections, (runtime, Arc::clone(&slot)));
+        slot
+    }
+
+    /// Forgets a failed read connection, here and in the per-thread caches
+    /// (theirs are replaced when they next miss), so the next read reconnects.
+    fn drop_slot(&self, runtime: RuntimeId, failed: &ReadSlot) {
+        let mut connections = self
+            .runtimes
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        connections.retain(|(at, slot)| !(*at == runtime && Arc::ptr_eq(slot, failed)));
+        drop(connections);
+        let id = self.runtimes.id;
+        LOCAL_CONNECTIONS.with_borrow_mut(|local| {
+            local.retain(|(client, at, slot)| {
+                !(*client == id && *at == runtime && Arc::ptr_eq(slot, failed))
+            });
+        });
     }
 
     /// Bounds one operation by the command timeout. redis-rs has its own
@@ -284,9 +302,27 @@ impl RedisBackend {
     }
 
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let mut connection = self.read_connection();
-        self.timed(redis::cmd("GET").arg(key).query_async(&mut connection))
-            .await
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        let Some((runtime, slot)) = self.read_slot() else {
+            let mut connection = self.connection.clone();
+            return self.timed(get.query_async(&mut connection)).await;
+        };
+        let read = async {
+            let connection = slot
+                .get_or_try_init(|| {
+                    self.runtimes
+                        .client
+                        .get_multiplexed_async_connection_with_config(&self.runtimes.config)
+                })
+                .await?;
+            get.query_async(&mut connection.clone()).await
+        };
+        let result = self.timed(read).await;
+        if result.is_err() {
+            self.drop_slot(runtime, &slot);
+        }
+        result
     }
 
     pub(crate) async fn get<T: CacheValue>(&self, key: &str) -> Result<Option<T>, Error> {
