@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use cachify::{BreakerState, Cachify, CachifyBuilder, Error, cached, lock, once};
-use support::{Deadline, RedisServer};
+use support::{Deadline, Frozen, RedisServer};
 
 /// The command (and connect) timeout of every Redis client here.
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -59,27 +59,6 @@ fn raw_get(server: &RedisServer, key: &str) -> Option<String> {
         .arg(key)
         .query(&mut server.connection())
         .unwrap()
-}
-
-/// Stops (SIGSTOP) the server for the life of the value; resumes it on drop.
-struct Frozen(u32);
-
-impl Frozen {
-    fn new(server: &RedisServer) -> Self {
-        // SAFETY: plain signal to our own child process.
-        assert_eq!(
-            unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGSTOP) },
-            0
-        );
-        Frozen(server.pid())
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
-    }
 }
 
 /// Runs `call` and returns its value and how long it took.

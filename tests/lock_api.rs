@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cachify::{Cachify, Error};
-use support::{Deadline, RedisServer};
+use support::{Deadline, Frozen, RedisServer};
 
 const PREFIX: &str = "lk:";
 /// Upper bound for things expected "soon" (a background release, a failing
@@ -927,25 +927,6 @@ async fn redis_down_means_backend_errors_never_a_lock() {
         "with Redis down, lock calls fail too slowly (limit {SOON:?}):\n{}",
         slow.join("\n")
     );
-}
-
-/// Stops (SIGSTOP) the server for the life of the value; resumes it on drop.
-struct Frozen(u32);
-
-impl Frozen {
-    fn new(server: &RedisServer) -> Self {
-        assert_eq!(
-            unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGSTOP) },
-            0
-        );
-        Frozen(server.pid())
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
-    }
 }
 
 #[tokio::test]

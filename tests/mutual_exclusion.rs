@@ -506,7 +506,7 @@ impl Children {
                 .stdin(Stdio::null())
                 .stdout(output.try_clone().unwrap())
                 .stderr(output);
-            die_with_the_parent(&mut command);
+            support::die_with_the_parent(&mut command);
             children
                 .children
                 .push(command.spawn().expect("spawn a child"));
@@ -585,29 +585,6 @@ impl Children {
 impl Drop for Children {
     fn drop(&mut self) {
         self.kill_all();
-    }
-}
-
-/// Has the kernel SIGKILL the child if this process dies first (the test
-/// thread that forks it outlives it otherwise: it reaps it).
-fn die_with_the_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe, and the closure touches nothing
-    // else between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) == -1
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

@@ -57,8 +57,8 @@ use crate::attr::Kind;
 ///   value is returned but not cached, e.g. `unless = |user: &User| user.is_admin`.
 /// - `lock = true`: concurrent misses in *different processes* also run
 ///   the body once. The first process takes a short-lived lock on the key
-///   and computes; the others wait for its value (for at most the client's
-///   `lock_ttl`, then compute themselves). Single flight within one process
+///   and computes; the others wait for its value (up to the client's
+///   `fill_wait` per holder of that lock, then compute themselves). Single flight within one process
 ///   is always on.
 /// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global
 ///   client, e.g. `client = &self.cache`. It may use `self` and the

@@ -190,6 +190,38 @@ pub struct CacheCall {
 /// Pause between two looks at the cache while another process fills it.
 const FILL_POLL: Duration = Duration::from_millis(20);
 
+/// How long a caller still waits for another process's fill: `fill_wait`
+/// for each holder of the fill lock. A holder that dies is replaced after
+/// its lease, and the new one gets the full `fill_wait` again, so a slow
+/// recomputation after a crash is still waited for.
+struct Patience {
+    wait: Duration,
+    deadline: Instant,
+    holder: Option<String>,
+}
+
+impl Patience {
+    fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            deadline: Instant::now() + wait,
+            holder: None,
+        }
+    }
+
+    /// Whether to keep waiting, given who holds the fill lock now (an error
+    /// reading it counts as no change).
+    fn still_waiting(&mut self, holder: Result<Option<String>, Error>) -> bool {
+        if let Ok(Some(holder)) = holder
+            && self.holder.as_ref() != Some(&holder)
+        {
+            self.holder = Some(holder);
+            self.deadline = Instant::now() + self.wait;
+        }
+        Instant::now() < self.deadline
+    }
+}
+
 /// Where a local leader stands after coordinating with other processes.
 enum Fill<R> {
     /// Another process filled the cache meanwhile.
@@ -205,7 +237,7 @@ enum Fill<R> {
 /// over. Fails open: a backend error means running the function.
 async fn fill<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
     let fill_key = key::derived(client.prefix(), key, "fill:");
-    let deadline = Instant::now() + client.fill_wait();
+    let mut patience = Patience::new(client.fill_wait());
     loop {
         match lock::acquire(client, fill_key.clone(), None, Duration::ZERO).await {
             Ok(guard) => {
@@ -215,7 +247,11 @@ async fn fill<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
                     None => Fill::Run(Some(Box::new(guard))),
                 };
             }
-            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+            Err(Error::Locked { .. }) => {
+                let holder = client.backend().lock_holder(&fill_key).await;
+                if !patience.still_waiting(holder) {
+                    return Fill::Run(None);
+                }
                 tokio::time::sleep(FILL_POLL).await;
                 if let Some(output) = read::<P, R>(client, key).await {
                     return Fill::Filled(output);
@@ -228,7 +264,7 @@ async fn fill<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
 
 fn fill_blocking<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
     let fill_key = key::derived(client.prefix(), key, "fill:");
-    let deadline = Instant::now() + client.fill_wait();
+    let mut patience = Patience::new(client.fill_wait());
     loop {
         match lock::acquire_blocking(client, fill_key.clone(), None, Duration::ZERO) {
             Ok(guard) => {
@@ -237,7 +273,11 @@ fn fill_blocking<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
                     None => Fill::Run(Some(Box::new(guard))),
                 };
             }
-            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+            Err(Error::Locked { .. }) => {
+                let holder = client.backend().lock_holder_blocking(&fill_key);
+                if !patience.still_waiting(holder) {
+                    return Fill::Run(None);
+                }
                 std::thread::sleep(FILL_POLL);
                 if let Some(output) = read_blocking::<P, R>(client, key) {
                     return Fill::Filled(output);

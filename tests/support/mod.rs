@@ -317,28 +317,10 @@ pub fn shared_server() -> &'static RedisServer {
 /// thread that lives as long as the process.
 #[cfg(target_os = "linux")]
 fn spawn_for_the_process(mut command: Command) -> std::io::Result<Child> {
-    use std::os::unix::process::CommandExt;
-
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static KEEPER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
 
-    // SAFETY: prctl is async-signal-safe, and the closure touches nothing
-    // else between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) == -1
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_the_parent(&mut command);
     let keeper = KEEPER.get_or_init(|| {
         let (requests, incoming) = mpsc::channel::<Request>();
         thread::Builder::new()
@@ -453,5 +435,49 @@ impl OwnServer {
         self.server
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Has the kernel SIGKILL `command`'s process when the thread that spawns
+/// it ends (for a test's child process: when the test ends, however it ends).
+#[cfg(target_os = "linux")]
+pub fn die_with_the_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, and the closure touches nothing
+    // else between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Pauses (SIGSTOP) a server for the life of the value, as a stalled Redis;
+/// resumes it (SIGCONT) on drop.
+pub struct Frozen(u32);
+
+impl Frozen {
+    pub fn new(server: &RedisServer) -> Self {
+        // SAFETY: a plain signal to our own child process.
+        let paused = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGSTOP) };
+        assert_eq!(paused, 0, "SIGSTOP the test's redis-server");
+        Frozen(server.pid())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
     }
 }

@@ -114,6 +114,11 @@ impl MemoryBackend {
         deleted
     }
 
+    /// The token of whoever holds the lock.
+    pub(crate) fn lock_holder(&self, key: &str) -> Option<String> {
+        self.locks.get(key).map(|lease| lease.token.to_string())
+    }
+
     pub(crate) fn is_locked(&self, key: &str) -> bool {
         self.locks.contains_key(key)
     }

@@ -129,6 +129,25 @@ impl Backend {
         }
     }
 
+    /// The token of whoever holds a lock, to notice when it changes hands.
+    pub(crate) async fn lock_holder(&self, key: &str) -> Result<Option<String>, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.lock_holder(key)),
+            Backend::Redis(redis) => redis.lock_holder(key).await,
+        }
+    }
+
+    pub(crate) fn lock_holder_blocking(&self, key: &str) -> Result<Option<String>, Error> {
+        match self {
+            Backend::Memory(memory) => Ok(memory.lock_holder(key)),
+            Backend::Redis(redis) => {
+                let redis = redis.clone();
+                let key = key.to_owned();
+                io::block_on(async move { redis.lock_holder(&key).await })
+            }
+        }
+    }
+
     /// Whether a lock is currently held.
     pub(crate) async fn exists(&self, key: String) -> Result<bool, Error> {
         match self {

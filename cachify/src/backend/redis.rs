@@ -388,6 +388,13 @@ impl RedisBackend {
         }
     }
 
+    /// The token of whoever holds the lock.
+    pub(crate) async fn lock_holder(&self, key: &str) -> Result<Option<String>, Error> {
+        let mut connection = self.connection.clone();
+        self.timed(redis::cmd("GET").arg(key).query_async(&mut connection))
+            .await
+    }
+
     pub(crate) async fn exists(&self, key: &str) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
         self.timed(redis::cmd("EXISTS").arg(key).query_async(&mut connection))
