@@ -145,7 +145,11 @@ impl Breaker {
     }
 
     pub(crate) fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        // Called on every hit: only write when there is something to reset,
+        // so concurrent hits don't fight over this cache line.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
         if self.state.load(Ordering::Acquire) != CLOSED {
             self.state.store(CLOSED, Ordering::Release);
             tracing::info!("cachify: backend answers again; circuit breaker closed");
