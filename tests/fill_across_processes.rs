@@ -17,12 +17,12 @@ mod support;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cachify::{Cachify, cached};
+use support::children::{Children, barrier, now_ns};
 use support::{Deadline, RedisServer};
 
 /// Processes that miss together.
@@ -37,8 +37,6 @@ const SHORT_LOCK_TTL: Duration = Duration::from_secs(1);
 const CHILDREN_LIMIT: Duration = Duration::from_secs(30);
 /// Aborts a process that is still alive after this long (a deadlock).
 const PROCESS_LIMIT: Duration = Duration::from_secs(60);
-/// Pause between two looks at a barrier key.
-const POLL: Duration = Duration::from_millis(5);
 
 const ROLE_ENV: &str = "CACHIFY_FILL_ROLE";
 const URL_ENV: &str = "CACHIFY_FILL_URL";
@@ -94,18 +92,6 @@ fn raw_connection() -> redis::Connection {
         .expect("child: raw connection")
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for all processes.
-fn now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(status, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap()
-}
-
 /// The body both functions share: counts the run on the server, then works.
 async fn compute() -> u32 {
     let mut redis = raw_connection();
@@ -137,26 +123,6 @@ async fn unlocked_report() -> u32 {
     compute().await
 }
 
-/// Says "ready", then waits (bounded) for the parent's "go".
-fn barrier(redis: &mut redis::Connection) {
-    let _: i64 = redis::cmd("INCR")
-        .arg(READY_KEY)
-        .query(redis)
-        .expect("child: INCR the ready count");
-    let polls = CHILDREN_LIMIT.as_millis() / POLL.as_millis();
-    for _ in 0..polls {
-        let go: bool = redis::cmd("EXISTS")
-            .arg(GO_KEY)
-            .query(redis)
-            .expect("child: read the go key");
-        if go {
-            return;
-        }
-        std::thread::sleep(POLL);
-    }
-    panic!("child: the parent never said go");
-}
-
 #[test]
 #[ignore = "a child process of the other tests in this file"]
 fn child() {
@@ -173,7 +139,7 @@ fn child() {
         .enable_all()
         .build()
         .unwrap();
-    barrier(&mut redis);
+    barrier(&mut redis, READY_KEY, GO_KEY, CHILDREN_LIMIT);
     let start = now_ns();
     let value = runtime.block_on(async {
         match role.as_str() {
@@ -244,166 +210,12 @@ fn parse_calls(text: &str) -> Vec<Call> {
         .collect()
 }
 
-/// The children of one test; kills and reaps those still running when dropped.
-struct Children {
-    url: String,
-    log: PathBuf,
-    dir: PathBuf,
-    children: Vec<Child>,
-    outputs: Vec<PathBuf>,
-}
-
-impl Children {
-    fn new(url: String, log: &Path, dir: &Path) -> Self {
-        Children {
-            url,
-            log: log.to_owned(),
-            dir: dir.to_owned(),
-            children: Vec::new(),
-            outputs: Vec::new(),
-        }
-    }
-
-    fn spawn(&mut self, role: &str, lock_ttl: Option<Duration>) -> u32 {
-        let output_path = self.dir.join(format!("child-{}.out", self.children.len()));
-        let output = File::create(&output_path).unwrap();
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "--exact",
-                "child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE_ENV, role)
-            .env(URL_ENV, &self.url)
-            .env(LOG_ENV, &self.log)
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output);
-        if let Some(lock_ttl) = lock_ttl {
-            command.env(LOCK_TTL_ENV, lock_ttl.as_millis().to_string());
-        }
-        support::die_with_the_parent(&mut command);
-        let child = command.spawn().expect("spawn a child");
-        let pid = child.id();
-        self.children.push(child);
-        self.outputs.push(output_path);
-        pid
-    }
-
-    /// Everything the children printed, for failure messages.
-    fn outputs(&self) -> String {
-        let mut all = String::new();
-        for (child, path) in self.children.iter().zip(&self.outputs) {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(3_000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            all += &format!("--- child {} ---\n{tail}\n", child.id());
-        }
-        all
-    }
-
-    /// Panics (with the children's output) if a child has already exited.
-    fn assert_all_running(&mut self, what: &str) {
-        for child in &mut self.children {
-            if let Some(status) = child.try_wait().unwrap() {
-                let pid = child.id();
-                panic!(
-                    "child {pid} exited with {status} {what}\n{}",
-                    self.outputs()
-                );
-            }
-        }
-    }
-
-    /// Polls (bounded) until `condition` holds, failing early if a child exits.
-    fn wait_until(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
-        let started = Instant::now();
-        while !condition() {
-            self.assert_all_running(&format!("while waiting until {what}"));
-            assert!(
-                started.elapsed() < CHILDREN_LIMIT,
-                "timed out waiting until {what}\n{}",
-                self.outputs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Sends SIGKILL to the child `pid` and reaps it.
-    fn kill(&mut self, pid: u32) -> ExitStatus {
-        let child = self
-            .children
-            .iter_mut()
-            .find(|child| child.id() == pid)
-            .unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap()
-    }
-
-    /// Waits (bounded) for the children other than `except` to exit, and
-    /// asserts they succeeded.
-    fn wait_for_success(&mut self, except: Option<u32>) {
-        let started = Instant::now();
-        let polls = CHILDREN_LIMIT.as_millis() / 20;
-        for _ in 0..polls {
-            let mut running = false;
-            for child in &mut self.children {
-                if Some(child.id()) == except {
-                    continue;
-                }
-                match child.try_wait().unwrap() {
-                    None => running = true,
-                    Some(status) if !status.success() => {
-                        let pid = child.id();
-                        panic!("child {pid} failed with {status}\n{}", self.outputs());
-                    }
-                    Some(_) => {}
-                }
-            }
-            if !running {
-                return;
-            }
-            if started.elapsed() > CHILDREN_LIMIT {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the children did not finish within {CHILDREN_LIMIT:?}\n{}",
-            self.outputs()
-        );
-    }
-}
-
-impl Children {
-    fn kill_all(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
 /// One test's server, scratch directory, shared log and children.
 struct Run {
     // Dropped in this order: the children are killed before the server goes.
     children: Children,
     _server: RedisServer,
+    url: String,
     redis: redis::Connection,
     log: PathBuf,
     dir: PathBuf,
@@ -430,10 +242,28 @@ impl Run {
         Run {
             _turn: turn,
             redis: server.connection(),
-            children: Children::new(server.url(), &log, &dir),
+            children: Children::new(
+                &dir,
+                &[
+                    (URL_ENV, &server.url()),
+                    (LOG_ENV, &log.display().to_string()),
+                ],
+            ),
+            url: server.url(),
             log,
             _server: server,
             dir,
+        }
+    }
+
+    /// Starts one child in `role`, with a fill-lock lease if given.
+    fn spawn(&mut self, role: &str, lock_ttl: Option<Duration>) -> u32 {
+        match lock_ttl {
+            Some(ttl) => self.children.spawn(&[
+                (ROLE_ENV, role),
+                (LOCK_TTL_ENV, &ttl.as_millis().to_string()),
+            ]),
+            None => self.children.spawn(&[(ROLE_ENV, role)]),
         }
     }
 
@@ -448,14 +278,15 @@ impl Run {
     /// Waits until `n` children in all said "ready", then releases them.
     fn go_when_ready(&mut self, n: u64) {
         let mut redis = self.redis_clone();
-        self.children.wait_until("the children are ready", || {
-            redis::cmd("GET")
-                .arg(READY_KEY)
-                .query::<Option<u64>>(&mut redis)
-                .unwrap()
-                .unwrap_or(0)
-                >= n
-        });
+        self.children
+            .wait_until("the children are ready", CHILDREN_LIMIT, || {
+                redis::cmd("GET")
+                    .arg(READY_KEY)
+                    .query::<Option<u64>>(&mut redis)
+                    .unwrap()
+                    .unwrap_or(0)
+                    >= n
+            });
         let _: () = redis::cmd("SET")
             .arg(GO_KEY)
             .arg(1)
@@ -464,7 +295,7 @@ impl Run {
     }
 
     fn redis_clone(&self) -> redis::Connection {
-        redis::Client::open(self.children.url.as_str())
+        redis::Client::open(self.url.as_str())
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(5))
             .unwrap()
@@ -477,11 +308,9 @@ impl Run {
     /// Starts [`PROCESSES`] children in `role` together and returns their
     /// calls, one per child, and how many times the body ran.
     fn all_together(&mut self, role: &str) -> (Vec<Call>, u64) {
-        let pids: HashSet<u32> = (0..PROCESSES)
-            .map(|_| self.children.spawn(role, None))
-            .collect();
+        let pids: HashSet<u32> = (0..PROCESSES).map(|_| self.spawn(role, None)).collect();
         self.go_when_ready(PROCESSES as u64);
-        self.children.wait_for_success(None);
+        self.children.wait_for_success(None, CHILDREN_LIMIT);
         let calls = self.calls();
         assert_eq!(
             calls.iter().map(|call| call.pid).collect::<HashSet<_>>(),
@@ -565,28 +394,30 @@ fn a_crashed_filler_is_replaced_after_its_lease() {
     let mut run = Run::start("crash");
 
     // The crasher takes the fill lock and hangs in the body.
-    let crasher = run.children.spawn(CRASH_ROLE, Some(SHORT_LOCK_TTL));
+    let crasher = run.spawn(CRASH_ROLE, Some(SHORT_LOCK_TTL));
     run.go_when_ready(1);
     let mut redis = run.redis_clone();
-    run.children.wait_until("the crasher computes", || {
-        redis::cmd("EXISTS")
-            .arg(COMPUTING_KEY)
-            .query::<bool>(&mut redis)
-            .unwrap()
-    });
+    run.children
+        .wait_until("the crasher computes", CHILDREN_LIMIT, || {
+            redis::cmd("EXISTS")
+                .arg(COMPUTING_KEY)
+                .query::<bool>(&mut redis)
+                .unwrap()
+        });
 
     // The others miss while it holds the fill lock ("go" is already set).
     let survivors: HashSet<u32> = (0..PROCESSES - 1)
-        .map(|_| run.children.spawn(LOCKED_ROLE, Some(SHORT_LOCK_TTL)))
+        .map(|_| run.spawn(LOCKED_ROLE, Some(SHORT_LOCK_TTL)))
         .collect();
-    run.children.wait_until("the others are about to call", || {
-        redis::cmd("GET")
-            .arg(READY_KEY)
-            .query::<Option<u64>>(&mut redis)
-            .unwrap()
-            .unwrap_or(0)
-            >= PROCESSES as u64
-    });
+    run.children
+        .wait_until("the others are about to call", CHILDREN_LIMIT, || {
+            redis::cmd("GET")
+                .arg(READY_KEY)
+                .query::<Option<u64>>(&mut redis)
+                .unwrap()
+                .unwrap_or(0)
+                >= PROCESSES as u64
+        });
     let killed_at = now_ns();
     let status = run.children.kill(crasher);
     assert_eq!(
@@ -595,7 +426,7 @@ fn a_crashed_filler_is_replaced_after_its_lease() {
         "the crasher was killed"
     );
 
-    run.children.wait_for_success(Some(crasher));
+    run.children.wait_for_success(Some(crasher), CHILDREN_LIMIT);
     let calls = run.calls();
     assert_eq!(
         calls.iter().map(|call| call.pid).collect::<HashSet<_>>(),

@@ -23,13 +23,13 @@ mod support;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cachify::{Cachify, Error, lock, once};
+use support::children::{Children, barrier, now_ns};
 use support::{Deadline, RedisServer};
 
 /// Child processes per test.
@@ -54,8 +54,6 @@ const CHILD_BUDGET: Duration = Duration::from_secs(40);
 const CHILDREN_LIMIT: Duration = Duration::from_secs(60);
 /// Aborts a process that is still alive after this long (a deadlock).
 const PROCESS_LIMIT: Duration = Duration::from_secs(90);
-/// Pause between two looks at a barrier key.
-const POLL: Duration = Duration::from_millis(5);
 
 const ROLE_ENV: &str = "CACHIFY_MX_ROLE";
 const URL_ENV: &str = "CACHIFY_MX_URL";
@@ -98,18 +96,6 @@ static ERRORS: AtomicU32 = AtomicU32::new(0);
 
 fn quota_reached() -> bool {
     SECTIONS.load(Ordering::SeqCst) >= QUOTA
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for all processes.
-fn now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec.
-    let status = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(status, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap()
 }
 
 /// Appends one whole line to the shared log, in a single `write` on a file
@@ -302,26 +288,6 @@ fn hammer_macro() {
     });
 }
 
-/// Says "ready", then waits (bounded) for the parent's "go".
-fn barrier(redis: &mut redis::Connection) {
-    let _: i64 = redis::cmd("INCR")
-        .arg(READY_KEY)
-        .query(redis)
-        .expect("child: INCR the ready count");
-    let polls = CHILDREN_LIMIT.as_millis() / POLL.as_millis();
-    for _ in 0..polls {
-        let go: bool = redis::cmd("EXISTS")
-            .arg(GO_KEY)
-            .query(redis)
-            .expect("child: read the go key");
-        if go {
-            return;
-        }
-        std::thread::sleep(POLL);
-    }
-    panic!("child: the parent never said go");
-}
-
 #[test]
 #[ignore = "a child process of the other tests in this file"]
 fn child() {
@@ -342,7 +308,7 @@ fn child() {
         .enable_all()
         .build()
         .unwrap();
-    barrier(&mut redis);
+    barrier(&mut redis, READY_KEY, GO_KEY, CHILDREN_LIMIT);
     let active_from = now_ns();
     match role.as_str() {
         ONCE_ROLE => runtime.block_on(hammer_once()),
@@ -476,118 +442,6 @@ fn fencing_violations(sorted: &[Section]) -> Vec<String> {
         .collect()
 }
 
-/// Kills and reaps the children that are still running when dropped.
-struct Children {
-    children: Vec<Child>,
-    outputs: Vec<PathBuf>,
-}
-
-impl Children {
-    fn spawn(role: &str, url: &str, log: &Path, dir: &Path) -> Self {
-        let mut children = Children {
-            children: Vec::new(),
-            outputs: Vec::new(),
-        };
-        for n in 0..PROCESSES {
-            let output_path = dir.join(format!("child-{n}.out"));
-            let output = File::create(&output_path).unwrap();
-            let mut command = Command::new(std::env::current_exe().unwrap());
-            command
-                .args([
-                    "--exact",
-                    "child",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(ROLE_ENV, role)
-                .env(URL_ENV, url)
-                .env(LOG_ENV, log)
-                .stdin(Stdio::null())
-                .stdout(output.try_clone().unwrap())
-                .stderr(output);
-            support::die_with_the_parent(&mut command);
-            children
-                .children
-                .push(command.spawn().expect("spawn a child"));
-            children.outputs.push(output_path);
-        }
-        children
-    }
-
-    fn pids(&self) -> HashSet<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-
-    /// Everything the children printed, for failure messages.
-    fn outputs(&self) -> String {
-        let mut all = String::new();
-        for (child, path) in self.children.iter().zip(&self.outputs) {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let tail: String = text
-                .chars()
-                .rev()
-                .take(3_000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            all += &format!("--- child {} ---\n{tail}\n", child.id());
-        }
-        all
-    }
-
-    /// Panics (with the children's output) if a child has already exited.
-    fn assert_all_running(&mut self, what: &str) {
-        for child in &mut self.children {
-            if let Some(status) = child.try_wait().unwrap() {
-                let pid = child.id();
-                panic!(
-                    "child {pid} exited with {status} {what}\n{}",
-                    self.outputs()
-                );
-            }
-        }
-    }
-
-    /// Waits (bounded) for every child to exit; kills them all if one is
-    /// still running after `limit`.
-    fn wait_all(&mut self, limit: Duration) -> Vec<ExitStatus> {
-        let started = Instant::now();
-        let polls = limit.as_millis() / 50;
-        for _ in 0..polls {
-            let statuses: Vec<Option<ExitStatus>> = self
-                .children
-                .iter_mut()
-                .map(|child| child.try_wait().unwrap())
-                .collect();
-            if statuses.iter().all(Option::is_some) {
-                return statuses.into_iter().flatten().collect();
-            }
-            if started.elapsed() > limit {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let outputs = self.outputs();
-        self.kill_all();
-        panic!("the children did not finish within {limit:?}\n{outputs}");
-    }
-
-    fn kill_all(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.kill_all();
-    }
-}
-
 /// A temporary directory of one test, removed when dropped.
 struct Scratch(PathBuf);
 
@@ -622,7 +476,17 @@ fn run_children(role: &str) -> (Log, HashSet<u32>) {
     let scratch = Scratch::new(role);
     let log_path = scratch.0.join("sections.log");
     File::create(&log_path).unwrap();
-    let mut children = Children::spawn(role, &server.url(), &log_path, &scratch.0);
+    let mut children = Children::new(
+        &scratch.0,
+        &[
+            (ROLE_ENV, role),
+            (URL_ENV, &server.url()),
+            (LOG_ENV, &log_path.display().to_string()),
+        ],
+    );
+    for _ in 0..PROCESSES {
+        children.spawn(&[]);
+    }
 
     let mut redis = server.connection();
     let polls = CHILDREN_LIMIT.as_millis() / 20;
@@ -646,13 +510,9 @@ fn run_children(role: &str) -> (Log, HashSet<u32>) {
         .query(&mut redis)
         .unwrap();
 
-    let statuses = children.wait_all(CHILDREN_LIMIT);
+    // Every child must exit, and succeed.
+    children.wait_for_success(None, CHILDREN_LIMIT);
     let text = std::fs::read_to_string(&log_path).unwrap();
-    assert!(
-        statuses.iter().all(ExitStatus::success),
-        "a child failed: {statuses:?}\n{}\nlog:\n{text}",
-        children.outputs()
-    );
     (parse_log(&text), children.pids())
 }
 
