@@ -98,7 +98,12 @@ impl MemoryBackend {
 
     pub(crate) fn delete(&self, key: &str) {
         self.values.invalidate(key);
-        self.locks.invalidate(key);
+        // Through the per-key compute, like every other lock operation:
+        // `invalidate` is not ordered with a renewal that already read the
+        // lease, and that renewal would then put the deleted lock back.
+        self.locks
+            .entry(key.to_owned())
+            .and_compute_with(|_| Op::Remove);
     }
 
     /// Deletes every value whose key starts with `prefix`.
