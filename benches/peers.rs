@@ -11,6 +11,10 @@
 //! - `redis_hit_64_tasks/<size>/<who>`: 64 tasks reading concurrently.
 //! - `memory_hit/<who>`: one thread, an in-process hit.
 //! - `lock/<who>`: acquire + release round trip.
+//! - `cluster_hit/<who>` and `cluster_hit_64_tasks/<who>`: the same user
+//!   read on a Redis Cluster of three primaries and three replicas, which
+//!   this bench also starts, against redis-rs's cluster client doing GET
+//!   plus decode.
 //! - stampede: 1,000 callers on one cold key whose function takes 50 ms
 //!   (executions and time to the last answer, printed).
 
@@ -25,6 +29,11 @@ use cachify::{Cachify, cached};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
+use support::cluster::RedisCluster;
+
+/// The integration tests' server support, for its Redis Cluster.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 /// A small, realistic value: a user record of three fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +123,23 @@ fn redis_client() -> &'static Cachify {
     })
 }
 
+static CLUSTER_SEEDS: OnceLock<Vec<String>> = OnceLock::new();
+
+fn cluster_seeds() -> Vec<String> {
+    CLUSTER_SEEDS.get().expect("set in main").clone()
+}
+
+fn cluster_client() -> &'static Cachify {
+    static CLIENT: OnceLock<Cachify> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        Cachify::builder()
+            .redis_cluster(cluster_seeds())
+            .prefix("bench:")
+            .build_blocking()
+            .unwrap()
+    })
+}
+
 fn memory_client() -> &'static Cachify {
     static CLIENT: OnceLock<Cachify> = OnceLock::new();
     CLIENT.get_or_init(|| Cachify::builder().memory().build_blocking().unwrap())
@@ -161,7 +187,28 @@ fn cached_crate_memory_user(id: u64) -> User {
     user(id)
 }
 
+#[cached("user-{id}", ttl = 3600, client = cluster_client())]
+async fn cachify_cluster_user(id: u64) -> User {
+    user(id)
+}
+
 // --- raw redis-rs, as a user would write it by hand ----------------------
+
+async fn raw_cluster_connection() -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(cluster_seeds())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn raw_cluster_get(
+    connection: &mut redis::cluster_async::ClusterConnection,
+    key: &str,
+) -> User {
+    let bytes: Vec<u8> = connection.get(key).await.unwrap();
+    rmp_serde::from_slice(&bytes).unwrap()
+}
 
 async fn raw_connection() -> redis::aio::MultiplexedConnection {
     redis::Client::open(url())
@@ -310,6 +357,63 @@ fn redis_hit_64_tasks(c: &mut Criterion) {
         b.iter_custom(|iters| {
             concurrent(rt, iters, || async {
                 black_box(cached_crate_user(1).await.unwrap());
+            })
+        })
+    });
+    group.finish();
+}
+
+/// Stores the raw user on the cluster and warms cachify's entry.
+fn cluster_setup(rt: &tokio::runtime::Runtime) -> redis::cluster_async::ClusterConnection {
+    rt.block_on(async {
+        let mut raw = raw_cluster_connection().await;
+        let _: () = raw
+            .set("raw-user", rmp_serde::to_vec_named(&user(1)).unwrap())
+            .await
+            .unwrap();
+        cachify_cluster_user(1).await;
+        raw
+    })
+}
+
+fn cluster_hit(c: &mut Criterion) {
+    let rt = runtime();
+    let raw = cluster_setup(rt);
+    let mut group = c.benchmark_group("cluster_hit");
+    group.bench_function("raw_redis_rs", |b| {
+        b.to_async(rt).iter(|| {
+            let mut connection = raw.clone();
+            async move { black_box(raw_cluster_get(&mut connection, "raw-user").await) }
+        })
+    });
+    group.bench_function("cachify", |b| {
+        b.to_async(rt)
+            .iter(|| async { black_box(cachify_cluster_user(1).await) })
+    });
+    group.finish();
+}
+
+fn cluster_hit_64_tasks(c: &mut Criterion) {
+    let rt = runtime();
+    let raw = cluster_setup(rt);
+    let mut group = c.benchmark_group("cluster_hit_64_tasks");
+    group.throughput(Throughput::Elements(TASKS * READS_PER_TASK));
+    group.sample_size(20);
+    group.bench_function("raw_redis_rs", |b| {
+        b.iter_custom(|iters| {
+            let raw = raw.clone();
+            concurrent(rt, iters, move || {
+                let mut connection = raw.clone();
+                async move {
+                    black_box(raw_cluster_get(&mut connection, "raw-user").await);
+                }
+            })
+        })
+    });
+    group.bench_function("cachify", |b| {
+        b.iter_custom(|iters| {
+            concurrent(rt, iters, || async {
+                black_box(cachify_cluster_user(1).await);
             })
         })
     });
@@ -478,6 +582,51 @@ fn interleaved_report() {
         "redis hit, user, 64 tasks ({} reads a round) {median:.3} [{low:.3}, {high:.3}]",
         TASKS * READS_PER_TASK
     );
+
+    let raw = cluster_setup(rt);
+    let serial_raw = || {
+        let raw = raw.clone();
+        rt.block_on(async move {
+            let mut connection = raw;
+            let started = Instant::now();
+            for _ in 0..SERIAL_READS {
+                black_box(raw_cluster_get(&mut connection, "raw-user").await);
+            }
+            started.elapsed()
+        })
+    };
+    let serial_cachify = || {
+        rt.block_on(async {
+            let started = Instant::now();
+            for _ in 0..SERIAL_READS {
+                black_box(cachify_cluster_user(1).await);
+            }
+            started.elapsed()
+        })
+    };
+    let concurrent_raw = || {
+        let raw = raw.clone();
+        concurrent(rt, 1, move || {
+            let mut connection = raw.clone();
+            async move {
+                black_box(raw_cluster_get(&mut connection, "raw-user").await);
+            }
+        })
+    };
+    let concurrent_cachify = || {
+        concurrent(rt, 1, || async {
+            black_box(cachify_cluster_user(1).await);
+        })
+    };
+    let (median, low, high) = median_ratio(&serial_cachify, &serial_raw);
+    println!(
+        "cluster hit, user, serial ({SERIAL_READS} reads a round) {median:.3} [{low:.3}, {high:.3}]"
+    );
+    let (median, low, high) = median_ratio(&concurrent_cachify, &concurrent_raw);
+    println!(
+        "cluster hit, user, 64 tasks ({} reads a round) {median:.3} [{low:.3}, {high:.3}]",
+        TASKS * READS_PER_TASK
+    );
 }
 
 criterion_group!(
@@ -485,7 +634,9 @@ criterion_group!(
     redis_hit,
     redis_hit_64_tasks,
     memory_hit,
-    lock_round_trip
+    lock_round_trip,
+    cluster_hit,
+    cluster_hit_64_tasks
 );
 
 /// Reads criterion's median for one bench, in nanoseconds per iteration.
@@ -560,6 +711,20 @@ fn report() {
     row("memory hit", "memory_hit", "cachify", "cached_crate", 1.0);
     row("memory hit", "memory_hit", "cachify", "moka_get", 1.0);
     row(
+        "cluster hit, user, serial",
+        "cluster_hit",
+        "cachify",
+        "raw_redis_rs",
+        1.0,
+    );
+    row(
+        "cluster hit, 64 tasks (per read)",
+        "cluster_hit_64_tasks",
+        "cachify",
+        "raw_redis_rs",
+        per_batch,
+    );
+    row(
         "lock acquire + release",
         "lock",
         "cachify",
@@ -574,6 +739,8 @@ fn main() {
     // SAFETY: set before any other thread exists; the `cached` crate reads it.
     unsafe { std::env::set_var("CACHED_REDIS_CONNECTION_STRING", &url) };
     URL.set(url).unwrap();
+    let cluster = RedisCluster::start();
+    CLUSTER_SEEDS.set(cluster.seeds()).unwrap();
 
     benches();
     stampede_report();
@@ -583,4 +750,5 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     report();
     drop(server);
+    drop(cluster);
 }

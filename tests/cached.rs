@@ -353,6 +353,26 @@ mod memory {
     }
 }
 
+mod cluster {
+    use super::*;
+
+    fn client() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .redis_cluster(support::cluster::shared_cluster().seeds())
+                .prefix("t:")
+                .build_blocking()
+                .unwrap()
+        })
+    }
+
+    mod suite {
+        use super::client;
+        cached_suite!();
+    }
+}
+
 mod redis {
     use super::*;
 

@@ -25,6 +25,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 enum Store {
     Memory,
     Redis,
+    Cluster,
 }
 
 impl Store {
@@ -35,6 +36,7 @@ impl Store {
         match self {
             Store::Memory => builder.memory(),
             Store::Redis => builder.redis(support::shared_server().url()),
+            Store::Cluster => builder.redis_cluster(support::cluster::shared_cluster().seeds()),
         }
         .build()
         .await
@@ -43,7 +45,7 @@ impl Store {
 }
 
 /// Generates one `#[tokio::test]` per backend for each `async fn(Store)`.
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
         mod memory {
             $(#[tokio::test] async fn $test() { super::$test(super::Store::Memory).await; })*
@@ -51,10 +53,13 @@ macro_rules! on_both_backends {
         mod redis {
             $(#[tokio::test] async fn $test() { super::$test(super::Store::Redis).await; })*
         }
+        mod cluster {
+            $(#[tokio::test] async fn $test() { super::$test(super::Store::Cluster).await; })*
+        }
     };
 }
 
-on_both_backends!(
+on_every_backend!(
     hit_and_miss,
     query_order_shares_an_entry,
     custom_key_fn,
@@ -74,6 +79,7 @@ on_both_backends!(
     streamed_bodies_keep_streaming,
     namespace_and_exact_invalidation,
     layer_and_route_layer,
+    cold_url_runs_the_handler_once,
 );
 
 /// How many times a handler ran.
@@ -187,6 +193,55 @@ fn counting(path: &str, name: &'static str, calls: &Calls) -> Router {
             async move { format!("{name} {run}") }
         }),
     )
+}
+
+/// Single flight: 100 concurrent GETs of a cold URL share one run of a
+/// slow handler, and all get its body.
+async fn cold_url_runs_the_handler_once(store: Store) {
+    let client = store.client("cold-url").await;
+    let calls = Calls::default();
+    let counted = calls.clone();
+    let router = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let run = counted.bump();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    format!("slow {run}")
+                }
+            }),
+        )
+        .route_layer(CacheLayer::new().client(client.clone()).namespace("cold"));
+    let app = Arc::new(serve(router).await);
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move { app.get("/slow").await })
+        })
+        .collect();
+    let mut misses = 0;
+    for request in requests {
+        let reply = request.await.expect("the request task");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.text(),
+            "slow 1",
+            "every caller gets the one run's body"
+        );
+        if reply.cache() == Some("MISS") {
+            misses += 1;
+        }
+    }
+    assert_eq!(
+        calls.get(),
+        1,
+        "the handler ran once for 100 concurrent GETs"
+    );
+    assert_eq!(
+        misses, 1,
+        "one reply is the run's own; the others were shared"
+    );
 }
 
 async fn hit_and_miss(store: Store) {

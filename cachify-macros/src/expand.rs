@@ -450,7 +450,7 @@ fn siblings(key: &Key, function: &ItemFn) -> Vec<TokenStream> {
                 "release",
                 format!(" Releases the lock of `{shown}` for these arguments, whoever holds it."),
                 quote!(()),
-                "delete",
+                "release",
             ),
         ],
     };

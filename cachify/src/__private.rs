@@ -2,16 +2,20 @@
 //!
 //! Nothing here is public API: names and signatures may change in any release.
 //! The macros reach these items through the absolute path `::cachify::__private`.
+//! Each async helper and its blocking twin call the same core operation,
+//! in [`Async`] or [`Blocking`] mode.
 
 use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::Cachify;
-use crate::Error;
+use crate::client::Cachify;
+use crate::error::Error;
+use crate::mode::{Async, Blocking, Mode, drive};
+
 pub use crate::cache::{CacheCall, OkOnly, Policy, Whole};
-pub use crate::key::{KeyKind, KeyTemplate, Piece};
-pub use crate::lock::LockGuard;
+pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
+pub use crate::locks::LockGuard;
 
 /// The global client, or the fallback memory client if none was initialised.
 #[inline]
@@ -27,7 +31,7 @@ pub fn key(
     template: &KeyTemplate,
     values: &[&dyn Display],
 ) -> String {
-    client.render_key(kind, template, values)
+    client.core().keys.render(kind, template, values)
 }
 
 /// Integer seconds from an attribute, as a `Duration`.
@@ -55,7 +59,10 @@ where
     F: Future<Output = R>,
     U: Fn(&P::Stored) -> bool,
 {
-    crate::cache::cached::<P, R, F, U>(client, key, call, body, unless).await
+    client
+        .core()
+        .cached::<Async, P, R, F, U>(&key, call, body, unless)
+        .await
 }
 
 /// `#[cached]` on a plain `fn`.
@@ -71,7 +78,21 @@ where
     F: FnOnce() -> R,
     U: Fn(&P::Stored) -> bool,
 {
-    crate::cache::cached_blocking::<P, R, F, U>(client, key, call, body, unless)
+    let body = async move { body() };
+    drive(
+        client
+            .core()
+            .cached::<Blocking, P, R, _, U>(&key, call, body, unless),
+    )
+}
+
+async fn acquire_in<M: Mode>(
+    client: &Cachify,
+    key: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<LockGuard, Error> {
+    client.core().locks.acquire::<M>(key, ttl, wait, true).await
 }
 
 /// Acquires the lock of a `#[once]`/`#[lock]` call (`wait` is zero for `once`).
@@ -81,7 +102,7 @@ pub async fn acquire(
     ttl: Option<Duration>,
     wait: Duration,
 ) -> Result<LockGuard, Error> {
-    crate::lock::acquire(client, key, ttl, wait).await
+    acquire_in::<Async>(client, key, ttl, wait).await
 }
 
 /// Blocking twin of [`acquire`].
@@ -91,20 +112,20 @@ pub fn acquire_blocking(
     ttl: Option<Duration>,
     wait: Duration,
 ) -> Result<LockGuard, Error> {
-    crate::lock::acquire_blocking(client, key, ttl, wait)
+    drive(acquire_in::<Blocking>(client, key, ttl, wait))
 }
 
 /// Runs an async body while holding `guard`, then releases it.
 pub async fn run_locked<F: Future>(guard: LockGuard, body: F) -> F::Output {
     let output = body.await;
-    guard.release_after_run().await;
+    guard.release_after_run::<Async>().await;
     output
 }
 
 /// Runs a blocking body while holding `guard`, then releases it.
 pub fn run_locked_blocking<R>(guard: LockGuard, body: impl FnOnce() -> R) -> R {
     let output = body();
-    guard.release_after_run_blocking();
+    drive(guard.release_after_run::<Blocking>());
     output
 }
 
@@ -114,23 +135,34 @@ pub fn lock_error<E: From<Error>>(error: Error) -> E {
     E::from(error)
 }
 
-/// `<fn>_reset` and `<fn>_release`: deletes one cache entry, or a lock
-/// whoever holds it.
+/// `<fn>_reset`: deletes one cache entry.
 pub async fn delete(client: &Cachify, key: String) -> Result<(), Error> {
-    client.backend().delete(key).await
+    client.core().delete::<Async>(&key).await
 }
 
 /// Blocking [`delete`].
 pub fn delete_blocking(client: &Cachify, key: String) -> Result<(), Error> {
-    client.backend().delete_blocking(key)
+    drive(client.core().delete::<Blocking>(&key))
+}
+
+/// `<fn>_release`: deletes a lock whoever holds it.
+pub async fn release(client: &Cachify, key: String) -> Result<(), Error> {
+    client.core().locks.force_unlock::<Async>(&key).await
+}
+
+/// Blocking [`release`].
+pub fn release_blocking(client: &Cachify, key: String) -> Result<(), Error> {
+    drive(client.core().locks.force_unlock::<Blocking>(&key))
 }
 
 /// `<fn>_is_locked`.
 pub async fn is_locked(client: &Cachify, key: String) -> Result<bool, Error> {
-    client.backend().exists(key).await
+    let holder = client.core().locks.holder::<Async>(&key).await?;
+    Ok(holder.is_some())
 }
 
 /// Blocking `<fn>_is_locked`.
 pub fn is_locked_blocking(client: &Cachify, key: String) -> Result<bool, Error> {
-    client.backend().exists_blocking(key)
+    let holder = drive(client.core().locks.holder::<Blocking>(&key))?;
+    Ok(holder.is_some())
 }

@@ -1,33 +1,23 @@
-//! The `#[cached]` path: read, single flight on a miss, run, store.
+//! The cache core: read, single flight on a miss, fill across processes,
+//! run, store. `#[cached]` and the HTTP layer both go through it.
 //!
 //! It fails open: a backend error or timeout is logged and the function
 //! runs as if there were no cache. A stored value that no longer decodes
-//! (its type changed after a deploy) is a miss and gets overwritten.
+//! (its type changed after a deploy) is a miss and gets overwritten. Every
+//! operation is written once, generic over a [`Mode`].
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use tokio::time::Instant;
-
-use crate::flight::{Outcome, Role};
-use crate::health::Counters;
-use crate::key;
-use crate::lock::{self, LockGuard};
-use crate::{Cachify, Error};
-
-/// What a cached value must be: stored in Redis as bytes, kept in memory as
-/// it is, and handed to concurrent callers as clones.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be cached: cached values must be `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`",
-    note = "derive `serde::Serialize`, `serde::Deserialize` and `Clone` for `{Self}`"
-)]
-pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
-
-impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> CacheValue for T {}
+use crate::error::Error;
+use crate::flight::{Flights, Outcome, Role};
+use crate::health::{Counters, Health, Stats};
+use crate::keyspace::Keyspace;
+use crate::locks::{LockGuard, Locks};
+use crate::mode::Mode;
+use crate::store::ValueStore;
+use crate::value::{AnyValue, CacheValue, ValueType, take};
 
 /// Which part of a function's output is cached. Chosen by the macro from the
 /// return type.
@@ -74,110 +64,6 @@ impl<T: CacheValue> Policy<T> for Whole {
     }
 }
 
-/// Reads the cache: `Some` on a hit. Skips the backend while the breaker
-/// is open; counts hits, misses and failures.
-async fn read<P: Policy<R>, R>(client: &Cachify, key: &str) -> Option<R> {
-    if !client.health().breaker.allows() {
-        Counters::add(&client.health().counters.bypassed);
-        return None;
-    }
-    let lookup = client.backend().get(key).await;
-    client.observe("read", key, &lookup);
-    hit::<P, R>(client, key, lookup)
-}
-
-fn read_blocking<P: Policy<R>, R>(client: &Cachify, key: &str) -> Option<R> {
-    if !client.health().breaker.allows() {
-        Counters::add(&client.health().counters.bypassed);
-        return None;
-    }
-    let lookup = client.backend().get_blocking(key);
-    client.observe("read", key, &lookup);
-    hit::<P, R>(client, key, lookup)
-}
-
-fn hit<P: Policy<R>, R>(
-    client: &Cachify,
-    key: &str,
-    lookup: Result<Option<P::Stored>, Error>,
-) -> Option<R> {
-    let counters = &client.health().counters;
-    match lookup {
-        Ok(Some(stored)) => {
-            Counters::add(&counters.hits);
-            return Some(P::restore(stored));
-        }
-        Ok(None) => {}
-        Err(Error::Codec(error)) => {
-            tracing::debug!(key, %error, "cachify: cached value no longer decodes; treating it as a miss");
-        }
-        // Already counted and logged by `observe`.
-        Err(_) => {}
-    }
-    Counters::add(&counters.misses);
-    None
-}
-
-/// Stores a value unless the breaker is open; never fails the caller.
-async fn write<T: CacheValue>(client: &Cachify, key: &str, value: &T, ttl: Option<Duration>) {
-    if !client.health().breaker.allows() {
-        return;
-    }
-    let written = client.backend().set(key, value, ttl).await;
-    record_write(client, key, written);
-}
-
-fn write_blocking<T: CacheValue>(client: &Cachify, key: &str, value: &T, ttl: Option<Duration>) {
-    if !client.health().breaker.allows() {
-        return;
-    }
-    let written = client.backend().set_blocking(key, value, ttl);
-    record_write(client, key, written);
-}
-
-fn record_write(client: &Cachify, key: &str, written: Result<bool, Error>) {
-    client.observe("write", key, &written);
-    if let Ok(false) = written {
-        Counters::add(&client.health().counters.oversized);
-    }
-}
-
-/// What a follower does with its leader's outcome.
-enum Next<R> {
-    /// Return the leader's value.
-    Return(R),
-    /// Run the function without a flight.
-    Run,
-    /// Check the cache and join again (the leader vanished).
-    Rejoin,
-}
-
-fn follow<P: Policy<R>, R>(outcome: Outcome) -> Next<R> {
-    match outcome {
-        // Another function with the same key may have stored another type.
-        Outcome::Value(value) => match value.downcast_ref::<P::Stored>() {
-            Some(stored) => Next::Return(P::restore(stored.clone())),
-            None => Next::Run,
-        },
-        Outcome::Failed => Next::Run,
-        Outcome::Abandoned => Next::Rejoin,
-    }
-}
-
-/// Decides whether to store `output`; returns the value to store and to share.
-fn to_store<'a, P: Policy<R>, R, U: Fn(&P::Stored) -> bool>(
-    output: &'a R,
-    unless: &U,
-) -> (Option<&'a P::Stored>, Outcome) {
-    match P::stored(output) {
-        Some(stored) => {
-            let share = Outcome::Value(Arc::new(stored.clone()));
-            (if unless(stored) { None } else { Some(stored) }, share)
-        }
-        None => (None, Outcome::Failed),
-    }
-}
-
 /// How a `#[cached]` call runs, from the attribute.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheCall {
@@ -189,6 +75,39 @@ pub struct CacheCall {
 
 /// Pause between two looks at the cache while another process fills it.
 const FILL_POLL: Duration = Duration::from_millis(20);
+
+/// One lookup through the core.
+pub(crate) struct Fetch<'a, A> {
+    pub(crate) key: &'a str,
+    /// How long a computed value is stored (`None`: no expiry).
+    pub(crate) ttl: Option<Duration>,
+    /// Take the cross-process fill lock before computing.
+    pub(crate) fill_lock: bool,
+    /// Look in the cache first; `false` recomputes (and still stores).
+    pub(crate) read: bool,
+    /// Whether a stored (or a concurrent caller's) value answers this
+    /// caller; a value it refuses is a miss.
+    pub(crate) accept: A,
+}
+
+/// What the caller's own computation produced.
+pub(crate) struct Computed<R, T> {
+    /// What the caller returns.
+    pub(crate) output: R,
+    /// The value to hand to concurrent callers; `None`: they compute their
+    /// own (an error is never shared).
+    pub(crate) value: Option<Arc<T>>,
+    /// Whether `value` is stored.
+    pub(crate) store: bool,
+}
+
+/// How a lookup was answered.
+pub(crate) enum Served<T, R> {
+    /// From the cache, another process's fill or a concurrent caller.
+    Cached(T),
+    /// By this caller's computation.
+    Ran(R),
+}
 
 /// How long a caller still waits for another process's fill: `fill_wait`
 /// for each holder of the fill lock. A holder that dies is replaced after
@@ -223,167 +142,341 @@ impl Patience {
 }
 
 /// Where a local leader stands after coordinating with other processes.
-enum Fill<R> {
+enum Fill<T> {
     /// Another process filled the cache meanwhile.
-    Filled(R),
+    Filled(T),
     /// Run the function (holding the fill lock if one was taken).
     Run(Option<Box<LockGuard>>),
 }
 
-/// With `lock = true`: takes the fill lock, or waits (up to the client's
-/// `fill_wait`) for whoever holds it to store the value. A live filler's
-/// lease is renewed, so waiters keep waiting while it computes; a crashed
-/// filler's lease runs out after `lock_ttl` and the next waiter to try takes
-/// over. Fails open: a backend error means running the function.
-async fn fill<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
-    let fill_key = key::derived(client.prefix(), key, "fill:");
-    let mut patience = Patience::new(client.fill_wait());
-    loop {
-        match lock::acquire(client, fill_key.clone(), None, Duration::ZERO).await {
-            Ok(guard) => {
-                // The previous holder may have stored it just before releasing.
-                return match read::<P, R>(client, key).await {
-                    Some(output) => Fill::Filled(output),
-                    None => Fill::Run(Some(Box::new(guard))),
-                };
-            }
-            Err(Error::Locked { .. }) => {
-                let holder = client.backend().lock_holder(&fill_key).await;
-                if !patience.still_waiting(holder) {
-                    return Fill::Run(None);
-                }
-                tokio::time::sleep(FILL_POLL).await;
-                if let Some(output) = read::<P, R>(client, key).await {
-                    return Fill::Filled(output);
-                }
-            }
-            Err(_) => return Fill::Run(None),
-        }
-    }
+/// The stores, keys, settings and health of one client: everything the
+/// cache path and the locks share. The client is a thin facade over it.
+pub(crate) struct Core {
+    values: Arc<dyn ValueStore>,
+    pub(crate) locks: Locks,
+    pub(crate) keys: Keyspace,
+    default_ttl: Option<Duration>,
+    fill_wait: Duration,
+    flights: Flights,
+    health: Arc<Health>,
 }
 
-fn fill_blocking<P: Policy<R>, R>(client: &Cachify, key: &str) -> Fill<R> {
-    let fill_key = key::derived(client.prefix(), key, "fill:");
-    let mut patience = Patience::new(client.fill_wait());
-    loop {
-        match lock::acquire_blocking(client, fill_key.clone(), None, Duration::ZERO) {
-            Ok(guard) => {
-                return match read_blocking::<P, R>(client, key) {
-                    Some(output) => Fill::Filled(output),
-                    None => Fill::Run(Some(Box::new(guard))),
-                };
-            }
-            Err(Error::Locked { .. }) => {
-                let holder = client.backend().lock_holder_blocking(&fill_key);
-                if !patience.still_waiting(holder) {
-                    return Fill::Run(None);
-                }
-                std::thread::sleep(FILL_POLL);
-                if let Some(output) = read_blocking::<P, R>(client, key) {
-                    return Fill::Filled(output);
-                }
-            }
-            Err(_) => return Fill::Run(None),
+impl Core {
+    pub(crate) fn new(
+        values: Arc<dyn ValueStore>,
+        locks: Locks,
+        keys: Keyspace,
+        default_ttl: Option<Duration>,
+        fill_wait: Duration,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            values,
+            locks,
+            keys,
+            default_ttl,
+            fill_wait,
+            flights: Flights::default(),
+            health,
         }
     }
-}
 
-pub(crate) async fn cached<P, R, F, U>(
-    client: &Cachify,
-    key: String,
-    call: CacheCall,
-    body: F,
-    unless: U,
-) -> R
-where
-    P: Policy<R>,
-    F: Future<Output = R>,
-    U: Fn(&P::Stored) -> bool,
-{
-    let leader = loop {
-        if let Some(output) = read::<P, R>(client, &key).await {
-            return output;
+    /// The TTL of entries whose attribute sets none.
+    pub(crate) fn default_ttl(&self) -> Option<Duration> {
+        self.default_ttl
+    }
+
+    /// How long a `lock = true` caller waits for another process's fill.
+    pub(crate) fn fill_wait(&self) -> Duration {
+        self.fill_wait
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.health.counters.snapshot(self.health.breaker.state())
+    }
+
+    /// Counts a value the caller declined to store because of its size.
+    pub(crate) fn count_oversized(&self) {
+        Counters::add(&self.health.counters.oversized);
+    }
+
+    /// Records the outcome of a cache-path store call: feeds the breaker
+    /// and the counters, and logs failures (at most one line per period).
+    fn observe<T>(&self, operation: &str, key: &str, outcome: &Result<T, Error>) {
+        let health = &self.health;
+        match outcome {
+            Ok(_) | Err(Error::Codec(_)) => health.breaker.record_success(),
+            Err(error) => {
+                health.breaker.record_failure();
+                Counters::add(&health.counters.errors);
+                if let Some(suppressed) = health.cache_log.admit() {
+                    tracing::warn!(
+                        operation,
+                        key,
+                        %error,
+                        suppressed,
+                        "cachify: cache backend failed; running the function without the cache"
+                    );
+                }
+            }
         }
-        match client.flights().join(&key, false) {
-            Role::Leader(leader) => break Some(leader),
-            Role::Follower(flight) => match follow::<P, R>(flight.wait().await) {
-                Next::Return(output) => return output,
-                Next::Run => break None,
-                Next::Rejoin => {}
+    }
+
+    /// Reads the cache: `Some` on a hit. Skips the store while the breaker
+    /// is open; counts hits, misses and failures.
+    pub(crate) async fn read<M: Mode, T: CacheValue>(
+        &self,
+        key: &str,
+        accept: &impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        if !self.health.breaker.allows() {
+            Counters::add(&self.health.counters.bypassed);
+            return None;
+        }
+        let found = M::io(self.values.get(key, ValueType::of::<T>())).await;
+        self.found(key, found, accept)
+    }
+
+    /// Counts and logs what a read found; the hit, if there is one.
+    fn found<T: CacheValue>(
+        &self,
+        key: &str,
+        found: Result<Option<AnyValue>, Error>,
+        accept: &impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        self.observe("read", key, &found);
+        let value = match found {
+            Ok(found) => found.and_then(take::<T>).filter(|value| accept(value)),
+            Err(Error::Codec(error)) => {
+                tracing::debug!(key, %error, "cachify: cached value no longer decodes; treating it as a miss");
+                None
+            }
+            // Already counted and logged by `observe`.
+            Err(_) => None,
+        };
+        let counters = &self.health.counters;
+        Counters::add(if value.is_some() {
+            &counters.hits
+        } else {
+            &counters.misses
+        });
+        value
+    }
+
+    /// Stores a value unless the breaker is open; never fails the caller.
+    pub(crate) async fn write<M: Mode>(
+        &self,
+        key: &str,
+        value: AnyValue,
+        kind: ValueType,
+        ttl: Option<Duration>,
+    ) {
+        if !self.health.breaker.allows() {
+            return;
+        }
+        let written = M::io(self.values.set(key, value, kind, ttl)).await;
+        self.observe("write", key, &written);
+        if let Ok(false) = written {
+            self.count_oversized();
+        }
+    }
+
+    /// Deletes one entry (`_reset`, HTTP invalidation).
+    pub(crate) async fn delete<M: Mode>(&self, key: &str) -> Result<(), Error> {
+        M::io(self.values.delete(key)).await
+    }
+
+    /// Deletes every entry whose key starts with `prefix`.
+    pub(crate) async fn delete_prefix<M: Mode>(&self, prefix: &str) -> Result<u64, Error> {
+        M::io(self.values.delete_prefix(prefix)).await
+    }
+
+    /// With `lock = true`: takes the fill lock, or waits (up to
+    /// `fill_wait`) for whoever holds it to store the value. A live
+    /// filler's lease is renewed, so waiters keep waiting while it
+    /// computes; a crashed filler's lease runs out after `lock_ttl` and the
+    /// next waiter to try takes over. Fails open: a backend error means
+    /// running the function.
+    async fn fill<M: Mode, T: CacheValue>(
+        &self,
+        key: &str,
+        accept: &impl Fn(&T) -> bool,
+    ) -> Fill<T> {
+        let fill_key = self.keys.fill(key);
+        let mut patience = Patience::new(self.fill_wait);
+        loop {
+            match self
+                .locks
+                .acquire::<M>(fill_key.clone(), None, Duration::ZERO, false)
+                .await
+            {
+                Ok(guard) => {
+                    // The previous holder may have stored it just before releasing.
+                    return match self.read::<M, T>(key, accept).await {
+                        Some(value) => Fill::Filled(value),
+                        None => Fill::Run(Some(Box::new(guard))),
+                    };
+                }
+                Err(Error::Locked { .. }) => {
+                    let holder = self.locks.holder::<M>(&fill_key).await;
+                    if !patience.still_waiting(holder) {
+                        return Fill::Run(None);
+                    }
+                    M::sleep(FILL_POLL).await;
+                    if let Some(value) = self.read::<M, T>(key, accept).await {
+                        return Fill::Filled(value);
+                    }
+                }
+                Err(_) => return Fill::Run(None),
+            }
+        }
+    }
+
+    /// Answers from the cache, or from a concurrent caller's computation
+    /// (single flight in this process, and the fill lock across processes
+    /// when asked), or runs `compute` and stores what it says to store.
+    pub(crate) async fn fetch<M, T, R, A, F>(&self, fetch: Fetch<'_, A>, compute: F) -> Served<T, R>
+    where
+        M: Mode,
+        T: CacheValue,
+        A: Fn(&T) -> bool,
+        F: Future<Output = Computed<R, T>>,
+    {
+        let Fetch {
+            key,
+            ttl,
+            fill_lock,
+            read,
+            accept,
+        } = fetch;
+        let leader = loop {
+            if read && let Some(value) = self.read::<M, T>(key, &accept).await {
+                return Served::Cached(value);
+            }
+            match self.flights.join::<M>(key) {
+                Role::Leader(leader) => break Some(leader),
+                Role::Follower(flight) => match flight.wait::<M>().await {
+                    // Another function with the same key may have stored
+                    // another type; another request may want another variant.
+                    Outcome::Value(value) => match take::<T>(value) {
+                        Some(value) if accept(&value) => return Served::Cached(value),
+                        _ => break None,
+                    },
+                    Outcome::Failed => break None,
+                    Outcome::Abandoned => {}
+                },
+            }
+        };
+        let fill_guard = match (&leader, fill_lock) {
+            (Some(leader), true) => match self.fill::<M, T>(key, &accept).await {
+                Fill::Filled(value) => {
+                    leader.publish(Outcome::Value(AnyValue::new(Arc::new(value.clone()))));
+                    return Served::Cached(value);
+                }
+                Fill::Run(guard) => guard,
             },
+            _ => None,
+        };
+        let computed = compute.await;
+        if let Some(leader) = &leader {
+            leader.publish(match &computed.value {
+                Some(value) => Outcome::Value(AnyValue::new(Arc::clone(value))),
+                None => Outcome::Failed,
+            });
         }
-    };
-    let fill_guard = match (&leader, call.fill_lock) {
-        (Some(leader), true) => match fill::<P, R>(client, &key).await {
-            Fill::Filled(output) => {
-                leader.publish(to_store::<P, R, U>(&output, &unless).1);
-                return output;
+        if let (true, Some(value)) = (computed.store, &computed.value) {
+            self.write::<M>(
+                key,
+                AnyValue::new(Arc::clone(value)),
+                ValueType::of::<T>(),
+                ttl,
+            )
+            .await;
+        }
+        if let Some(guard) = fill_guard {
+            guard.release_after_run::<M>().await;
+        }
+        drop(leader);
+        Served::Ran(computed.output)
+    }
+
+    /// A `#[cached]` call: the stored part of the output chosen by `P`,
+    /// not stored when `unless` says so (but still shared).
+    pub(crate) async fn cached<M, P, R, F, U>(
+        &self,
+        key: &str,
+        call: CacheCall,
+        body: F,
+        unless: U,
+    ) -> R
+    where
+        M: Mode,
+        P: Policy<R>,
+        F: Future<Output = R>,
+        U: Fn(&P::Stored) -> bool,
+    {
+        let fetch = Fetch {
+            key,
+            ttl: call.ttl.or(self.default_ttl),
+            fill_lock: call.fill_lock,
+            read: true,
+            accept: |_: &P::Stored| true,
+        };
+        let compute = async {
+            let output = body.await;
+            let value = P::stored(&output).map(|stored| Arc::new(stored.clone()));
+            let store = value.as_deref().is_some_and(|stored| !unless(stored));
+            Computed {
+                output,
+                value,
+                store,
             }
-            Fill::Run(guard) => guard,
-        },
-        _ => None,
-    };
-    let output = body.await;
-    let (store, share) = to_store::<P, R, U>(&output, &unless);
-    if let Some(leader) = &leader {
-        leader.publish(share);
+        };
+        match self.fetch::<M, P::Stored, R, _, _>(fetch, compute).await {
+            Served::Cached(stored) => P::restore(stored),
+            Served::Ran(output) => output,
+        }
     }
-    if let Some(value) = store {
-        write(client, &key, value, call.ttl.or(client.default_ttl())).await;
-    }
-    if let Some(guard) = fill_guard {
-        guard.release_after_run().await;
-    }
-    drop(leader);
-    output
 }
 
-pub(crate) fn cached_blocking<P, R, F, U>(
-    client: &Cachify,
-    key: String,
-    call: CacheCall,
-    body: F,
-    unless: U,
-) -> R
-where
-    P: Policy<R>,
-    F: FnOnce() -> R,
-    U: Fn(&P::Stored) -> bool,
-{
-    let leader = loop {
-        if let Some(output) = read_blocking::<P, R>(client, &key) {
-            return output;
-        }
-        match client.flights().join(&key, true) {
-            Role::Leader(leader) => break Some(leader),
-            Role::Follower(flight) => match follow::<P, R>(flight.wait_blocking()) {
-                Next::Return(output) => return output,
-                Next::Run => break None,
-                Next::Rejoin => {}
-            },
-        }
-    };
-    let fill_guard = match (&leader, call.fill_lock) {
-        (Some(leader), true) => match fill_blocking::<P, R>(client, &key) {
-            Fill::Filled(output) => {
-                leader.publish(to_store::<P, R, U>(&output, &unless).1);
-                return output;
-            }
-            Fill::Run(guard) => guard,
-        },
-        _ => None,
-    };
-    let output = body();
-    let (store, share) = to_store::<P, R, U>(&output, &unless);
-    if let Some(leader) = &leader {
-        leader.publish(share);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mode::Async;
+    use crate::store::memory::MemoryStore;
+
+    fn is_send<F: Future + Send>(_: F) {}
+
+    /// Async callers spawn cached calls as tasks: every async operation,
+    /// borrowed from a client the future itself owns, must be `Send`.
+    #[test]
+    fn async_operations_are_send() {
+        let memory = Arc::new(MemoryStore::new(10));
+        let health = Arc::new(Health::new(1, Duration::from_secs(1)));
+        let keys = Keyspace::default();
+        let locks = Locks::new(
+            memory.clone(),
+            keys.clone(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Arc::clone(&health),
+        );
+        let core = Arc::new(Core::new(memory, locks, keys, None, Duration::ZERO, health));
+        let call = CacheCall {
+            ttl: None,
+            fill_lock: true,
+        };
+        is_send(async move {
+            let core = &*core;
+            let _ = core.read::<Async, u32>("k", &|_: &u32| true).await;
+            let _ = core
+                .cached::<Async, Whole, u32, _, _>("k", call, async { 1 }, |_: &u32| false)
+                .await;
+            let _ = core.delete::<Async>("k").await;
+            let _ = core
+                .locks
+                .acquire::<Async>("l".into(), None, Duration::ZERO, true)
+                .await;
+        });
     }
-    if let Some(value) = store {
-        write_blocking(client, &key, value, call.ttl.or(client.default_ttl()));
-    }
-    if let Some(guard) = fill_guard {
-        guard.release_after_run_blocking();
-    }
-    drop(leader);
-    output
 }

@@ -1,20 +1,25 @@
-//! The client: a backend plus the settings every call shares.
+//! The client: a thin facade over the cache core, and its builder, the one
+//! place that knows which stores exist.
 
-use std::fmt::{self, Display};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::redis::{RedisSettings, redact};
-use crate::backend::{Backend, MemoryBackend, RedisBackend};
+use crate::cache::Core;
 use crate::codec::Codec;
-use crate::flight::Flights;
-use crate::health::{Counters, Health, Stats};
-use crate::key::{self, KeyKind, KeyTemplate};
-use crate::lock::LockBuilder;
-use crate::{Error, io};
+use crate::error::Error;
+use crate::health::{Health, Stats};
+use crate::io;
+use crate::keyspace::Keyspace;
+use crate::locks::{LockBuilder, Locks};
+use crate::mode::{Async, Blocking, Mode, drive};
+use crate::store::cluster::{ClusterSettings, ClusterStore};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisSettings, RedisStore, redact};
+use crate::store::{Encoded, LockStore, StoreFuture, ValueStore};
 
-const DEFAULT_PREFIX: &str = "cachify:";
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
+const DEFAULT_FENCE_IDLE: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
@@ -45,24 +50,18 @@ pub struct Cachify {
 }
 
 struct Inner {
-    backend: Backend,
-    /// Redis URL with any password replaced, for `Debug`.
+    core: Core,
+    /// Where values live, with any password replaced, for `Debug`.
     shown_backend: String,
-    prefix: String,
-    default_ttl: Option<Duration>,
-    lock_ttl: Duration,
-    fill_wait: Duration,
-    flights: Flights,
-    health: Health,
 }
 
 impl fmt::Debug for Cachify {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cachify")
             .field("backend", &self.inner.shown_backend)
-            .field("prefix", &self.inner.prefix)
-            .field("default_ttl", &self.inner.default_ttl)
-            .field("lock_ttl", &self.inner.lock_ttl)
+            .field("prefix", &self.prefix())
+            .field("default_ttl", &self.default_ttl())
+            .field("lock_ttl", &self.lock_ttl())
             .finish()
     }
 }
@@ -75,88 +74,75 @@ impl Cachify {
 
     /// Starts building a lock on this client; see [`crate::lock()`].
     pub fn lock(&self, name: impl Into<String>) -> LockBuilder<'_> {
-        LockBuilder::on(self, name.into())
+        self.inner.core.locks.builder(name.into())
     }
 
     /// The prefix put in front of every key.
     pub fn prefix(&self) -> &str {
-        &self.inner.prefix
+        self.inner.core.keys.prefix()
     }
 
     /// The TTL of cache entries whose attribute sets none (`None`: no expiry).
     pub fn default_ttl(&self) -> Option<Duration> {
-        self.inner.default_ttl
+        self.inner.core.default_ttl()
     }
 
     /// The lease of locks whose attribute sets no `ttl`.
     pub fn lock_ttl(&self) -> Duration {
-        self.inner.lock_ttl
+        self.inner.core.locks.lock_ttl()
     }
 
     /// How long `#[cached(lock = true)]` waits for another process to fill
     /// a key before computing it itself.
     pub fn fill_wait(&self) -> Duration {
-        self.inner.fill_wait
+        self.inner.core.fill_wait()
+    }
+
+    /// How long a lock's fencing counter is kept after its last grant.
+    pub fn fence_idle(&self) -> Duration {
+        self.inner.core.locks.fence_idle()
     }
 
     /// Counters of hits, misses, backend errors and lock contention, and the
     /// state of the cache path's circuit breaker.
     pub fn stats(&self) -> Stats {
-        self.inner
-            .health
-            .counters
-            .snapshot(self.inner.health.breaker.state())
+        self.inner.core.stats()
     }
 
-    pub(crate) fn health(&self) -> &Health {
-        &self.inner.health
+    /// Deletes every `#[cached]` entry of this client (every key under
+    /// `{prefix}cache:`; locks and HTTP responses stay) and returns how
+    /// many were deleted. On Redis it walks the keys with `SCAN` in batches
+    /// and `UNLINK`s them, on every primary of a cluster; it never blocks
+    /// the server the way `KEYS` would.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let client = cachify::Cachify::builder().memory().build().await?;
+    /// assert_eq!(client.clear().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self) -> Result<u64, Error> {
+        let core = &self.inner.core;
+        core.delete_prefix::<Async>(&core.keys.cached_scope()).await
+    }
+
+    /// Blocking twin of [`Cachify::clear`].
+    pub fn clear_blocking(&self) -> Result<u64, Error> {
+        let core = &self.inner.core;
+        drive(core.delete_prefix::<Blocking>(&core.keys.cached_scope()))
+    }
+
+    /// The cache core behind this client.
+    pub(crate) fn core(&self) -> &Core {
+        &self.inner.core
     }
 
     /// The in-memory client used when cachify is used before [`crate::init`].
     pub(crate) fn memory_fallback() -> Self {
-        CachifyBuilder::default().assemble(
-            Backend::Memory(MemoryBackend::new(DEFAULT_MAX_ENTRIES)),
-            "memory".into(),
-        )
-    }
-
-    pub(crate) fn backend(&self) -> &Backend {
-        &self.inner.backend
-    }
-
-    pub(crate) fn flights(&self) -> &Flights {
-        &self.inner.flights
-    }
-
-    pub(crate) fn render_key(
-        &self,
-        kind: KeyKind,
-        template: &KeyTemplate,
-        values: &[&dyn Display],
-    ) -> String {
-        key::render(&self.inner.prefix, kind, template, values)
-    }
-
-    /// Records the outcome of a cache-path backend call: feeds the breaker
-    /// and the counters, and logs failures (at most one line per period).
-    pub(crate) fn observe<T>(&self, operation: &str, key: &str, outcome: &Result<T, Error>) {
-        let health = &self.inner.health;
-        match outcome {
-            Ok(_) | Err(Error::Codec(_)) => health.breaker.record_success(),
-            Err(error) => {
-                health.breaker.record_failure();
-                Counters::add(&health.counters.errors);
-                if let Some(suppressed) = health.cache_log.admit() {
-                    tracing::warn!(
-                        operation,
-                        key,
-                        %error,
-                        suppressed,
-                        "cachify: cache backend failed; running the function without the cache"
-                    );
-                }
-            }
-        }
+        let builder = CachifyBuilder::default();
+        let stores = builder.memory_stores();
+        builder.assemble(Keyspace::default(), stores)
     }
 }
 
@@ -180,11 +166,12 @@ impl Cachify {
 #[must_use = "a builder does nothing until `build()` or `build_blocking()`"]
 #[derive(Clone)]
 pub struct CachifyBuilder {
-    redis_url: Option<String>,
+    target: Target,
     prefix: String,
     default_ttl: Option<Duration>,
     lock_ttl: Duration,
     fill_wait: Option<Duration>,
+    fence_idle: Duration,
     max_entries: u64,
     codec: Codec,
     connect_timeout: Duration,
@@ -198,11 +185,12 @@ pub struct CachifyBuilder {
 impl Default for CachifyBuilder {
     fn default() -> Self {
         Self {
-            redis_url: None,
-            prefix: DEFAULT_PREFIX.to_owned(),
+            target: Target::Memory,
+            prefix: Keyspace::default().prefix().to_owned(),
             default_ttl: None,
             lock_ttl: DEFAULT_LOCK_TTL,
             fill_wait: None,
+            fence_idle: DEFAULT_FENCE_IDLE,
             max_entries: DEFAULT_MAX_ENTRIES,
             codec: Codec::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -218,11 +206,12 @@ impl Default for CachifyBuilder {
 impl fmt::Debug for CachifyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachifyBuilder")
-            .field("redis_url", &self.redis_url.as_deref().map(redact))
+            .field("backend", &self.target.shown())
             .field("prefix", &self.prefix)
             .field("default_ttl", &self.default_ttl)
             .field("lock_ttl", &self.lock_ttl)
             .field("fill_wait", &self.fill_wait)
+            .field("fence_idle", &self.fence_idle)
             .field("max_entries", &self.max_entries)
             .field("codec", &self.codec)
             .field("connect_timeout", &self.connect_timeout)
@@ -235,18 +224,69 @@ impl fmt::Debug for CachifyBuilder {
     }
 }
 
+/// Where a client keeps its entries and locks.
+#[derive(Clone)]
+enum Target {
+    Memory,
+    Redis(String),
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// As `Debug` shows it: passwords replaced.
+    fn shown(&self) -> String {
+        match self {
+            Target::Memory => "memory".to_owned(),
+            Target::Redis(url) => format!("redis {}", redact(url)),
+            Target::Cluster(seeds) => {
+                let seeds: Vec<String> = seeds.iter().map(|seed| redact(seed)).collect();
+                format!("redis cluster [{}]", seeds.join(", "))
+            }
+        }
+    }
+}
+
+/// The two stores of a client.
+struct Stores {
+    values: Arc<dyn ValueStore>,
+    locks: Arc<dyn LockStore>,
+}
+
 impl CachifyBuilder {
     /// Uses Redis at `url`: `redis://[user:password@]host[:port][/db]`, or
-    /// `rediss://` for TLS (with the `tls` feature).
+    /// `rediss://` for TLS (with the `tls` feature). A server in cluster
+    /// mode is refused at `build()`: use [`CachifyBuilder::redis_cluster`].
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.redis_url = Some(url.into());
+        self.target = Target::Redis(url.into());
+        self
+    }
+
+    /// Uses a Redis Cluster, found through any of `seeds` (URLs as for
+    /// [`CachifyBuilder::redis`]; a password or `rediss://` in the first
+    /// one applies to every node). Commands follow `MOVED` and `ASK`
+    /// redirections and the topology as it changes.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cachify::Error> {
+    /// let client = cachify::Cachify::builder()
+    ///     .redis_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.target = Target::Cluster(seeds.into_iter().map(Into::into).collect());
         self
     }
 
     /// Keeps everything in this process (the default): bounded, per-entry
     /// TTLs, no Redis needed. Locks then only exclude callers in this process.
     pub fn memory(mut self) -> Self {
-        self.redis_url = None;
+        self.target = Target::Memory;
         self
     }
 
@@ -274,6 +314,15 @@ impl CachifyBuilder {
     /// expires after one `lock_ttl`) is replaced by a waiter first.
     pub fn fill_wait(mut self, wait: Duration) -> Self {
         self.fill_wait = Some(wait);
+        self
+    }
+
+    /// How long a lock's fencing counter is kept after the lock was last
+    /// granted. Default one day. Tokens keep increasing after a counter
+    /// expired (see [`crate::LockGuard::fencing_token`]); this only bounds
+    /// how many counters Redis keeps.
+    pub fn fence_idle(mut self, idle: Duration) -> Self {
+        self.fence_idle = idle;
         self
     }
 
@@ -329,10 +378,12 @@ impl CachifyBuilder {
         self
     }
 
-    fn check(&self) -> Result<(), Error> {
+    /// Checks every setting; returns the key space of the prefix.
+    fn check(&self) -> Result<Keyspace, Error> {
         let positive = [
             ("default_ttl", self.default_ttl.unwrap_or(Duration::MAX)),
             ("lock_ttl", self.lock_ttl),
+            ("fence_idle", self.fence_idle),
             ("connect_timeout", self.connect_timeout),
             ("command_timeout", self.command_timeout),
         ];
@@ -351,80 +402,117 @@ impl CachifyBuilder {
                 "the circuit breaker threshold must be at least 1".into(),
             ));
         }
-        Ok(())
+        if let Target::Cluster(seeds) = &self.target
+            && seeds.is_empty()
+        {
+            return Err(Error::Config(
+                "redis_cluster needs at least one seed URL".into(),
+            ));
+        }
+        Keyspace::new(self.prefix.clone())
     }
 
     /// Builds the client; with Redis, connects and PINGs first, so a bad
     /// URL, an unreachable server, a wrong password or database is an error
     /// here. Needs a Tokio runtime.
     pub async fn build(self) -> Result<Cachify, Error> {
-        self.check()?;
-        match self.redis_url.clone() {
-            None => Ok(self.build_memory()),
-            Some(url) => {
-                let settings = self.redis_settings();
-                // Connect on the background runtime so the connection's
-                // driver task lives there (see `io`).
-                let backend = io::spawn(async move { RedisBackend::connect(&url, settings).await })
-                    .await
-                    .map_err(|error| {
-                        Error::Config(format!("connecting to Redis failed: {error}"))
-                    })??;
-                Ok(self.with_redis(backend))
-            }
-        }
+        self.build_in::<Async>().await
     }
 
     /// Blocking twin of [`CachifyBuilder::build`], for programs without a
     /// runtime (it also works inside one).
     pub fn build_blocking(self) -> Result<Cachify, Error> {
-        self.check()?;
-        match self.redis_url.clone() {
-            None => Ok(self.build_memory()),
-            Some(url) => {
-                let settings = self.redis_settings();
-                let backend =
-                    io::block_on(async move { RedisBackend::connect(&url, settings).await })?;
-                Ok(self.with_redis(backend))
+        drive(self.build_in::<Blocking>())
+    }
+
+    async fn build_in<M: Mode>(self) -> Result<Cachify, Error> {
+        let keys = self.check()?;
+        let stores = match self.target.clone() {
+            Target::Memory => self.memory_stores(),
+            Target::Redis(url) => {
+                let settings = RedisSettings {
+                    connect_timeout: self.connect_timeout,
+                    command_timeout: self.command_timeout,
+                    lazy: self.lazy,
+                };
+                // Connected on the background runtime, so the connection's
+                // driver task lives there (see `io`).
+                let redis = M::io(StoreFuture::io(on_background(async move {
+                    RedisStore::connect(&url, settings).await
+                })))
+                .await?;
+                self.byte_stores(Arc::new(redis))
             }
+            Target::Cluster(seeds) => {
+                let settings = ClusterSettings {
+                    connect_timeout: self.connect_timeout,
+                    command_timeout: self.command_timeout,
+                    lazy: self.lazy,
+                };
+                let cluster = M::io(StoreFuture::io(on_background(async move {
+                    ClusterStore::connect(&seeds, settings).await
+                })))
+                .await?;
+                self.byte_stores(Arc::new(cluster))
+            }
+        };
+        Ok(self.assemble(keys, stores))
+    }
+
+    fn memory_stores(&self) -> Stores {
+        let memory = Arc::new(MemoryStore::new(self.max_entries));
+        Stores {
+            values: memory.clone(),
+            locks: memory,
         }
     }
 
-    fn redis_settings(&self) -> RedisSettings {
-        RedisSettings {
-            codec: self.codec,
-            connect_timeout: self.connect_timeout,
-            command_timeout: self.command_timeout,
-            max_value_size: self.max_value_size,
-            lazy: self.lazy,
+    /// A byte store holds the locks as it is, and the values through the codec.
+    fn byte_stores<S>(&self, store: Arc<S>) -> Stores
+    where
+        S: crate::store::ByteStore + LockStore,
+    {
+        Stores {
+            values: Arc::new(Encoded::new(
+                Arc::clone(&store),
+                self.codec,
+                self.max_value_size,
+            )),
+            locks: store,
         }
     }
 
-    fn build_memory(self) -> Cachify {
-        let backend = Backend::Memory(MemoryBackend::new(self.max_entries));
-        self.assemble(backend, "memory".into())
-    }
-
-    fn with_redis(self, backend: RedisBackend) -> Cachify {
-        let shown = format!(
-            "redis {}",
-            self.redis_url.as_deref().map(redact).unwrap_or_default()
+    fn assemble(self, keys: Keyspace, stores: Stores) -> Cachify {
+        let health = Arc::new(Health::new(self.breaker_threshold, self.breaker_cool_down));
+        let locks = Locks::new(
+            stores.locks,
+            keys.clone(),
+            self.lock_ttl,
+            self.fence_idle,
+            Arc::clone(&health),
         );
-        self.assemble(Backend::Redis(backend), shown)
-    }
-
-    fn assemble(self, backend: Backend, shown_backend: String) -> Cachify {
+        let core = Core::new(
+            stores.values,
+            locks,
+            keys,
+            self.default_ttl,
+            self.fill_wait.unwrap_or(self.lock_ttl.saturating_mul(2)),
+            health,
+        );
         Cachify {
             inner: Arc::new(Inner {
-                backend,
-                shown_backend,
-                prefix: self.prefix,
-                default_ttl: self.default_ttl,
-                lock_ttl: self.lock_ttl,
-                fill_wait: self.fill_wait.unwrap_or(self.lock_ttl.saturating_mul(2)),
-                flights: Flights::default(),
-                health: Health::new(self.breaker_threshold, self.breaker_cool_down),
+                core,
+                shown_backend: self.target.shown(),
             }),
         }
     }
+}
+
+/// Runs `connect` as a task of the background runtime and waits for it.
+async fn on_background<T: Send + 'static>(
+    connect: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    io::spawn(connect)
+        .await
+        .map_err(|error| Error::Config(format!("connecting to Redis failed: {error}")))?
 }

@@ -5,18 +5,20 @@
 //! parks its thread, and must never wait for an async leader that may need
 //! that very thread (a current-thread runtime) to make progress.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, ThreadId};
 
 use tokio::sync::Notify;
 
+use crate::mode::Mode;
+use crate::value::AnyValue;
+
 /// A leader's result as followers see it.
 #[derive(Clone)]
 pub(crate) enum Outcome {
     /// The value to return, type-erased; followers downcast it.
-    Value(Arc<dyn Any + Send + Sync>),
+    Value(AnyValue),
     /// The leader's result cannot be shared (an `Err`): each follower runs
     /// the function itself, as it would without a cache.
     Failed,
@@ -51,8 +53,17 @@ impl Flight {
         self.notify.notify_waiters();
     }
 
-    /// Waits for the leader from async code.
-    pub(crate) async fn wait(&self) -> Outcome {
+    /// Waits for the leader: parks the thread in blocking mode, awaits
+    /// otherwise.
+    pub(crate) async fn wait<M: Mode>(&self) -> Outcome {
+        if M::BLOCKING {
+            self.wait_blocking()
+        } else {
+            self.wait_async().await
+        }
+    }
+
+    async fn wait_async(&self) -> Outcome {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -65,8 +76,7 @@ impl Flight {
         }
     }
 
-    /// Waits for the leader by parking this thread.
-    pub(crate) fn wait_blocking(&self) -> Outcome {
+    fn wait_blocking(&self) -> Outcome {
         if self.leader_thread == Some(thread::current().id()) {
             // The leader's own body called back into the same key: waiting
             // would wait for ourselves forever.
@@ -98,7 +108,8 @@ pub(crate) enum Role<'a> {
 
 impl Flights {
     /// Joins the flight for `key`, or starts one.
-    pub(crate) fn join(&self, key: &str, blocking: bool) -> Role<'_> {
+    pub(crate) fn join<M: Mode>(&self, key: &str) -> Role<'_> {
+        let blocking = M::BLOCKING;
         let map = if blocking {
             &self.running_blocking
         } else {

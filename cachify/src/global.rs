@@ -2,7 +2,9 @@
 
 use std::sync::OnceLock;
 
-use crate::{Cachify, Error};
+use crate::client::Cachify;
+use crate::error::Error;
+use crate::locks::LockBuilder;
 
 static GLOBAL: OnceLock<Cachify> = OnceLock::new();
 
@@ -36,4 +38,27 @@ pub fn global() -> &'static Cachify {
         );
         Cachify::memory_fallback()
     })
+}
+
+/// Starts building a lock on the global client (see [`global`]).
+///
+/// `name` is used as written: `cachify::lock("report-7")` and
+/// `#[lock("report-{id}")]` called with `id = 7` share one lock.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// use std::time::Duration;
+///
+/// let guard = cachify::lock("nightly-import")
+///     .ttl(Duration::from_secs(30))
+///     .wait(Duration::from_secs(5))
+///     .acquire()
+///     .await?;
+/// // ... only one holder at a time runs this, across every process ...
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub fn lock(name: impl Into<String>) -> LockBuilder<'static> {
+    global().lock(name)
 }

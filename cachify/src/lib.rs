@@ -32,7 +32,6 @@
 
 #![warn(missing_docs)]
 
-mod backend;
 mod cache;
 mod client;
 mod codec;
@@ -43,18 +42,21 @@ mod health;
 #[cfg(feature = "axum")]
 pub mod http;
 mod io;
-mod key;
-mod lock;
+mod keyspace;
+mod locks;
+mod mode;
+mod store;
+mod value;
 
 #[doc(hidden)]
 pub mod __private;
 
 pub use cachify_macros::{cached, lock, once};
 
-pub use crate::cache::CacheValue;
 pub use crate::client::{Cachify, CachifyBuilder};
 pub use crate::codec::Codec;
 pub use crate::error::{BackendError, CodecError, Error};
-pub use crate::global::{global, init};
+pub use crate::global::{global, init, lock};
 pub use crate::health::{BreakerState, Stats};
-pub use crate::lock::{LockBuilder, LockGuard, lock};
+pub use crate::locks::{LockBuilder, LockGuard};
+pub use crate::value::CacheValue;

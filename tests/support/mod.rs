@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod children;
+pub mod cluster;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -85,7 +85,6 @@
 
 mod body;
 mod entry;
-mod key;
 mod service;
 
 use std::fmt;
@@ -97,7 +96,10 @@ use axum::http::{Request, Uri};
 use tower_layer::Layer;
 
 pub use self::service::{CacheService, ResponseFuture};
-use crate::{Cachify, Error};
+use crate::client::Cachify;
+use crate::error::Error;
+use crate::keyspace;
+use crate::mode::Async;
 
 /// TTL of entries when neither the layer nor the client sets one.
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -289,18 +291,14 @@ impl CacheLayer {
                     .into_parts();
                 key_fn(&parts)
             }
-            None => key::of_uri(&uri),
+            None => keyspace::http_request(uri.path(), uri.query()),
         };
         Ok(self.key_of(&request))
     }
 
     fn key_of(&self, request: &str) -> String {
-        let client = self.settings.client();
-        key::full(
-            &key::scope(client.prefix(), &self.settings.namespace),
-            None,
-            request,
-        )
+        let keys = &self.settings.client().core().keys;
+        keys.http(&keys.http_scope(&self.settings.namespace), None, request)
     }
 
     /// Deletes the entry of a plain GET of `uri` (see [`CacheLayer::key`]);
@@ -316,7 +314,7 @@ impl CacheLayer {
     /// ```
     pub async fn invalidate(&self, uri: &str) -> Result<(), Error> {
         let key = self.key(uri)?;
-        self.settings.client().backend().delete(key).await
+        self.settings.client().core().delete::<Async>(&key).await
     }
 
     /// Deletes the entry whose key part is `key`, as a
@@ -333,7 +331,7 @@ impl CacheLayer {
     /// ```
     pub async fn invalidate_key(&self, key: &str) -> Result<(), Error> {
         let key = self.key_of(key);
-        self.settings.client().backend().delete(key).await
+        self.settings.client().core().delete::<Async>(&key).await
     }
 
     /// Deletes every entry of this layer's namespace; see [`clear_namespace`].
@@ -366,8 +364,7 @@ impl<S> Layer<S> for CacheLayer {
 /// # Ok(()) }
 /// ```
 pub async fn clear_namespace(client: &Cachify, namespace: &str) -> Result<u64, Error> {
-    client
-        .backend()
-        .delete_prefix(&key::scope(client.prefix(), namespace))
+    let core = client.core();
+    core.delete_prefix::<Async>(&core.keys.http_scope(namespace))
         .await
 }

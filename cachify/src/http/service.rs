@@ -6,21 +6,22 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::BoxError;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::header::{AUTHORIZATION, RANGE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, Request, Response};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response};
 use tower_service::Service;
 
 use super::Settings;
 use super::body::{self, Buffered};
 use super::entry::{self, Entry, HIT, MISS, Reply, X_CACHIFY};
-use super::key;
-use crate::backend::clamp_ttl;
-use crate::health::Counters;
-use crate::{Cachify, Error};
+use crate::cache::{Computed, Core, Fetch, Served};
+use crate::keyspace;
+use crate::mode::Async;
+use crate::store::clamp_ttl;
 
 /// The service [`CacheLayer`](super::CacheLayer) wraps around a handler or
 /// router. Its responses have axum's [`Body`].
@@ -62,7 +63,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: 'static,
+    S::Error: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
@@ -98,7 +99,7 @@ struct Plan {
 
 impl Plan {
     /// `None` when the request must not touch the cache at all.
-    fn new(settings: &Settings, client: &Cachify, parts: &Parts) -> Option<Self> {
+    fn new(settings: &Settings, core: &Core, parts: &Parts) -> Option<Self> {
         let head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !head {
             return None;
@@ -115,13 +116,15 @@ impl Plan {
         if credential.is_some() && !settings.cache_authorized {
             return None;
         }
-        let scope = key::scope(client.prefix(), &settings.namespace);
+        let scope = core.keys.http_scope(&settings.namespace);
         let request = match &settings.key_fn {
             Some(key_fn) => key_fn(parts),
-            None => key::of_uri(&parts.uri),
+            None => keyspace::http_request(parts.uri.path(), parts.uri.query()),
         };
         Some(Plan {
-            key: key::full(&scope, credential, &request),
+            key: core
+                .keys
+                .http(&scope, credential.map(HeaderValue::as_bytes), &request),
             head,
             refresh: directives && entry::has_directive(&parts.headers, &["no-cache"]),
             private: credential.is_some(),
@@ -138,6 +141,17 @@ impl Plan {
     }
 }
 
+/// What the handler produced.
+enum Handled {
+    /// A response to pass on as it is, not stored.
+    Passed(Response<Body>),
+    /// The same, because its body is over the size limit.
+    Oversized(Response<Body>),
+    /// A response to store, the extensions of the original response, and
+    /// when it was stored (so its first reply shows the whole max-age).
+    Storable(Entry, Extensions, u64),
+}
+
 async fn handle<S, ReqBody, ResBody>(
     settings: Arc<Settings>,
     mut inner: S,
@@ -145,102 +159,120 @@ async fn handle<S, ReqBody, ResBody>(
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Send,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
     let client = settings.client();
-    let Some(plan) = Plan::new(&settings, client, &parts) else {
+    let core = client.core();
+    let Some(plan) = Plan::new(&settings, core, &parts) else {
         let response = inner.call(Request::from_parts(parts, body)).await?;
         return Ok(response.map(Body::new));
     };
-    if !plan.refresh
-        && let Some(entry) = lookup(client, &plan.key, &parts.headers).await
-    {
-        return Ok(entry.respond(&plan.reply(&parts.headers, HIT), entry::now()));
-    }
-
     // The handler takes the request; `Vary` and `If-None-Match` are read
     // from its headers afterwards.
     let request_headers = parts.headers.clone();
-    let mut response = inner
-        .call(Request::from_parts(parts, body))
-        .await?
-        .map(Body::new);
-    response.headers_mut().insert(X_CACHIFY, MISS);
-    // A HEAD response has no body to store; GET fills the entry.
+    let accept = |entry: &Entry| entry.answers(&request_headers, entry::now());
+    let hit = |entry: Entry| entry.respond(&plan.reply(&request_headers, HIT), entry::now());
+
+    // A HEAD response has no body to store: it is answered from the GET
+    // entry, or passes through.
     if plan.head {
+        if !plan.refresh
+            && let Some(entry) = core.read::<Async, Entry>(&plan.key, &accept).await
+        {
+            return Ok(hit(entry));
+        }
+        let mut response = inner
+            .call(Request::from_parts(parts, body))
+            .await?
+            .map(Body::new);
+        response.headers_mut().insert(X_CACHIFY, MISS);
         return Ok(response);
     }
+
+    let ttl = clamp_ttl(settings.ttl(client));
+    let compute = async {
+        let request = Request::from_parts(parts, body);
+        let handled = run(&settings, &plan.key, ttl, &mut inner, request).await;
+        let (output, value) = match handled {
+            Err(error) => (Err(error), None),
+            Ok(Handled::Passed(response)) => (Ok((response, false)), None),
+            Ok(Handled::Oversized(response)) => (Ok((response, true)), None),
+            Ok(Handled::Storable(entry, extensions, now)) => {
+                // Built from the entry, so a miss and the hits after it look the same.
+                let mut response = entry.respond(&plan.reply(&request_headers, MISS), now);
+                *response.extensions_mut() = extensions;
+                (Ok((response, false)), Some(Arc::new(entry)))
+            }
+        };
+        let store = value.is_some();
+        Computed {
+            output,
+            value,
+            store,
+        }
+    };
+    let fetch = Fetch {
+        key: &plan.key,
+        ttl: Some(ttl),
+        fill_lock: false,
+        read: !plan.refresh,
+        accept: &accept,
+    };
+    match core.fetch::<Async, Entry, _, _, _>(fetch, compute).await {
+        Served::Cached(entry) => Ok(hit(entry)),
+        Served::Ran(output) => {
+            let (response, oversized) = output?;
+            if oversized {
+                core.count_oversized();
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// Runs the handler and decides whether its response can be stored.
+async fn run<S, ReqBody, ResBody>(
+    settings: &Settings,
+    key: &str,
+    ttl: Duration,
+    inner: &mut S,
+    request: Request<ReqBody>,
+) -> Result<Handled, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let request_headers = request.headers().clone();
+    let mut response = inner.call(request).await?.map(Body::new);
+    response.headers_mut().insert(X_CACHIFY, MISS);
     let (head, body) = response.into_parts();
     if !entry::storable(&head) {
-        return Ok(Response::from_parts(head, body));
+        return Ok(Handled::Passed(Response::from_parts(head, body)));
     }
     let limit = settings.max_body_size;
     if body::known_too_large(&body, limit) {
-        Counters::add(&client.health().counters.oversized);
-        return Ok(Response::from_parts(head, body));
+        return Ok(Handled::Oversized(Response::from_parts(head, body)));
     }
     let bytes = match body::buffer(body, limit).await {
         Buffered::Complete(bytes) => bytes,
         Buffered::TooLarge(body) => {
-            Counters::add(&client.health().counters.oversized);
             tracing::debug!(
-                key = plan.key,
+                key,
                 limit,
                 "cachify: response body over the limit; passed through, not stored"
             );
-            return Ok(Response::from_parts(head, body));
+            return Ok(Handled::Oversized(Response::from_parts(head, body)));
         }
-        Buffered::Unstorable(body) => return Ok(Response::from_parts(head, body)),
+        Buffered::Unstorable(body) => {
+            return Ok(Handled::Passed(Response::from_parts(head, body)));
+        }
     };
-
-    let ttl = clamp_ttl(settings.ttl(client));
     let now = entry::now();
     let expires_at = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
     let entry = Entry::new(&head, bytes, &request_headers, expires_at);
-    store(client, &plan.key, &entry, ttl).await;
-    // Built from the entry, so a miss and the hits after it look the same.
-    let mut response = entry.respond(&plan.reply(&request_headers, MISS), now);
-    *response.extensions_mut() = head.extensions;
-    Ok(response)
-}
-
-/// Reads an entry, fail-open like `#[cached]`: skips the backend while the
-/// breaker is open, and treats errors and undecodable entries as misses.
-async fn lookup(client: &Cachify, key: &str, request: &HeaderMap) -> Option<Entry> {
-    let counters = &client.health().counters;
-    if !client.health().breaker.allows() {
-        Counters::add(&counters.bypassed);
-        return None;
-    }
-    let found = client.backend().get::<Entry>(key).await;
-    client.observe("read", key, &found);
-    let entry = match found {
-        Ok(found) => found.filter(|entry| entry.answers(request, entry::now())),
-        Err(Error::Codec(error)) => {
-            tracing::debug!(key, %error, "cachify: cached response no longer decodes; treating it as a miss");
-            None
-        }
-        // Counted and logged by `observe`.
-        Err(_) => None,
-    };
-    Counters::add(if entry.is_some() {
-        &counters.hits
-    } else {
-        &counters.misses
-    });
-    entry
-}
-
-/// Stores an entry unless the breaker is open; never fails the request.
-async fn store(client: &Cachify, key: &str, entry: &Entry, ttl: std::time::Duration) {
-    if !client.health().breaker.allows() {
-        return;
-    }
-    let written = client.backend().set(key, entry, Some(ttl)).await;
-    client.observe("write", key, &written);
-    if let Ok(false) = written {
-        Counters::add(&client.health().counters.oversized);
-    }
+    Ok(Handled::Storable(entry, head.extensions, now))
 }

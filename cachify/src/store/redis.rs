@@ -1,6 +1,7 @@
-//! The Redis backend: one auto-reconnecting multiplexed connection
-//! (redis-rs `ConnectionManager`) shared by every caller, and two Lua
-//! scripts that make lock release and renewal owner-only.
+//! The Redis store: one auto-reconnecting multiplexed connection (redis-rs
+//! `ConnectionManager`) for writes and lock commands, read connections on
+//! the callers' own runtimes, and Lua scripts that make lock grants (with
+//! their fencing tokens), releases and renewals atomic and owner-only.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -14,22 +15,32 @@ use tokio::sync::OnceCell;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script};
 
-use super::clamp_ttl;
-use crate::Error;
-use crate::cache::CacheValue;
-use crate::codec::Codec;
-use crate::error::BackendError;
-use crate::io;
+use super::{ByteStore, Fence, LockStore, StoreFuture, millis};
+use crate::error::{BackendError, Error};
+use crate::{io, keyspace};
 
 /// Takes the lock if it is free and, in the same atomic step, draws the
-/// next fencing token of that lock name.
+/// next fencing token: one above the last and never behind the server's
+/// clock in microseconds, so a counter that expired while idle restarts
+/// above every token it handed out. The counter expires after ARGV[3]
+/// milliseconds without a grant. Lua numbers are doubles, exact up to
+/// 2^53 (microseconds until the year 2255); `%d` keeps every digit when
+/// the counter is written back.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
-             return redis.call('INCR', KEYS[2]) \
-         else \
+        "if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
              return false \
-         end",
+         end \
+         if #KEYS < 2 then \
+             return 0 \
+         end \
+         local now = redis.call('TIME') \
+         local clock = tonumber(now[1]) * 1000000 + tonumber(now[2]) \
+         local last = redis.call('GET', KEYS[2]) \
+         last = last and tonumber(last) or 0 \
+         local token = math.max(last + 1, clock) \
+         redis.call('SET', KEYS[2], string.format('%d', token), 'PX', ARGV[3]) \
+         return token",
     )
 });
 
@@ -45,7 +56,7 @@ static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Renews the lease only if the lock still holds our token.
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then \
              return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
@@ -58,10 +69,8 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
 /// Connection settings taken from the builder.
 #[derive(Clone, Debug)]
 pub(crate) struct RedisSettings {
-    pub(crate) codec: Codec,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
-    pub(crate) max_value_size: usize,
     pub(crate) lazy: bool,
 }
 
@@ -69,15 +78,19 @@ pub(crate) struct RedisSettings {
 /// caching resumes soon after Redis is back.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// A single Redis server. Cheap to clone: every operation's I/O takes a
+/// clone, so it owns what it needs and can run on any runtime.
 #[derive(Clone)]
-pub(crate) struct RedisBackend {
+pub(crate) struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     /// Driven by cachify's background runtime: used by the blocking API and
     /// by callers outside any Tokio runtime.
     connection: ConnectionManager,
-    runtimes: Arc<PerRuntime>,
-    codec: Codec,
+    runtimes: PerRuntime,
     command_timeout: Duration,
-    max_value_size: usize,
 }
 
 /// Read connections driven by the callers' own runtimes, one per runtime
@@ -120,23 +133,17 @@ fn remember<T>(list: &mut Vec<T>, entry: T) {
     list.push(entry);
 }
 
-impl RedisBackend {
+impl RedisStore {
     /// Connects and PINGs, so that a wrong address, password or database
     /// number is an error here rather than on the first cached call; or,
-    /// with `lazy`, only checks the URL and connects on first use.
+    /// with `lazy`, only checks the URL and connects on first use. A server
+    /// in cluster mode is refused with a hint to use `.redis_cluster`.
     ///
     /// Must run on the background runtime: redis-rs spawns the connection's
     /// driver task on the runtime it is created from.
     pub(crate) async fn connect(url: &str, settings: RedisSettings) -> Result<Self, Error> {
         let shown = redact(url);
-        let client = redis::Client::open(url).map_err(|error| {
-            let hint = if error.to_string().contains("TLS") {
-                " (rediss:// needs cachify's `tls` feature)"
-            } else {
-                ""
-            };
-            Error::Config(format!("invalid Redis URL {shown}: {error}{hint}"))
-        })?;
+        let client = redis::Client::open(url).map_err(|error| invalid_url(&shown, &error))?;
         let unreachable = |error: redis::RedisError| {
             Error::Backend(
                 BackendError::from(error).context(format_args!("cannot use Redis at {shown}")),
@@ -164,10 +171,16 @@ impl RedisBackend {
             .get_multiplexed_async_connection_with_config(&probe_config)
             .await
             .map_err(unreachable)?;
-        redis::cmd("PING")
-            .query_async::<()>(&mut probe)
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut probe)
             .await
             .map_err(unreachable)?;
+        if info.contains("cluster_enabled:1") {
+            return Err(Error::Config(format!(
+                "Redis at {shown} runs in cluster mode: use `Cachify::builder().redis_cluster([..])`"
+            )));
+        }
         drop(probe);
 
         let connection = ConnectionManager::new_with_config(client.clone(), manager_config.clone())
@@ -183,40 +196,45 @@ impl RedisBackend {
     ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
-            connection,
-            runtimes: Arc::new(PerRuntime {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                client,
-                config: AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_response_timeout(None),
-                connections: Mutex::new(Vec::new()),
+            shared: Arc::new(Shared {
+                connection,
+                runtimes: PerRuntime {
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    client,
+                    config: AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(settings.connect_timeout))
+                        .set_response_timeout(None),
+                    connections: Mutex::new(Vec::new()),
+                },
+                command_timeout: settings.command_timeout,
             }),
-            codec: settings.codec,
-            command_timeout: settings.command_timeout,
-            max_value_size: settings.max_value_size,
         }
     }
 
-    /// Encodes a value for `set`; `None` when it is over the size limit.
-    pub(crate) fn encode_within_limit<T: CacheValue>(
+    /// Runs `operation` on a clone of the shared state, with `key` owned.
+    fn run<T, F>(
         &self,
         key: &str,
-        value: &T,
-    ) -> Result<Option<Vec<u8>>, Error> {
-        let bytes = self.encode(value)?;
-        if bytes.len() > self.max_value_size {
-            tracing::warn!(
-                key,
-                size = bytes.len(),
-                limit = self.max_value_size,
-                "cachify: value over the size limit; returned but not stored"
-            );
-            return Ok(None);
-        }
-        Ok(Some(bytes))
+        operation: impl FnOnce(Arc<Shared>, String) -> F,
+    ) -> StoreFuture<T>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        StoreFuture::io(operation(Arc::clone(&self.shared), key.to_owned()))
     }
+}
 
+/// A URL redis-rs refuses, as a configuration error that never shows a password.
+pub(crate) fn invalid_url(shown: &str, error: &redis::RedisError) -> Error {
+    let hint = if error.to_string().contains("TLS") {
+        " (rediss:// needs cachify's `tls` feature)"
+    } else {
+        ""
+    };
+    Error::Config(format!("invalid Redis URL {shown}: {error}{hint}"))
+}
+
+impl Shared {
     /// The read connection slot of this caller's runtime, or `None` for
     /// callers outside any runtime and on the background runtime, which read
     /// through the background connection.
@@ -285,28 +303,20 @@ impl RedisBackend {
         &self,
         operation: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.command_timeout, operation).await {
-            Ok(reply) => Ok(reply?),
-            Err(_) => Err(Error::Backend(BackendError::timed_out(
-                self.command_timeout,
-            ))),
-        }
+        timed(self.command_timeout, operation).await
     }
 
-    pub(crate) fn encode<T: CacheValue>(&self, value: &T) -> Result<Vec<u8>, Error> {
-        Ok(self.codec.encode(value)?)
+    /// Sends `command` on the ordered background connection.
+    async fn ordered<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        self.timed(command.query_async(&mut connection)).await
     }
 
-    pub(crate) fn decode<T: CacheValue>(&self, bytes: &[u8]) -> Result<T, Error> {
-        Ok(self.codec.decode(bytes)?)
-    }
-
-    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         let mut get = redis::cmd("GET");
         get.arg(key);
         let Some((runtime, slot)) = self.read_slot() else {
-            let mut connection = self.connection.clone();
-            return self.timed(get.query_async(&mut connection)).await;
+            return self.ordered(&get).await;
         };
         let read = async {
             let connection = slot
@@ -325,56 +335,18 @@ impl RedisBackend {
         result
     }
 
-    pub(crate) async fn get<T: CacheValue>(&self, key: &str) -> Result<Option<T>, Error> {
-        match self.get_bytes(key).await? {
-            Some(bytes) => self.decode(&bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    pub(crate) async fn set(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        ttl: Option<Duration>,
-    ) -> Result<(), Error> {
-        let mut connection = self.connection.clone();
-        let mut command = redis::cmd("SET");
-        command.arg(key).arg(bytes);
-        if let Some(ttl) = ttl {
-            command.arg("PX").arg(millis(ttl));
-        }
-        self.timed(command.query_async::<()>(&mut connection)).await
-    }
-
-    pub(crate) async fn delete(&self, key: &str) -> Result<(), Error> {
-        let mut connection = self.connection.clone();
-        self.timed(
-            redis::cmd("DEL")
-                .arg(key)
-                .query_async::<()>(&mut connection),
-        )
-        .await
-    }
-
     /// Deletes every key that starts with `prefix`, with `SCAN` (never
     /// `KEYS`, which blocks the server) and `UNLINK` in batches. Returns how
     /// many keys were deleted.
-    #[cfg(feature = "axum")]
-    pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
         let mut connection = self.connection.clone();
-        let pattern = format!("{}*", glob_escape(prefix));
+        let pattern = keyspace::scan_pattern(prefix);
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_BATCH);
-            let (next, keys): (u64, Vec<String>) =
-                self.timed(scan.query_async(&mut connection)).await?;
+            let (next, keys): (u64, Vec<String>) = self
+                .timed(scan(cursor, &pattern).query_async(&mut connection))
+                .await?;
             if !keys.is_empty() {
                 let unlinked: u64 = self
                     .timed(redis::cmd("UNLINK").arg(&keys).query_async(&mut connection))
@@ -388,76 +360,152 @@ impl RedisBackend {
         }
     }
 
-    /// The token of whoever holds the lock.
-    pub(crate) async fn lock_holder(&self, key: &str) -> Result<Option<String>, Error> {
-        let mut connection = self.connection.clone();
-        self.timed(redis::cmd("GET").arg(key).query_async(&mut connection))
-            .await
-    }
-
-    pub(crate) async fn exists(&self, key: &str) -> Result<bool, Error> {
-        let mut connection = self.connection.clone();
-        self.timed(redis::cmd("EXISTS").arg(key).query_async(&mut connection))
-            .await
-    }
-
-    /// Takes the lock if it is free; returns its fencing token.
-    pub(crate) async fn try_lock(
+    async fn invoke<T: redis::FromRedisValue>(
         &self,
-        key: &str,
-        fence_key: &str,
-        token: &str,
-        lease: Duration,
-    ) -> Result<Option<u64>, Error> {
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
         let mut connection = self.connection.clone();
-        let mut invocation = ACQUIRE.key(key);
-        invocation.key(fence_key).arg(token).arg(millis(lease));
         self.timed(invocation.invoke_async(&mut connection)).await
     }
+}
 
-    pub(crate) async fn unlock(&self, key: &str, token: &str) -> Result<bool, Error> {
-        let mut connection = self.connection.clone();
-        let mut invocation = UNLOCK.key(key);
-        invocation.arg(token);
-        let deleted: i64 = self.timed(invocation.invoke_async(&mut connection)).await?;
-        Ok(deleted == 1)
+/// Bounds `operation` by `limit`.
+pub(crate) async fn timed<T>(
+    limit: Duration,
+    operation: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(reply) => Ok(reply?),
+        Err(_) => Err(Error::Backend(BackendError::timed_out(limit))),
+    }
+}
+
+/// One `SCAN` step over keys matching `pattern`.
+pub(crate) fn scan(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut scan = redis::cmd("SCAN");
+    scan.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_BATCH);
+    scan
+}
+
+/// `SET key bytes [PX ttl]`.
+pub(crate) fn set_command(key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> redis::Cmd {
+    let mut command = redis::cmd("SET");
+    command.arg(key).arg(bytes);
+    if let Some(ttl) = ttl {
+        command.arg("PX").arg(millis(ttl));
+    }
+    command
+}
+
+/// The lock-grant script call: the lock, then its fencing counter if any.
+pub(crate) fn acquire_script(
+    key: &str,
+    token: &str,
+    lease: Duration,
+    fence: Option<Fence<'_>>,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = ACQUIRE.key(key);
+    invocation.arg(token).arg(millis(lease));
+    if let Some(fence) = fence {
+        invocation.key(fence.key).arg(millis(fence.idle));
+    }
+    invocation
+}
+
+/// The owner-only release script call.
+pub(crate) fn unlock_script(key: &str, token: &str) -> redis::ScriptInvocation<'static> {
+    let mut invocation = UNLOCK.key(key);
+    invocation.arg(token);
+    invocation
+}
+
+/// The owner-only renewal script call.
+pub(crate) fn renew_script(
+    key: &str,
+    token: &str,
+    lease: Duration,
+) -> redis::ScriptInvocation<'static> {
+    let mut invocation = RENEW.key(key);
+    invocation.arg(token).arg(millis(lease));
+    invocation
+}
+
+impl ByteStore for RedisStore {
+    fn get(&self, key: &str) -> StoreFuture<Option<Vec<u8>>> {
+        self.run(key, |shared, key| async move { shared.get(&key).await })
     }
 
-    pub(crate) async fn extend(
+    fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<()> {
+        let command = set_command(key, bytes, ttl);
+        self.run(
+            key,
+            |shared, _| async move { shared.ordered(&command).await },
+        )
+    }
+
+    fn delete(&self, key: &str) -> StoreFuture<()> {
+        self.run(key, |shared, key| async move {
+            shared.ordered(redis::cmd("DEL").arg(&key)).await
+        })
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
+        self.run(prefix, |shared, prefix| async move {
+            shared.delete_prefix(&prefix).await
+        })
+    }
+}
+
+impl LockStore for RedisStore {
+    fn try_lock(
         &self,
         key: &str,
         token: &str,
         lease: Duration,
-    ) -> Result<bool, Error> {
-        let mut connection = self.connection.clone();
-        let mut invocation = EXTEND.key(key);
-        invocation.arg(token).arg(millis(lease));
-        let renewed: i64 = self.timed(invocation.invoke_async(&mut connection)).await?;
-        Ok(renewed == 1)
+        fence: Option<Fence<'_>>,
+    ) -> StoreFuture<Option<u64>> {
+        let invocation = acquire_script(key, token, lease, fence);
+        self.run(
+            key,
+            |shared, _| async move { shared.invoke(invocation).await },
+        )
+    }
+
+    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
+        let invocation = unlock_script(key, token);
+        self.run(key, |shared, _| async move {
+            let deleted: i64 = shared.invoke(invocation).await?;
+            Ok(deleted == 1)
+        })
+    }
+
+    fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+        let invocation = renew_script(key, token, lease);
+        self.run(key, |shared, _| async move {
+            let renewed: i64 = shared.invoke(invocation).await?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
+        self.run(key, |shared, key| async move {
+            shared.ordered(redis::cmd("GET").arg(&key)).await
+        })
+    }
+
+    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
+        self.run(key, |shared, key| async move {
+            shared.ordered(redis::cmd("DEL").arg(&key)).await
+        })
     }
 }
 
 /// How many keys one `SCAN` step asks for.
-#[cfg(feature = "axum")]
 const SCAN_BATCH: u64 = 500;
-
-/// Escapes Redis glob metacharacters so `prefix` matches only itself.
-#[cfg(feature = "axum")]
-fn glob_escape(prefix: &str) -> String {
-    let mut escaped = String::with_capacity(prefix.len() + 4);
-    for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-fn millis(ttl: Duration) -> u64 {
-    // clamp_ttl keeps this far below u64::MAX milliseconds.
-    clamp_ttl(ttl).as_millis() as u64
-}
 
 /// The URL as it may be shown: any password replaced by `***`. A URL that
 /// does not parse is not shown at all, since it may still hold a password.
@@ -498,12 +546,6 @@ fn redact_query(query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact;
-
-    #[cfg(feature = "axum")]
-    #[test]
-    fn glob_characters_in_prefixes_match_only_themselves() {
-        assert_eq!(super::glob_escape("a*b?[c]\\d:"), "a\\*b\\?\\[c\\]\\\\d:");
-    }
 
     #[test]
     fn passwords_never_show() {

@@ -1,0 +1,671 @@
+//! The key space: the layout of every key cachify writes, in one place.
+//!
+//! | what | layout | example |
+//! |---|---|---|
+//! | `#[cached]` entry | `{prefix}cache:{rendered}` | `cachify:cache:user-42` |
+//! | `#[once]` lock | `{prefix}once:{rendered}` | `cachify:once:update-7` |
+//! | `#[lock]`, [`crate::lock()`] | `{prefix}lock:{name}` | `cachify:lock:nightly` |
+//! | fill lock of `#[cached(lock = true)]` | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
+//! | fencing counter of a lock | `{prefix}fence:{` + lock key + `}` | `cachify:fence:{cachify:lock:nightly}` |
+//! | HTTP response | `{prefix}http:{namespace}:{request}` | `cachify:http:users:GET:/users?a=1` |
+//!
+//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`)
+//! differs from the others, so kinds never share a key.
+//!
+//! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
+//! lock and its fencing counter. The counter's key wraps the whole lock key
+//! in `{…}`, which makes Redis hash it exactly like the lock key, so both
+//! live in one slot. When the prefix itself holds a hash tag (`{app}:`),
+//! every key shares that tag and the counter keeps it instead. Interpolated
+//! values escape `{` and `}`, so a value can never create or move a tag.
+//!
+//! **Injectivity.** An interpolated value is percent-encoded for `%`, for
+//! the first character of the literal text that follows its placeholder
+//! (the "stop" character), and for a fixed set of characters that must
+//! never appear raw (control characters, whitespace, glob metacharacters,
+//! `#`, braces). Read left to right, an encoded value is a sequence of
+//! tokens: `%XX` (always three characters, since `%` never appears raw) or
+//! one raw character that is never the stop character. The first raw stop
+//! character outside a `%XX` token therefore ends the value; and since the
+//! macros refuse two placeholders with no literal text between them, every
+//! value but the last has one. So different argument tuples render
+//! different keys, even when the stop character is a hex digit.
+//!
+//! **Length.** Keys longer than [`MAX_KEY_LEN`] bytes keep a readable head
+//! and end in `#sha256:` and a digest of the whole key; `#` never appears
+//! raw in a value, so a shortened key cannot be forged.
+
+use std::fmt::{self, Display, Write};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// Which macro (or API) a key belongs to. Each kind has its own key space, so
+/// `#[cached]`, `#[once]` and `#[lock]` with the same template never collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    /// `#[cached]` entries.
+    Cached,
+    /// `#[once]` locks.
+    Once,
+    /// `#[lock]` locks and [`crate::lock()`] values.
+    Lock,
+}
+
+impl KeyKind {
+    /// The tag written between the prefix and the rendered template.
+    pub const fn tag(self) -> &'static str {
+        match self {
+            KeyKind::Cached => "cache:",
+            KeyKind::Once => "once:",
+            KeyKind::Lock => "lock:",
+        }
+    }
+}
+
+/// Tags of derived keys; they differ from every [`KeyKind::tag`].
+const FILL_TAG: &str = "fill:";
+const FENCE_TAG: &str = "fence:";
+#[cfg(feature = "axum")]
+const HTTP_TAG: &str = "http:";
+
+/// A key template, parsed and checked at compile time by the macros.
+#[derive(Debug)]
+pub struct KeyTemplate {
+    /// The template as the user wrote it (shown by `Debug`, and a size hint).
+    pub text: &'static str,
+    /// Literal text and value slots, in order.
+    pub pieces: &'static [Piece],
+}
+
+/// One part of a [`KeyTemplate`].
+#[derive(Debug)]
+pub enum Piece {
+    /// Literal text, with `{{`/`}}`/`<<`/`>>` escapes already resolved.
+    Text(&'static str),
+    /// The next interpolated value. `stop` is the first character of the
+    /// literal text that follows, or `None` when the value ends the template.
+    Value {
+        /// Escaped in this value so it cannot end the value early.
+        stop: Option<char>,
+    },
+}
+
+/// Keys longer than this many bytes are shortened with a SHA-256 digest.
+pub const MAX_KEY_LEN: usize = 1024;
+/// How much of a long key is kept, readable, before its digest.
+const LONG_KEY_HEAD: usize = 256;
+
+/// The keys of one client: its prefix, and every layout built on it.
+#[derive(Clone, Debug)]
+pub(crate) struct Keyspace {
+    prefix: String,
+    /// Whether the prefix holds a Redis hash tag of its own.
+    prefix_tagged: bool,
+}
+
+impl Default for Keyspace {
+    /// The default prefix, `cachify:`.
+    fn default() -> Self {
+        Self {
+            prefix: "cachify:".to_owned(),
+            prefix_tagged: false,
+        }
+    }
+}
+
+impl Keyspace {
+    /// Checks the prefix: braces in it must form one whole Redis hash tag
+    /// (`{app}:`), or a lock and its fencing counter could land in
+    /// different cluster slots.
+    pub(crate) fn new(prefix: impl Into<String>) -> Result<Self, Error> {
+        let prefix = prefix.into();
+        let prefix_tagged = hash_tag(&prefix).is_some();
+        if !prefix_tagged && prefix.contains(['{', '}']) {
+            return Err(Error::Config(format!(
+                "prefix `{prefix}`: braces may only form one Redis hash tag such as `{{app}}:`"
+            )));
+        }
+        Ok(Self {
+            prefix,
+            prefix_tagged,
+        })
+    }
+
+    /// The prefix put in front of every key.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Renders a template into a full key.
+    ///
+    /// `values` must hold one value per [`Piece::Value`], in order; the
+    /// macros guarantee it. A missing value renders as nothing rather than
+    /// panicking.
+    pub(crate) fn render(
+        &self,
+        kind: KeyKind,
+        template: &KeyTemplate,
+        values: &[&dyn Display],
+    ) -> String {
+        let mut key =
+            String::with_capacity(self.prefix.len() + 8 + template.text.len() + 16 * values.len());
+        key.push_str(&self.prefix);
+        key.push_str(kind.tag());
+        let mut values = values.iter();
+        for piece in template.pieces {
+            match piece {
+                Piece::Text(text) => key.push_str(text),
+                Piece::Value { stop } => {
+                    if let Some(value) = values.next() {
+                        // Writing into a String cannot fail.
+                        let _ = write!(
+                            Escaper {
+                                out: &mut key,
+                                stop: *stop
+                            },
+                            "{value}"
+                        );
+                    }
+                }
+            }
+        }
+        shorten(key, 0)
+    }
+
+    /// The key of a lock named by the caller ([`crate::lock()`]): used as
+    /// written, so it matches `#[lock]` with the same rendered template.
+    pub(crate) fn lock(&self, name: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 8 + name.len());
+        key.push_str(&self.prefix);
+        key.push_str(KeyKind::Lock.tag());
+        key.push_str(name);
+        shorten(key, 0)
+    }
+
+    /// The cross-process fill lock of a cache entry (`#[cached(lock = true)]`).
+    pub(crate) fn fill(&self, entry_key: &str) -> String {
+        let rest = entry_key.strip_prefix(&self.prefix).unwrap_or(entry_key);
+        let mut key = String::with_capacity(self.prefix.len() + FILL_TAG.len() + rest.len());
+        key.push_str(&self.prefix);
+        key.push_str(FILL_TAG);
+        key.push_str(rest);
+        key
+    }
+
+    /// The fencing counter of a lock, in the lock key's cluster slot (see
+    /// the module documentation).
+    pub(crate) fn fence(&self, lock_key: &str) -> String {
+        let mut key =
+            String::with_capacity(self.prefix.len() + FENCE_TAG.len() + lock_key.len() + 2);
+        key.push_str(&self.prefix);
+        key.push_str(FENCE_TAG);
+        if self.prefix_tagged {
+            key.push_str(lock_key.strip_prefix(&self.prefix).unwrap_or(lock_key));
+        } else {
+            key.push('{');
+            key.push_str(lock_key);
+            key.push('}');
+        }
+        key
+    }
+
+    /// Where `#[cached]` entries live: `{prefix}cache:`.
+    pub(crate) fn cached_scope(&self) -> String {
+        format!("{}{}", self.prefix, KeyKind::Cached.tag())
+    }
+}
+
+#[cfg(feature = "axum")]
+impl Keyspace {
+    /// `{prefix}http:{namespace}:`, the start of every key of one HTTP
+    /// namespace. The namespace is escaped so it cannot contain `:`, which
+    /// makes this a prefix of exactly that namespace's keys (clearing
+    /// `users` leaves `users:admin` alone).
+    pub(crate) fn http_scope(&self, namespace: &str) -> String {
+        let mut scope =
+            String::with_capacity(self.prefix.len() + HTTP_TAG.len() + namespace.len() + 1);
+        scope.push_str(&self.prefix);
+        scope.push_str(HTTP_TAG);
+        for c in namespace.chars() {
+            if matches!(c, ':' | '%' | '{' | '}') || c.is_whitespace() || c.is_control() {
+                push_escaped(&mut scope, c);
+            } else {
+                scope.push(c);
+            }
+        }
+        scope.push(':');
+        scope
+    }
+
+    /// The key of one cached response: the scope, a digest of the
+    /// credential when there is one, then the request part (see
+    /// [`http_request`]). Shortened keys keep the whole scope, so clearing
+    /// the namespace still finds them.
+    pub(crate) fn http(&self, scope: &str, credential: Option<&[u8]>, request: &str) -> String {
+        let mut key = String::with_capacity(scope.len() + 38 + request.len());
+        key.push_str(scope);
+        if let Some(credential) = credential {
+            // A digest, never the credential: keys are visible to anyone
+            // with access to Redis. 128 bits keep credentials apart.
+            key.push_str("auth.");
+            push_hex(&mut key, &Sha256::digest(credential)[..16]);
+            key.push(':');
+        }
+        key.push_str(request);
+        shorten(key, scope.len())
+    }
+}
+
+#[cfg(feature = "axum")]
+/// The default request part of an HTTP key: `GET:{path}?{query with sorted
+/// parameters}`. HEAD requests use it too, so they are answered from GET
+/// entries.
+pub(crate) fn http_request(path: &str, query: Option<&str>) -> String {
+    let mut key = String::with_capacity(4 + path.len() + 1 + query.map_or(0, str::len));
+    key.push_str("GET:");
+    key.push_str(path);
+    if let Some(query) = query {
+        let query = sorted_query(query);
+        if !query.is_empty() {
+            key.push('?');
+            key.push_str(&query);
+        }
+    }
+    key
+}
+
+/// A `SCAN MATCH` pattern for the keys that start with `prefix`: its glob
+/// metacharacters escaped so that they match only themselves.
+pub(crate) fn scan_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    pattern
+}
+
+/// The Redis hash tag of `key`: the text between the first `{` and the
+/// first `}` after it, when that text is not empty.
+pub(crate) fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    (close > 0).then(|| &key[open + 1..open + 1 + close])
+}
+
+#[cfg(feature = "axum")]
+/// Decodes the parameters (`+` and `%XX`), sorts them by name and encodes
+/// them again, so that `b=2&a=1`, `a=1&b=2` and `a=%31&b=2` are one key.
+/// Parameters with the same name keep their order: `a=1&a=2` is a list,
+/// and may mean something else than `a=2&a=1`.
+fn sorted_query(query: &str) -> String {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (form_decode(name), form_decode(value))
+        })
+        .collect();
+    pairs.sort_by(|left, right| left.0.cmp(&right.0));
+    let mut sorted = String::with_capacity(query.len() + 8);
+    for (at, (name, value)) in pairs.iter().enumerate() {
+        if at > 0 {
+            sorted.push('&');
+        }
+        form_encode(&mut sorted, name);
+        sorted.push('=');
+        form_encode(&mut sorted, value);
+    }
+    sorted
+}
+
+#[cfg(feature = "axum")]
+/// Form decoding: `+` is a space, `%XX` a byte; a stray `%` stays as it is.
+fn form_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = match bytes[at] {
+            b'%' => bytes.get(at + 1..at + 3).and_then(hex_pair),
+            _ => None,
+        };
+        match (escaped, bytes[at]) {
+            (Some(byte), _) => {
+                decoded.push(byte);
+                at += 2;
+            }
+            (None, b'+') => decoded.push(b' '),
+            (None, byte) => decoded.push(byte),
+        }
+        at += 1;
+    }
+    decoded
+}
+
+#[cfg(feature = "axum")]
+fn hex_pair(pair: &[u8]) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    // Two hex digits are at most 255.
+    Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+}
+
+#[cfg(feature = "axum")]
+/// Percent-encodes everything but unreserved characters, so `&`, `=`, `#`,
+/// braces, spaces and glob characters inside a value cannot forge the
+/// key's layout.
+fn form_encode(out: &mut String, bytes: &[u8]) {
+    for &byte in bytes {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    let mut utf8 = [0u8; 4];
+    for byte in c.encode_utf8(&mut utf8).bytes() {
+        let _ = write!(out, "%{byte:02X}");
+    }
+}
+
+/// Replaces the tail of an over-long key with a digest of the whole key,
+/// keeping at least `keep` bytes (a scope that must stay a prefix).
+fn shorten(key: String, keep: usize) -> String {
+    if key.len() <= MAX_KEY_LEN {
+        return key;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut head = LONG_KEY_HEAD.max(keep);
+    while !key.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut short = String::with_capacity(head + 8 + 64);
+    short.push_str(&key[..head]);
+    short.push_str("#sha256:");
+    push_hex(&mut short, &digest);
+    short
+}
+
+/// Whether a character must always be escaped inside an interpolated value.
+fn always_escaped(c: char) -> bool {
+    c.is_control()
+        || c.is_whitespace()
+        || matches!(c, '%' | '#' | '*' | '?' | '[' | ']' | '\\' | '{' | '}')
+}
+
+/// A `fmt::Write` adapter that percent-encodes as it writes, so a value is
+/// formatted straight into the key without an intermediate `String`.
+struct Escaper<'a> {
+    out: &'a mut String,
+    stop: Option<char>,
+}
+
+impl Write for Escaper<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut clean_from = 0;
+        for (at, c) in s.char_indices() {
+            if always_escaped(c) || Some(c) == self.stop {
+                self.out.push_str(&s[clean_from..at]);
+                push_escaped(self.out, c);
+                clean_from = at + c.len_utf8();
+            }
+        }
+        self.out.push_str(&s[clean_from..]);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DASHED: KeyTemplate = KeyTemplate {
+        text: "{a}-{b}",
+        pieces: &[
+            Piece::Value { stop: Some('-') },
+            Piece::Text("-"),
+            Piece::Value { stop: None },
+        ],
+    };
+
+    fn keys(prefix: &str) -> Keyspace {
+        Keyspace::new(prefix).unwrap()
+    }
+
+    fn dashed(a: &str, b: &str) -> String {
+        keys("p:").render(KeyKind::Cached, &DASHED, &[&a, &b])
+    }
+
+    #[test]
+    fn reads_as_written() {
+        const USER: KeyTemplate = KeyTemplate {
+            text: "user-{id}",
+            pieces: &[Piece::Text("user-"), Piece::Value { stop: None }],
+        };
+        let keys = keys("cachify:");
+        assert_eq!(
+            keys.render(KeyKind::Cached, &USER, &[&42]),
+            "cachify:cache:user-42"
+        );
+        assert_eq!(
+            keys.render(KeyKind::Once, &USER, &[&42]),
+            "cachify:once:user-42"
+        );
+        assert_eq!(
+            keys.render(KeyKind::Lock, &USER, &[&42]),
+            "cachify:lock:user-42"
+        );
+        assert_eq!(keys.lock("user-42"), "cachify:lock:user-42");
+        assert_eq!(
+            keys.fill("cachify:cache:user-42"),
+            "cachify:fill:cache:user-42"
+        );
+        assert_eq!(
+            keys.fence("cachify:lock:user-42"),
+            "cachify:fence:{cachify:lock:user-42}"
+        );
+    }
+
+    #[test]
+    fn a_fence_shares_its_locks_hash_slot() {
+        let plain = keys("cachify:");
+        let lock = plain.lock("job");
+        assert_eq!(hash_tag(&lock), None);
+        assert_eq!(hash_tag(&plain.fence(&lock)), Some(lock.as_str()));
+
+        let tagged = keys("{app}:");
+        let lock = tagged.lock("job");
+        let fence = tagged.fence(&lock);
+        assert_eq!(fence, "{app}:fence:lock:job");
+        assert_eq!(hash_tag(&fence), Some("app"));
+        assert_eq!(hash_tag(&lock), Some("app"));
+    }
+
+    #[test]
+    fn values_cannot_make_hash_tags() {
+        const ONE: KeyTemplate = KeyTemplate {
+            text: "{a}",
+            pieces: &[Piece::Value { stop: None }],
+        };
+        let key = keys("p:").render(KeyKind::Lock, &ONE, &[&"{x}"]);
+        assert_eq!(key, "p:lock:%7Bx%7D");
+        assert_eq!(hash_tag(&key), None);
+    }
+
+    #[test]
+    fn prefixes_with_stray_braces_are_refused() {
+        for bad in ["a{b", "a}b", "{}x", "}{"] {
+            assert!(matches!(Keyspace::new(bad), Err(Error::Config(_))), "{bad}");
+        }
+        assert!(Keyspace::new("{app}:").is_ok());
+    }
+
+    #[test]
+    fn glob_characters_in_prefixes_match_only_themselves() {
+        assert_eq!(scan_pattern("a*b?[c]\\d:"), "a\\*b\\?\\[c\\]\\\\d:*");
+    }
+
+    #[test]
+    fn hash_tags_follow_the_redis_rule() {
+        assert_eq!(hash_tag("{user}:1"), Some("user"));
+        assert_eq!(hash_tag("a{}b"), None);
+        assert_eq!(hash_tag("{}{x}"), None);
+        assert_eq!(hash_tag("x{y}z"), Some("y"));
+        assert_eq!(hash_tag("x{y"), None);
+        assert_eq!(hash_tag("plain"), None);
+    }
+
+    #[test]
+    fn values_cannot_forge_separators() {
+        assert_ne!(dashed("x-y", "z"), dashed("x", "y-z"));
+        assert_eq!(dashed("x-y", "z"), "p:cache:x%2Dy-z");
+        // The escape character itself is escaped, so `%2D` cannot pose as `-`.
+        assert_ne!(dashed("x%2Dy", "z"), dashed("x-y", "z"));
+        // Only the stop character of the last value is free.
+        assert_eq!(dashed("a", "b-c"), "p:cache:a-b-c");
+    }
+
+    #[test]
+    fn a_hex_digit_stop_character_stays_unambiguous() {
+        const HEX_STOP: KeyTemplate = KeyTemplate {
+            text: "{a}A{b}",
+            pieces: &[
+                Piece::Value { stop: Some('A') },
+                Piece::Text("A"),
+                Piece::Value { stop: None },
+            ],
+        };
+        let key = |a: &str, b: &str| keys("").render(KeyKind::Cached, &HEX_STOP, &[&a, &b]);
+        // `*` encodes as `%2A`, which holds an `A` inside its token.
+        assert_eq!(key("*", "x"), "cache:%2AAx");
+        assert_ne!(key("*", "x"), key("%2", "x"));
+        assert_ne!(key("*", "x"), key("", "%2Ax"));
+        assert_ne!(key("A", ""), key("", "A"));
+    }
+
+    #[test]
+    fn odd_characters_are_escaped_not_dropped() {
+        let key = dashed("a b\n*?[]#", "ü");
+        assert_eq!(key, "p:cache:a%20b%0A%2A%3F%5B%5D%23-ü");
+        assert_ne!(dashed("", ""), dashed("-", ""));
+    }
+
+    #[test]
+    fn long_keys_are_shortened_stably() {
+        let long = "x".repeat(5000);
+        let key = dashed(&long, "1");
+        assert!(key.len() <= MAX_KEY_LEN, "{}", key.len());
+        assert!(key.starts_with("p:cache:xxx"));
+        assert!(key.contains("#sha256:"));
+        assert_eq!(key, dashed(&long, "1"), "same input, same key");
+        assert_ne!(key, dashed(&long, "2"), "the digest covers the whole key");
+        let unicode = "é".repeat(3000);
+        assert!(dashed(&unicode, "").len() <= MAX_KEY_LEN);
+    }
+
+    #[cfg(feature = "axum")]
+    fn part(uri: &str) -> String {
+        let (path, query) = match uri.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (uri, None),
+        };
+        http_request(path, query)
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn http_keys_read_as_written() {
+        let keys = keys("cachify:");
+        assert_eq!(keys.http_scope("users"), "cachify:http:users:");
+        assert_eq!(
+            keys.http(&keys.http_scope("users"), None, &part("/users?b=2&a=1")),
+            "cachify:http:users:GET:/users?a=1&b=2"
+        );
+        assert_eq!(part("/"), "GET:/");
+        assert_eq!(part("/x?"), "GET:/x");
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn query_order_and_spelling_do_not_matter() {
+        assert_eq!(part("/s?a=1&b=2"), part("/s?b=2&a=1"));
+        assert_eq!(part("/s?q=a+b"), part("/s?q=a%20b"));
+        assert_eq!(part("/s?a=%31"), part("/s?a=1"));
+        assert_eq!(part("/s?a&&b="), part("/s?b=&a="));
+        assert_ne!(
+            part("/s?a=1&a=2"),
+            part("/s?a=2&a=1"),
+            "lists keep their order"
+        );
+        assert_ne!(part("/s?a=1"), part("/s?a=2"));
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn query_values_cannot_forge_separators() {
+        assert_ne!(part("/s?a=1%26b%3D2"), part("/s?a=1&b=2"));
+        assert_eq!(part("/s?a=*%23%"), "GET:/s?a=%2A%23%25");
+        assert_eq!(part("/s?a=%zz"), "GET:/s?a=%25zz");
+        assert_eq!(part("/s?a={x}"), "GET:/s?a=%7Bx%7D");
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn namespaces_do_not_nest() {
+        let keys = keys("p:");
+        let users = keys.http_scope("users");
+        let admins = keys.http_scope("users:admin");
+        assert_eq!(admins, "p:http:users%3Aadmin:");
+        assert!(!admins.starts_with(&users));
+        assert_eq!(keys.http_scope("a b%{"), "p:http:a%20b%25%7B:");
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn credentials_are_hashed_and_kept_apart() {
+        let keys = keys("p:");
+        let scope = keys.http_scope("n");
+        let key = keys.http(&scope, Some(b"Bearer alice-secret"), "GET:/me");
+        assert!(!key.contains("alice"), "{key}");
+        assert!(key.starts_with("p:http:n:auth."));
+        assert!(key.ends_with(":GET:/me"));
+        assert_eq!(
+            key,
+            keys.http(&scope, Some(b"Bearer alice-secret"), "GET:/me")
+        );
+        assert_ne!(
+            key,
+            keys.http(&scope, Some(b"Bearer bob-secret"), "GET:/me")
+        );
+        assert_ne!(key, keys.http(&scope, None, "GET:/me"));
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn long_http_keys_are_shortened_within_their_namespace() {
+        let keys = keys("p:");
+        let scope = keys.http_scope("n");
+        let long = format!("GET:/s?q={}", "x".repeat(5000));
+        let key = keys.http(&scope, None, &long);
+        assert!(key.len() <= MAX_KEY_LEN);
+        assert!(key.starts_with(&scope));
+        assert!(key.contains("#sha256:"));
+        assert_eq!(key, keys.http(&scope, None, &long));
+        assert_ne!(key, keys.http(&scope, None, &format!("{long}y")));
+    }
+}

@@ -1,0 +1,477 @@
+//! Owned distributed locks: `SET key token NX PX`, owner-only release and
+//! renewal, and a watchdog that renews the lease while the holder runs.
+//!
+//! Locks fail closed: a backend error is `Err(Error::Backend)`, never a run
+//! without the lock.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::error::Error;
+use crate::health::{Counters, Health};
+use crate::io;
+use crate::keyspace::Keyspace;
+use crate::mode::{Async, Blocking, Mode, drive};
+use crate::store::{Fence, LockStore, StoreFuture, clamp_ttl};
+
+/// First pause between two attempts while waiting for a held lock; it
+/// doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Shortest gap between two renewals, whatever the lease.
+const MIN_RENEW_PERIOD: Duration = Duration::from_millis(1);
+
+/// The locks of one client: its lock store and lock settings.
+pub(crate) struct Locks {
+    store: Arc<dyn LockStore>,
+    keys: Keyspace,
+    lock_ttl: Duration,
+    fence_idle: Duration,
+    health: Arc<Health>,
+}
+
+impl fmt::Debug for Locks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locks")
+            .field("prefix", &self.keys.prefix())
+            .field("lock_ttl", &self.lock_ttl)
+            .field("fence_idle", &self.fence_idle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Locks {
+    pub(crate) fn new(
+        store: Arc<dyn LockStore>,
+        keys: Keyspace,
+        lock_ttl: Duration,
+        fence_idle: Duration,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            lock_ttl,
+            fence_idle,
+            health,
+        }
+    }
+
+    /// The lease of locks that set no `ttl`.
+    pub(crate) fn lock_ttl(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    /// How long an unused fencing counter is kept.
+    pub(crate) fn fence_idle(&self) -> Duration {
+        self.fence_idle
+    }
+
+    /// Takes the lock `key`, waiting up to `wait` if it is held. `fenced`:
+    /// draw a fencing token (fill locks don't).
+    pub(crate) async fn acquire<M: Mode>(
+        &self,
+        key: String,
+        ttl: Option<Duration>,
+        wait: Duration,
+        fenced: bool,
+    ) -> Result<LockGuard, Error> {
+        let lease = clamp_ttl(ttl.unwrap_or(self.lock_ttl));
+        let token = new_token()?;
+        let fence_key = fenced.then(|| self.keys.fence(&key));
+        let fence = fence_key.as_deref().map(|key| Fence {
+            key,
+            idle: self.fence_idle,
+        });
+        let counters = &self.health.counters;
+        // A wait too long to represent is a wait without end.
+        let deadline = Instant::now().checked_add(wait);
+        let mut pause = FIRST_RETRY_PAUSE;
+        let fencing_token = loop {
+            let attempt = Attempt {
+                store: &self.store,
+                key: &key,
+                token: &token,
+                lease,
+                armed: true,
+            };
+            match M::io(self.store.try_lock(&key, &token, lease, fence)).await {
+                Ok(Some(fencing_token)) => {
+                    attempt.settle();
+                    break fencing_token;
+                }
+                Ok(None) => attempt.settle(),
+                Err(error) => {
+                    Counters::add(&counters.errors);
+                    if let Some(suppressed) = self.health.lock_log.admit() {
+                        tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
+                    }
+                    // Dropping the armed attempt takes back what the SET may yet take.
+                    drop(attempt);
+                    return Err(error);
+                }
+            }
+            let now = Instant::now();
+            let pause_now = match deadline {
+                Some(deadline) if now >= deadline => {
+                    Counters::add(&counters.lock_contention);
+                    return Err(Error::Locked { key });
+                }
+                Some(deadline) => pause.min(deadline - now),
+                None => pause,
+            };
+            M::sleep(pause_now).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+        };
+        Counters::add(&counters.locks_acquired);
+        let lost = Arc::new(Lost::default());
+        let watchdog = io::spawn(renew(
+            Arc::clone(&self.store),
+            key.clone(),
+            token.clone(),
+            lease,
+            Arc::clone(&lost),
+        ))
+        .abort_handle();
+        Ok(LockGuard {
+            store: Arc::clone(&self.store),
+            key,
+            token,
+            lease,
+            fencing_token,
+            lost,
+            watchdog: Some(watchdog),
+        })
+    }
+
+    /// The token of whoever holds `key`.
+    pub(crate) async fn holder<M: Mode>(&self, key: &str) -> Result<Option<String>, Error> {
+        M::io(self.store.holder(key)).await
+    }
+
+    /// Deletes the lock `key` whoever holds it.
+    pub(crate) async fn force_unlock<M: Mode>(&self, key: &str) -> Result<(), Error> {
+        M::io(self.store.force_unlock(key)).await
+    }
+
+    /// Starts building a lock named `name` (see [`crate::lock()`]).
+    pub(crate) fn builder(&self, name: String) -> LockBuilder<'_> {
+        LockBuilder {
+            locks: self,
+            name,
+            ttl: None,
+            wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Configures one lock before acquiring it; from [`crate::lock()`] or
+/// [`crate::Cachify::lock`].
+#[must_use = "a lock is only taken by `acquire()` or `acquire_blocking()`"]
+#[derive(Debug)]
+pub struct LockBuilder<'a> {
+    locks: &'a Locks,
+    name: String,
+    ttl: Option<Duration>,
+    wait: Duration,
+}
+
+impl LockBuilder<'_> {
+    /// The lease: how long the lock outlives a holder that crashed. While
+    /// the holder is alive a watchdog renews it every `ttl / 3`. Defaults to
+    /// the client's `lock_ttl`; below one millisecond rounds up to 1 ms.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long to wait for a held lock before giving up with
+    /// [`Error::Locked`]. Defaults to zero: a held lock is refused at once.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    async fn acquire_in<M: Mode>(self) -> Result<LockGuard, Error> {
+        let key = self.locks.keys.lock(&self.name);
+        self.locks
+            .acquire::<M>(key, self.ttl, self.wait, true)
+            .await
+    }
+
+    /// Takes the lock, waiting up to `wait` if it is held.
+    pub async fn acquire(self) -> Result<LockGuard, Error> {
+        self.acquire_in::<Async>().await
+    }
+
+    /// Blocking twin of [`LockBuilder::acquire`], for code without a runtime
+    /// (it also works inside one, blocking only the calling thread).
+    pub fn acquire_blocking(self) -> Result<LockGuard, Error> {
+        drive(self.acquire_in::<Blocking>())
+    }
+}
+
+/// A held lock. Released by [`LockGuard::release`], or when dropped
+/// (including on panic or when the future holding it is cancelled).
+#[must_use = "dropping the guard releases the lock at once"]
+pub struct LockGuard {
+    store: Arc<dyn LockStore>,
+    key: String,
+    /// Empty once released: `Drop` then has nothing left to do.
+    token: String,
+    lease: Duration,
+    fencing_token: u64,
+    lost: Arc<Lost>,
+    watchdog: Option<AbortHandle>,
+}
+
+/// Set by the watchdog when it finds the lock is no longer ours.
+#[derive(Default)]
+struct Lost {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Lost {
+    fn mark(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("fencing_token", &self.fencing_token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    /// The full backend key of this lock.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A number that strictly increases with every grant of this lock name,
+    /// across processes, and across restarts and flushes of Redis (see
+    /// RELIABILITY.md for the clock assumption this rests on).
+    ///
+    /// A lease can run out while its holder is paused (a GC pause, a stalled
+    /// VM), and another holder may then take the lock: mutual exclusion by
+    /// lease alone is for efficiency, not correctness. Pass this token with
+    /// every write to the resource the lock protects, and have that store
+    /// reject a token lower than the highest it has seen: then a stale
+    /// holder's late writes are refused.
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    /// Whether the watchdog found the lock taken away (its key deleted or
+    /// overwritten, or its lease expired while renewals failed).
+    pub fn is_lost(&self) -> bool {
+        self.lost.flag.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the lock is found lost (see [`LockGuard::is_lost`]).
+    /// Race it against the protected work to stop early:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let guard = cachify::lock("import").acquire().await?;
+    /// tokio::select! {
+    ///     _ = guard.lost() => { /* someone took the lock: stop writing */ }
+    ///     _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => { /* the work */ }
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lost(&self) {
+        loop {
+            let notified = self.lost.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_lost() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Releases the lock. `Err(Error::NotOwner)` means it was no longer
+    /// ours: the lease ran out or someone deleted or took the key.
+    pub async fn release(self) -> Result<(), Error> {
+        self.release_in::<Async>().await
+    }
+
+    /// Blocking twin of [`LockGuard::release`].
+    pub fn release_blocking(self) -> Result<(), Error> {
+        drive(self.release_in::<Blocking>())
+    }
+
+    async fn release_in<M: Mode>(mut self) -> Result<(), Error> {
+        self.stop_watchdog();
+        let released = M::io(self.store.unlock(&self.key, &self.token)).await;
+        let released = match released {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::NotOwner),
+            Err(error) => {
+                // Keep trying in the background, so the lock does not
+                // linger for its whole lease.
+                io::spawn(abandon(
+                    Arc::clone(&self.store),
+                    self.key.clone(),
+                    self.token.clone(),
+                    self.lease,
+                ));
+                Err(error)
+            }
+        };
+        // Cleared only now: if this future is dropped during the await,
+        // `Drop` still sees the token and releases in the background.
+        self.token.clear();
+        released
+    }
+
+    /// Release at the end of a `#[once]`/`#[lock]` function or a fill: the
+    /// function already ran, so a failure is only worth a warning.
+    pub(crate) async fn release_after_run<M: Mode>(self) {
+        let key = self.key.clone();
+        if let Err(error) = self.release_in::<M>().await {
+            tracing::warn!(key, %error, "cachify: releasing a lock after its function ran failed");
+        }
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+        if self.token.is_empty() {
+            return;
+        }
+        let token = std::mem::take(&mut self.token);
+        // An in-process store has released already. Otherwise Drop cannot
+        // await: release in the background, retrying while the store is
+        // unreachable. Owner-only release makes a late one harmless.
+        if let StoreFuture::Io(unlock) = self.store.unlock(&self.key, &token) {
+            let (store, key, lease) = (Arc::clone(&self.store), self.key.clone(), self.lease);
+            io::spawn(async move {
+                if unlock.await.is_err() {
+                    abandon(store, key, token, lease).await;
+                }
+            });
+        }
+    }
+}
+
+/// While armed, dropping it (the acquiring future was cancelled mid-call,
+/// or the call failed) takes back whatever the attempt may have taken:
+/// its `SET NX` can still land on Redis after we stopped waiting.
+struct Attempt<'a> {
+    store: &'a Arc<dyn LockStore>,
+    key: &'a str,
+    token: &'a str,
+    lease: Duration,
+    armed: bool,
+}
+
+impl Attempt<'_> {
+    fn settle(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let (store, key, token) = (
+                Arc::clone(self.store),
+                self.key.to_owned(),
+                self.token.to_owned(),
+            );
+            io::spawn(abandon(store, key, token, self.lease));
+        }
+    }
+}
+
+/// A random 128-bit token, as 32 hex digits.
+fn new_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| Error::Config(format!("no randomness for a lock token: {error}")))?;
+    Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
+}
+
+/// After a failed attempt, deletes the lock if that attempt's token holds
+/// it, retrying until the backend answers or the lease would have ended
+/// anyway. Owner-only, so it never touches anyone else's lock.
+async fn abandon(store: Arc<dyn LockStore>, key: String, token: String, lease: Duration) {
+    let give_up = Instant::now().checked_add(lease);
+    let mut pause = FIRST_RETRY_PAUSE;
+    loop {
+        match store.unlock(&key, &token).await {
+            Ok(true) => {
+                tracing::info!(
+                    key,
+                    "cachify: removed a lock taken by an attempt that had timed out"
+                );
+                return;
+            }
+            Ok(false) => return,
+            Err(_) if give_up.is_some_and(|give_up| Instant::now() >= give_up) => return,
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE * 10);
+            }
+        }
+    }
+}
+
+/// Renews the lease every third of it until aborted or the lock is lost.
+async fn renew(
+    store: Arc<dyn LockStore>,
+    key: String,
+    token: String,
+    lease: Duration,
+    lost: Arc<Lost>,
+) {
+    let period = (lease / 3).max(MIN_RENEW_PERIOD);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = Instant::now();
+    loop {
+        ticks.tick().await;
+        match store.renew(&key, &token, lease).await {
+            Ok(true) => renewed = Instant::now(),
+            Ok(false) => {
+                tracing::warn!(
+                    key,
+                    "cachify: lock lost while its holder was still running (lease expired or key taken)"
+                );
+                lost.mark();
+                return;
+            }
+            Err(error) if renewed.elapsed() >= lease => {
+                tracing::warn!(key, %error, "cachify: lock lost: its lease ran out while renewals failed");
+                lost.mark();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, "cachify: could not renew a lock lease; will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The Redis Cluster store, on redis-rs's own cluster client: it routes
+//! each command by its key's slot, follows `MOVED` and `ASK`, and refreshes
+//! the topology after a failover. The lock scripts touch a lock and its
+//! fencing counter, whose keys share a hash slot (see [`crate::keyspace`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+use super::redis::{
+    acquire_script, invalid_url, redact, renew_script, scan, set_command, timed, unlock_script,
+};
+use super::{ByteStore, Fence, LockStore, StoreFuture};
+use crate::error::{BackendError, Error};
+use crate::keyspace;
+
+/// Connection settings taken from the builder.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) lazy: bool,
+}
+
+/// How often redis-rs retries a command that met a moved slot or a lost
+/// node, and how long it waits between tries (milliseconds, growing from
+/// the first to the last). The command timeout bounds the whole, so a call
+/// never waits past it; redis-rs's own defaults wait seconds per retry.
+const RETRIES: u32 = 8;
+const MIN_RETRY_WAIT_MS: u64 = 10;
+const MAX_RETRY_WAIT_MS: u64 = 250;
+
+/// A Redis Cluster. Cheap to clone: every operation's I/O takes a clone.
+#[derive(Clone)]
+pub(crate) struct ClusterStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Driven by cachify's background runtime, usable from any runtime.
+    connection: ClusterConnection,
+    command_timeout: Duration,
+}
+
+impl ClusterStore {
+    /// Connects to the cluster through `seeds` and reads its slot map (or,
+    /// with `lazy`, only checks the URLs and connects on first use).
+    ///
+    /// Must run on the background runtime: redis-rs spawns the connection's
+    /// driver task on the runtime it is created from.
+    pub(crate) async fn connect(
+        seeds: &[String],
+        settings: ClusterSettings,
+    ) -> Result<Self, Error> {
+        let shown = seeds
+            .iter()
+            .map(|seed| redact(seed))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for seed in seeds {
+            redis::Client::open(seed.as_str())
+                .map_err(|error| invalid_url(&redact(seed), &error))?;
+        }
+        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(settings.connect_timeout)
+            .response_timeout(settings.command_timeout)
+            .retries(RETRIES)
+            .min_retry_wait(MIN_RETRY_WAIT_MS)
+            .max_retry_wait(MAX_RETRY_WAIT_MS)
+            .build()
+            .map_err(|error| {
+                Error::Config(format!("invalid Redis Cluster seeds {shown}: {error}"))
+            })?;
+        let config = ClusterConfig::new()
+            .set_connection_timeout(settings.connect_timeout)
+            .set_response_timeout(settings.command_timeout);
+        let connection = if settings.lazy {
+            client.get_pending_async_connection_with_config(config)
+        } else {
+            let connecting = client.get_async_connection_with_config(config);
+            match tokio::time::timeout(settings.connect_timeout, connecting).await {
+                Ok(connected) => connected.map_err(|error| {
+                    Error::Backend(
+                        BackendError::from(error)
+                            .context(format_args!("cannot use the Redis Cluster at {shown}")),
+                    )
+                })?,
+                Err(_) => {
+                    return Err(Error::Backend(
+                        BackendError::timed_out(settings.connect_timeout)
+                            .context(format_args!("cannot reach the Redis Cluster at {shown}")),
+                    ));
+                }
+            }
+        };
+        let store = Self {
+            shared: Arc::new(Shared {
+                connection,
+                command_timeout: settings.command_timeout,
+            }),
+        };
+        if !settings.lazy {
+            let pong: String = store.shared.query(&redis::cmd("PING")).await?;
+            debug_assert_eq!(pong, "PONG");
+        }
+        Ok(store)
+    }
+
+    fn run<T, F>(
+        &self,
+        key: &str,
+        operation: impl FnOnce(Arc<Shared>, String) -> F,
+    ) -> StoreFuture<T>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        StoreFuture::io(operation(Arc::clone(&self.shared), key.to_owned()))
+    }
+}
+
+impl Shared {
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        timed(self.command_timeout, command.query_async(&mut connection)).await
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        timed(
+            self.command_timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        .map_err(cross_slot_hint)
+    }
+
+    /// The addresses of the primaries that serve slots, from `CLUSTER NODES`.
+    async fn primaries(&self) -> Result<Vec<(String, u16)>, Error> {
+        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
+        Ok(primaries_of(&nodes))
+    }
+
+    /// Deletes every key that starts with `prefix` on every primary: `SCAN`
+    /// each one in batches (never `KEYS`), and `UNLINK` what it finds.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+        let pattern = keyspace::scan_pattern(prefix);
+        let mut deleted = 0;
+        for (host, port) in self.primaries().await? {
+            let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port,
+            });
+            let mut cursor: u64 = 0;
+            loop {
+                let mut connection = self.connection.clone();
+                let reply = timed(
+                    self.command_timeout,
+                    connection.route_command(scan(cursor, &pattern), node.clone()),
+                )
+                .await?;
+                let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
+                    .map_err(|error| Error::Backend(BackendError::new(error.to_string())))?;
+                if !keys.is_empty() {
+                    // redis-rs splits a multi-key UNLINK by slot.
+                    let unlinked: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
+                    deleted += unlinked;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Primaries that serve at least one slot and are not failed, as
+/// `(host, port)`, from the text of `CLUSTER NODES`.
+fn primaries_of(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let serving = fields.len() > 8;
+            if !serving || !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`
+            let address = fields.get(1)?.split('@').next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A lock and its counter in two slots can only come from a lock name with
+/// a `}` outside any hash tag: say so instead of Redis's bare CROSSSLOT.
+fn cross_slot_hint(error: Error) -> Error {
+    match error {
+        Error::Backend(backend) if backend.to_string().contains("CROSSSLOT") => {
+            Error::Config(format!(
+                "{backend}: on a Redis Cluster a lock name may not hold a `}}` outside a hash tag"
+            ))
+        }
+        other => other,
+    }
+}
+
+impl ByteStore for ClusterStore {
+    fn get(&self, key: &str) -> StoreFuture<Option<Vec<u8>>> {
+        self.run(key, |shared, key| async move {
+            shared.query(redis::cmd("GET").arg(&key)).await
+        })
+    }
+
+    fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<()> {
+        let command = set_command(key, bytes, ttl);
+        self.run(key, |shared, _| async move { shared.query(&command).await })
+    }
+
+    fn delete(&self, key: &str) -> StoreFuture<()> {
+        self.run(key, |shared, key| async move {
+            shared.query(redis::cmd("DEL").arg(&key)).await
+        })
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
+        self.run(prefix, |shared, prefix| async move {
+            shared.delete_prefix(&prefix).await
+        })
+    }
+}
+
+impl LockStore for ClusterStore {
+    fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        fence: Option<Fence<'_>>,
+    ) -> StoreFuture<Option<u64>> {
+        let invocation = acquire_script(key, token, lease, fence);
+        self.run(
+            key,
+            |shared, _| async move { shared.invoke(invocation).await },
+        )
+    }
+
+    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
+        let invocation = unlock_script(key, token);
+        self.run(key, |shared, _| async move {
+            let deleted: i64 = shared.invoke(invocation).await?;
+            Ok(deleted == 1)
+        })
+    }
+
+    fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+        let invocation = renew_script(key, token, lease);
+        self.run(key, |shared, _| async move {
+            let renewed: i64 = shared.invoke(invocation).await?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
+        self.run(key, |shared, key| async move {
+            shared.query(redis::cmd("GET").arg(&key)).await
+        })
+    }
+
+    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
+        self.run(key, |shared, key| async move {
+            shared.query(redis::cmd("DEL").arg(&key)).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::primaries_of;
+
+    #[test]
+    fn primaries_are_read_from_cluster_nodes() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922
+c3 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected 10923-16383
+d4 127.0.0.1:7003@17003 slave a1 0 0 1 connected
+e5 127.0.0.1:7004@17004,node-e master - 0 0 4 connected 10923-16383
+f6 127.0.0.1:7005@17005 master - 0 0 0 connected
+";
+        assert_eq!(
+            primaries_of(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001),
+                ("127.0.0.1".to_owned(), 7004),
+            ]
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! The in-process store: values kept as they are (no encoding), locks and
+//! fencing tokens for callers in this process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moka::Expiry;
+use moka::ops::compute::{CompResult, Op};
+use moka::sync::Cache;
+
+use super::{Fence, LockStore, StoreFuture, ValueStore, clamp_ttl, next_fence};
+use crate::value::{AnyValue, ValueType};
+
+/// A value stored as it is: no encoding, so a memory hit costs a lookup and
+/// a clone. A value of another type under the same key is a miss.
+#[derive(Clone)]
+struct Slot {
+    value: AnyValue,
+    ttl: Option<Duration>,
+}
+
+#[derive(Clone)]
+struct Lease {
+    token: Arc<str>,
+    ttl: Duration,
+}
+
+/// Gives each entry its own time to live, renewed on every write.
+struct PerEntryTtl;
+
+impl Expiry<String, Slot> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, slot: &Slot, _: Instant) -> Option<Duration> {
+        slot.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        slot: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        slot.ttl
+    }
+}
+
+impl Expiry<String, Lease> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, lease: &Lease, _: Instant) -> Option<Duration> {
+        Some(lease.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        lease: &Lease,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(lease.ttl)
+    }
+}
+
+/// The in-process store. Values and locks live in two moka caches; fencing
+/// tokens come from one counter for the whole store, so no lock name
+/// leaves anything behind once its lease is over.
+pub(crate) struct MemoryStore {
+    values: Cache<String, Slot>,
+    /// Unbounded on purpose: evicting a held lock under memory pressure
+    /// would let a second holder in. Every lease expires by itself.
+    locks: Cache<String, Lease>,
+    /// The last fencing token handed out, for any lock name: tokens that
+    /// increase across the whole store increase per name too.
+    last_fence: AtomicU64,
+}
+
+/// Microseconds since the Unix epoch, the floor of new fencing tokens.
+fn clock_micros() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl MemoryStore {
+    pub(crate) fn new(max_entries: u64) -> Self {
+        Self {
+            values: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntryTtl)
+                .build(),
+            locks: Cache::builder().expire_after(PerEntryTtl).build(),
+            last_fence: AtomicU64::new(0),
+        }
+    }
+
+    fn draw_fence(&self) -> u64 {
+        let clock = clock_micros();
+        let previous = self
+            .last_fence
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(next_fence(last, clock))
+            })
+            // The closure always returns `Some`.
+            .unwrap_or_else(|last| last);
+        next_fence(previous, clock)
+    }
+
+    /// How many locks are held now (expired leases may still count until
+    /// moka's next maintenance).
+    #[cfg(test)]
+    fn held_locks(&self) -> u64 {
+        self.locks.run_pending_tasks();
+        self.locks.entry_count()
+    }
+}
+
+impl ValueStore for MemoryStore {
+    fn get(&self, key: &str, _: ValueType) -> StoreFuture<Option<AnyValue>> {
+        StoreFuture::ready(Ok(self.values.get(key).map(|slot| slot.value)))
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: AnyValue,
+        _: ValueType,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<bool> {
+        let slot = Slot {
+            value,
+            ttl: ttl.map(clamp_ttl),
+        };
+        self.values.insert(key.to_owned(), slot);
+        StoreFuture::ready(Ok(true))
+    }
+
+    fn delete(&self, key: &str) -> StoreFuture<()> {
+        self.values.invalidate(key);
+        StoreFuture::ready(Ok(()))
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
+        let mut deleted = 0;
+        for (key, _) in self.values.iter() {
+            if key.starts_with(prefix) {
+                self.values.invalidate(key.as_str());
+                deleted += 1;
+            }
+        }
+        StoreFuture::ready(Ok(deleted))
+    }
+}
+
+impl LockStore for MemoryStore {
+    fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        fence: Option<Fence<'_>>,
+    ) -> StoreFuture<Option<u64>> {
+        let lease = Lease {
+            token: token.into(),
+            ttl: clamp_ttl(lease),
+        };
+        let mut granted = None;
+        // The token is drawn inside the lock's compute, which moka runs
+        // alone for this key: grant and token are one step.
+        self.locks
+            .entry(key.to_owned())
+            .and_compute_with(|held| match held {
+                Some(_) => Op::Nop,
+                None => {
+                    granted = Some(fence.map_or(0, |_| self.draw_fence()));
+                    Op::Put(lease)
+                }
+            });
+        StoreFuture::ready(Ok(granted))
+    }
+
+    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
+        let result = self
+            .locks
+            .entry(key.to_owned())
+            .and_compute_with(|held| match held {
+                Some(entry) if &*entry.value().token == token => Op::Remove,
+                _ => Op::Nop,
+            });
+        StoreFuture::ready(Ok(matches!(result, CompResult::Removed(_))))
+    }
+
+    fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+        let result = self
+            .locks
+            .entry(key.to_owned())
+            .and_compute_with(|held| match held {
+                Some(entry) if &*entry.value().token == token => Op::Put(Lease {
+                    token: entry.into_value().token,
+                    ttl: clamp_ttl(lease),
+                }),
+                _ => Op::Nop,
+            });
+        StoreFuture::ready(Ok(matches!(result, CompResult::ReplacedWith(_))))
+    }
+
+    fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
+        StoreFuture::ready(Ok(self.locks.get(key).map(|lease| lease.token.to_string())))
+    }
+
+    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
+        // Through the per-key compute, like every other lock operation:
+        // `invalidate` is not ordered with a renewal that already read the
+        // lease, and that renewal would then put the deleted lock back.
+        self.locks
+            .entry(key.to_owned())
+            .and_compute_with(|_| Op::Remove);
+        StoreFuture::ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::value::take;
+
+    const FENCE: Option<Fence<'static>> = Some(Fence {
+        key: "f",
+        idle: Duration::from_secs(60),
+    });
+
+    fn now<T>(future: StoreFuture<T>) -> T {
+        match future {
+            StoreFuture::Ready(Some(result)) => result.unwrap(),
+            _ => panic!("the memory store answers at once"),
+        }
+    }
+
+    fn get<T: crate::CacheValue>(memory: &MemoryStore, key: &str) -> Option<T> {
+        now(ValueStore::get(memory, key, ValueType::of::<T>())).and_then(take::<T>)
+    }
+
+    #[test]
+    fn values_are_typed_and_expire() {
+        let memory = MemoryStore::new(100);
+        let kind = ValueType::of::<u32>();
+        let five = AnyValue::new(Arc::new(5_u32));
+        now(memory.set("k", five, kind, Some(Duration::from_millis(50))));
+        assert_eq!(get::<u32>(&memory, "k"), Some(5));
+        assert_eq!(get::<String>(&memory, "k"), None, "another type is a miss");
+        std::thread::sleep(Duration::from_millis(120));
+        assert_eq!(get::<u32>(&memory, "k"), None);
+    }
+
+    #[test]
+    fn locks_are_owned_and_expire() {
+        let memory = MemoryStore::new(100);
+        let first = now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE)).unwrap();
+        assert!(first > 0);
+        assert_eq!(
+            now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE)),
+            None
+        );
+        assert!(!now(memory.unlock("l", "b")), "only the owner releases");
+        assert!(
+            !now(memory.renew("l", "b", Duration::from_secs(1))),
+            "only the owner renews"
+        );
+        assert_eq!(now(memory.holder("l")).as_deref(), Some("a"));
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(now(memory.holder("l")), None, "an expired lease is free");
+        assert!(
+            !now(memory.renew("l", "a", Duration::from_secs(1))),
+            "an expired lease is gone"
+        );
+        let second = now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE)).unwrap();
+        assert!(second > first, "fencing tokens increase");
+        assert!(now(memory.unlock("l", "b")));
+        assert_eq!(now(memory.holder("l")), None);
+        assert_eq!(
+            now(memory.try_lock("l", "c", Duration::from_secs(1), None)),
+            Some(0),
+            "no fence, no token"
+        );
+    }
+
+    #[test]
+    fn renew_extends_the_lease() {
+        let memory = MemoryStore::new(100);
+        assert!(now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE)).is_some());
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(now(memory.renew("l", "a", Duration::from_millis(400))));
+        }
+        assert!(now(memory.holder("l")).is_some());
+    }
+
+    #[test]
+    fn many_lock_names_leave_nothing_behind() {
+        let memory = MemoryStore::new(100);
+        let mut last = 0;
+        for name in 0..20_000 {
+            let key = format!("l{name}");
+            let token = now(memory.try_lock(&key, "t", Duration::from_secs(5), FENCE)).unwrap();
+            assert!(token > last, "tokens increase across names too");
+            last = token;
+            assert!(now(memory.unlock(&key, "t")));
+        }
+        assert_eq!(memory.held_locks(), 0);
+    }
+}

@@ -1,0 +1,174 @@
+//! Where entries and locks live, behind three traits.
+//!
+//! - [`ValueStore`]: typed cache entries. The memory store implements it
+//!   directly and keeps values as they are; a [`ByteStore`] gets it from
+//!   [`Encoded`], which applies the codec and the size limit.
+//! - [`ByteStore`]: bytes under keys, with TTLs (Redis, Redis Cluster).
+//! - [`LockStore`]: owned locks with fencing tokens.
+//!
+//! Every operation returns a [`StoreFuture`]: an answer already known
+//! (in-process stores), or I/O to await. That one shape serves async and
+//! blocking callers alike (see [`crate::mode`]). A new store is one file
+//! here that implements the traits, plus one builder method.
+
+pub(crate) mod cluster;
+mod encoded;
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::value::{AnyValue, ValueType};
+
+pub(crate) use self::encoded::Encoded;
+
+/// Longest TTL or lease handed to a store (about 100 years): Redis refuses
+/// expiry times that overflow, and nobody means more.
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Shortest TTL or lease: Redis counts in milliseconds, so shorter
+/// durations are rounded up to one millisecond.
+const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// Rounds a TTL into the range every store accepts.
+pub(crate) fn clamp_ttl(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_TTL, MAX_TTL)
+}
+
+/// A TTL in whole milliseconds, as Redis takes it.
+pub(crate) fn millis(ttl: Duration) -> u64 {
+    // clamp_ttl keeps this far below u64::MAX milliseconds.
+    clamp_ttl(ttl).as_millis() as u64
+}
+
+/// I/O that runs on its own: owns everything it needs, so a blocking caller
+/// can hand it to the background runtime.
+pub(crate) type Io<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;
+
+/// The answer of one store operation.
+#[must_use = "a store operation does nothing until awaited or driven"]
+pub(crate) enum StoreFuture<T> {
+    /// Answered already, without I/O (in-process stores). `None` once taken.
+    Ready(Option<Result<T, Error>>),
+    /// I/O still to run.
+    Io(Io<T>),
+}
+
+impl<T> StoreFuture<T> {
+    pub(crate) fn ready(result: Result<T, Error>) -> Self {
+        Self::Ready(Some(result))
+    }
+
+    pub(crate) fn io(io: impl Future<Output = Result<T, Error>> + Send + 'static) -> Self {
+        Self::Io(Box::pin(io))
+    }
+
+    /// Applies `f` to the answer, keeping it ready if it was.
+    pub(crate) fn map<U>(
+        self,
+        f: impl FnOnce(T) -> Result<U, Error> + Send + 'static,
+    ) -> StoreFuture<U>
+    where
+        T: 'static,
+    {
+        match self {
+            Self::Ready(result) => StoreFuture::Ready(result.map(|result| result.and_then(f))),
+            Self::Io(io) => StoreFuture::io(async move { io.await.and_then(f) }),
+        }
+    }
+}
+
+impl<T: Unpin> Future for StoreFuture<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Self::Ready(result) => match result.take() {
+                Some(result) => Poll::Ready(result),
+                // Polled again after it answered: nothing left to give.
+                None => Poll::Pending,
+            },
+            Self::Io(io) => io.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Typed cache entries (`#[cached]`, HTTP responses).
+pub(crate) trait ValueStore: Send + Sync + 'static {
+    /// The value under `key`. An entry that does not decode as `kind` is
+    /// `Err(Error::Codec)`, which callers treat as a miss.
+    fn get(&self, key: &str, kind: ValueType) -> StoreFuture<Option<AnyValue>>;
+
+    /// Stores `value` (of type `kind`) for `ttl` (`None`: no expiry).
+    /// `Ok(false)` when it was over the size limit and not stored.
+    fn set(
+        &self,
+        key: &str,
+        value: AnyValue,
+        kind: ValueType,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<bool>;
+
+    /// Deletes one entry.
+    fn delete(&self, key: &str) -> StoreFuture<()>;
+
+    /// Deletes every entry whose key starts with `prefix`; returns how many.
+    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64>;
+}
+
+/// Bytes under keys, with per-key TTLs.
+pub(crate) trait ByteStore: Send + Sync + 'static {
+    fn get(&self, key: &str) -> StoreFuture<Option<Vec<u8>>>;
+    fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<()>;
+    fn delete(&self, key: &str) -> StoreFuture<()>;
+    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64>;
+}
+
+/// Where a lock draws its fencing token.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fence<'a> {
+    /// The counter's key, in the lock key's cluster slot.
+    pub(crate) key: &'a str,
+    /// How long an unused counter is kept.
+    pub(crate) idle: Duration,
+}
+
+/// Owned locks: a random token per holder, owner-only release and renewal.
+pub(crate) trait LockStore: Send + Sync + 'static {
+    /// Takes the lock for `lease` if nobody holds it. `Ok(None)`: held
+    /// elsewhere. `Ok(Some(token))`: taken, with the next fencing token of
+    /// `fence` drawn in the same atomic step (`0` without a fence).
+    ///
+    /// Fencing tokens strictly increase per lock name, across expiry of an
+    /// idle counter: a counter starts at (and never falls behind) the
+    /// store's clock in microseconds, so a new counter starts above every
+    /// token the expired one handed out.
+    fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        fence: Option<Fence<'_>>,
+    ) -> StoreFuture<Option<u64>>;
+
+    /// Deletes the lock if `token` still owns it; false when it does not.
+    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool>;
+
+    /// Renews the lease if `token` still owns the lock; false when it does not.
+    fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool>;
+
+    /// The token of whoever holds the lock.
+    fn holder(&self, key: &str) -> StoreFuture<Option<String>>;
+
+    /// Deletes the lock whoever holds it (`_release`).
+    fn force_unlock(&self, key: &str) -> StoreFuture<()>;
+}
+
+/// The next fencing token: one above the last, and never behind `clock`
+/// (microseconds of the store's clock). See [`LockStore::try_lock`].
+pub(crate) fn next_fence(last: u64, clock: u64) -> u64 {
+    last.saturating_add(1).max(clock)
+}
