@@ -366,3 +366,53 @@ async fn write_and_read(client: &Cachify, key: &str) -> bool {
     let _ = probe(client, name).await;
     client.stats().hits > before
 }
+
+/// `lock = true` on a cluster: concurrent misses from two clients (two
+/// processes, as far as cachify can tell) run the function once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_lock_runs_once_across_clients() {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+
+    #[cachify::cached("report-{n}", ttl = 60, lock = true, client = client)]
+    async fn report(client: &Cachify, n: u64) -> u64 {
+        let _ = client;
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        n + 1
+    }
+
+    let clients = [cluster_client("fill:").await, cluster_client("fill:").await];
+    let calls: Vec<_> = (0..20)
+        .map(|call| {
+            let client = clients[call % 2].clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(CALL_LIMIT, report(&client, 41))
+                    .await
+                    .expect("a filled value arrives in time")
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 42);
+    }
+    assert_eq!(RUNS.load(Ordering::SeqCst), 1, "one run for both clients");
+}
+
+/// The watchdog notices a lock deleted behind its back on a cluster.
+#[tokio::test]
+async fn a_deleted_lock_is_reported_lost() {
+    let client = cluster_client("lost:").await;
+    let guard = client
+        .lock("deleted")
+        .ttl(Duration::from_millis(300))
+        .acquire()
+        .await
+        .unwrap();
+    let mut raw = shared_cluster().connection();
+    let _: () = redis::cmd("DEL").arg(guard.key()).query(&mut raw).unwrap();
+    tokio::time::timeout(CALL_LIMIT, guard.lost())
+        .await
+        .expect("the loss is noticed within a few renewals");
+    assert!(guard.is_lost());
+    assert!(matches!(guard.release().await, Err(Error::NotOwner)));
+}
