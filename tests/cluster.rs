@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cachify::{Cachify, Error};
+use cachify::{BreakerState, Cachify, Error};
 use support::cluster::{RedisCluster, shared_cluster};
 
 /// Bounds every wait on the cluster: a hung call fails the test.
@@ -236,6 +236,16 @@ fn a_primary_killed_under_load() {
     });
 
     // A key whose slot the victim serves.
+    let fragile = runtime.block_on(async {
+        Cachify::builder()
+            .redis_cluster(cluster.seeds())
+            .prefix("failover:")
+            .command_timeout(command_timeout)
+            .circuit_breaker(1, Duration::from_millis(200))
+            .build()
+            .await
+            .unwrap()
+    });
     let victim_key = "failover:cache:victim";
     let slot = RedisCluster::slot_of(victim_key);
     let victim = cluster.port_serving_slot(slot);
@@ -294,8 +304,20 @@ fn a_primary_killed_under_load() {
     cluster.kill(victim);
     let killed_at = Instant::now();
 
-    // While the slot has no primary, its locks fail closed.
+    // While the slot has no primary, its locks fail closed, and a client
+    // with a touchy breaker stops asking the cluster after one failure.
     let during = runtime.block_on(client.lock(&victim_lock).acquire());
+    runtime.block_on(async {
+        assert!(
+            !write_and_read(&fragile, victim_key).await,
+            "no cache while the slot is down"
+        );
+        assert_eq!(fragile.stats().breaker, BreakerState::Open);
+        assert!(
+            fragile.stats().bypassed > 0,
+            "an open breaker skips the cluster"
+        );
+    });
     let promoted = cluster.wait_for_failover(slot, Duration::from_secs(30));
     assert_ne!(promoted, victim);
     let failover_took = killed_at.elapsed();
@@ -305,8 +327,9 @@ fn a_primary_killed_under_load() {
     let resumed = runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let cached = write_and_read(&client, victim_key).await;
-            let locked = client.lock("after-failover").acquire().await;
+            let cached = write_and_read(&client, victim_key).await
+                && write_and_read(&fragile, victim_key).await;
+            let locked = client.lock(&victim_lock).acquire().await;
             if cached && let Ok(guard) = locked {
                 guard.release().await.unwrap();
                 return Instant::now();
@@ -324,6 +347,11 @@ fn a_primary_killed_under_load() {
             worker.await.expect("no worker panicked");
         }
     });
+    assert_eq!(
+        fragile.stats().breaker,
+        BreakerState::Closed,
+        "the breaker closes again"
+    );
     let slowest = Duration::from_millis(slowest.load(Ordering::SeqCst));
     println!(
         "failover after {failover_took:?}; resumed {:?} after the kill; slowest cached call {slowest:?}; {} calls; {} lock errors",

@@ -320,6 +320,22 @@ proptest! {
         }
     }
 
+    /// Redis Cluster hash tags: no value can put a brace into a key, so a
+    /// key's slot (and its lock's fencing counter's, which wraps the lock
+    /// key in one tag) never depends on what an argument holds.
+    #[test]
+    fn values_never_make_a_hash_tag(values in tuple(3), which in 0..ALL.len()) {
+        let template = ALL[which];
+        let n = arity(template);
+        for kind in KINDS {
+            let rendered = render(kind, template, &values[..n]);
+            prop_assert!(
+                !rendered.contains('{') && !rendered.contains('}'),
+                "a brace from {:?} reached {:?}", &values[..n], rendered
+            );
+        }
+    }
+
     /// The three kinds live in separate key spaces: no tuple under one kind
     /// renders the key of any tuple under another (same template or not).
     #[test]

@@ -3,8 +3,10 @@
 //! `.release()`/`.release_blocking()`/`Drop`.
 //!
 //! Every scenario is written once, as a function taking the client, and run
-//! on both backends by `on_both_backends!`: `<scenario>::on_memory` and
-//! `<scenario>::on_redis` (each Redis run has its own `redis-server`).
+//! on every backend by `on_every_backend!`: `<scenario>::on_memory`,
+//! `<scenario>::on_redis` (each Redis run has its own `redis-server`) and
+//! `<scenario>::on_cluster` (the binary's shared Redis Cluster, a prefix
+//! per scenario).
 //! Redis-only behaviour (ownership against outside writes, the key's lease
 //! and token, a crashed holder, a dead or hung server) follows.
 
@@ -120,9 +122,19 @@ fn wait_until_free_blocking(client: &Cachify, name: &str, limit: Duration) -> Du
     );
 }
 
-/// Runs each named `async fn(&Cachify)` scenario on a memory client and on
-/// a Redis client.
-macro_rules! on_both_backends {
+/// A client of the binary's shared Redis Cluster, under a prefix of its own.
+async fn cluster_client(scenario: &str) -> Cachify {
+    Cachify::builder()
+        .redis_cluster(support::cluster::shared_cluster().seeds())
+        .prefix(format!("{PREFIX}{scenario}:"))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Runs each named `async fn(&Cachify)` scenario on a memory client, on a
+/// Redis client and on a Redis Cluster client.
+macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
             use super::*;
@@ -137,11 +149,16 @@ macro_rules! on_both_backends {
                 let server = RedisServer::start();
                 super::$scenario(&redis_client(&server).await).await;
             }
+
+            #[tokio::test]
+            async fn on_cluster() {
+                super::$scenario(&cluster_client(stringify!($scenario)).await).await;
+            }
         }
     )*};
 }
 
-on_both_backends!(
+on_every_backend!(
     held_lock_is_refused_until_released,
     wait_gets_the_lock_once_released,
     wait_gives_up_with_locked,
@@ -542,6 +559,17 @@ mod blocking {
         let client = Cachify::builder()
             .redis(server.url())
             .prefix(PREFIX)
+            .build_blocking()
+            .unwrap();
+        blocking_scenario(&client);
+    }
+
+    #[test]
+    fn cluster_without_a_runtime() {
+        let _deadline = Deadline::new(LIMIT, "blocking lock API, cluster, no runtime");
+        let client = Cachify::builder()
+            .redis_cluster(support::cluster::shared_cluster().seeds())
+            .prefix(format!("{PREFIX}blocking-cluster:"))
             .build_blocking()
             .unwrap();
         blocking_scenario(&client);

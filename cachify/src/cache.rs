@@ -8,7 +8,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::flight::{Flights, Outcome, Role};
@@ -83,7 +85,9 @@ pub(crate) struct Fetch<'a, A> {
     pub(crate) ttl: Option<Duration>,
     /// Take the cross-process fill lock before computing.
     pub(crate) fill_lock: bool,
-    /// Look in the cache first; `false` recomputes (and still stores).
+    /// Look in the cache before the first join; `false` when the caller
+    /// has just looked. A caller that rejoins after a vanished leader
+    /// always looks again.
     pub(crate) read: bool,
     /// Whether a stored (or a concurrent caller's) value answers this
     /// caller; a value it refuses is a miss.
@@ -264,17 +268,19 @@ impl Core {
     }
 
     /// Stores a value unless the breaker is open; never fails the caller.
-    pub(crate) async fn write<M: Mode>(
+    pub(crate) async fn write<M: Mode, T: CacheValue>(
         &self,
         key: &str,
-        value: AnyValue,
-        kind: ValueType,
+        value: Arc<T>,
         ttl: Option<Duration>,
     ) {
         if !self.health.breaker.allows() {
             return;
         }
-        let written = M::io(self.values.set(key, value, kind, ttl)).await;
+        let set = self
+            .values
+            .set(key, AnyValue::new(value), ValueType::of::<T>(), ttl);
+        let written = M::io(set).await;
         self.observe("write", key, &written);
         if let Ok(false) = written {
             self.count_oversized();
@@ -349,10 +355,12 @@ impl Core {
             read,
             accept,
         } = fetch;
+        let mut look = read;
         let leader = loop {
-            if read && let Some(value) = self.read::<M, T>(key, &accept).await {
+            if look && let Some(value) = self.read::<M, T>(key, &accept).await {
                 return Served::Cached(value);
             }
+            look = true;
             match self.flights.join::<M>(key) {
                 Role::Leader(leader) => break Some(leader),
                 Role::Follower(flight) => match flight.wait::<M>().await {
@@ -385,13 +393,7 @@ impl Core {
             });
         }
         if let (true, Some(value)) = (computed.store, &computed.value) {
-            self.write::<M>(
-                key,
-                AnyValue::new(Arc::clone(value)),
-                ValueType::of::<T>(),
-                ttl,
-            )
-            .await;
+            self.write::<M, T>(key, Arc::clone(value), ttl).await;
         }
         if let Some(guard) = fill_guard {
             guard.release_after_run::<M>().await;
@@ -415,12 +417,17 @@ impl Core {
         F: Future<Output = R>,
         U: Fn(&P::Stored) -> bool,
     {
+        let accept = |_: &P::Stored| true;
+        // A hit returns here, before the miss path's state is built.
+        if let Some(stored) = self.read::<M, P::Stored>(key, &accept).await {
+            return P::restore(stored);
+        }
         let fetch = Fetch {
             key,
             ttl: call.ttl.or(self.default_ttl),
             fill_lock: call.fill_lock,
-            read: true,
-            accept: |_: &P::Stored| true,
+            read: false,
+            accept,
         };
         let compute = async {
             let output = body.await;

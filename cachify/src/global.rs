@@ -60,5 +60,5 @@ pub fn global() -> &'static Cachify {
 /// # Ok(()) }
 /// ```
 pub fn lock(name: impl Into<String>) -> LockBuilder<'static> {
-    global().lock(name)
+    LockBuilder::on_global(name.into(), || &global().core().locks)
 }

@@ -48,6 +48,13 @@ where
     F: Future<Output = Result<T, Error>> + Send + 'static,
     T: Send + 'static,
 {
+    // The background runtime has one thread: blocking it on itself would
+    // wait forever.
+    if Handle::try_current().is_ok_and(|current| current.id() == handle().id()) {
+        return Err(Error::Backend(BackendError::new(
+            "a blocking cachify call ran on cachify's own background thread",
+        )));
+    }
     let (done, outcome) = std::sync::mpsc::sync_channel(1);
     spawn(async move {
         // The receiver only goes away if the caller's thread died.

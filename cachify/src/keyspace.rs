@@ -15,9 +15,11 @@
 //! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
 //! lock and its fencing counter. The counter's key wraps the whole lock key
 //! in `{…}`, which makes Redis hash it exactly like the lock key, so both
-//! live in one slot. When the prefix itself holds a hash tag (`{app}:`),
-//! every key shares that tag and the counter keeps it instead. Interpolated
-//! values escape `{` and `}`, so a value can never create or move a tag.
+//! live in one slot. When the lock key already holds a hash tag (from the
+//! prefix, `{app}:`, or from a lock name such as `{tenant}:job`), the
+//! counter keeps that tag instead: `{prefix}fence:` and the rest of the lock
+//! key. Interpolated values escape `{` and `}`, so a value can never create
+//! or move a tag.
 //!
 //! **Injectivity.** An interpolated value is percent-encoded for `%`, for
 //! the first character of the literal text that follows its placeholder
@@ -101,8 +103,6 @@ const LONG_KEY_HEAD: usize = 256;
 #[derive(Clone, Debug)]
 pub(crate) struct Keyspace {
     prefix: String,
-    /// Whether the prefix holds a Redis hash tag of its own.
-    prefix_tagged: bool,
 }
 
 impl Default for Keyspace {
@@ -110,7 +110,6 @@ impl Default for Keyspace {
     fn default() -> Self {
         Self {
             prefix: "cachify:".to_owned(),
-            prefix_tagged: false,
         }
     }
 }
@@ -121,16 +120,12 @@ impl Keyspace {
     /// different cluster slots.
     pub(crate) fn new(prefix: impl Into<String>) -> Result<Self, Error> {
         let prefix = prefix.into();
-        let prefix_tagged = hash_tag(&prefix).is_some();
-        if !prefix_tagged && prefix.contains(['{', '}']) {
+        if hash_tag(&prefix).is_none() && prefix.contains(['{', '}']) {
             return Err(Error::Config(format!(
                 "prefix `{prefix}`: braces may only form one Redis hash tag such as `{{app}}:`"
             )));
         }
-        Ok(Self {
-            prefix,
-            prefix_tagged,
-        })
+        Ok(Self { prefix })
     }
 
     /// The prefix put in front of every key.
@@ -201,7 +196,10 @@ impl Keyspace {
             String::with_capacity(self.prefix.len() + FENCE_TAG.len() + lock_key.len() + 2);
         key.push_str(&self.prefix);
         key.push_str(FENCE_TAG);
-        if self.prefix_tagged {
+        if hash_tag(lock_key).is_some() {
+            // The lock key has a tag of its own (in the prefix, or in a
+            // name such as `{tenant}:job`): keep it, and the slot with it.
+            // The prefix has no stray braces, so that tag stays the first.
             key.push_str(lock_key.strip_prefix(&self.prefix).unwrap_or(lock_key));
         } else {
             key.push('{');
@@ -494,6 +492,13 @@ mod tests {
         assert_eq!(fence, "{app}:fence:lock:job");
         assert_eq!(hash_tag(&fence), Some("app"));
         assert_eq!(hash_tag(&lock), Some("app"));
+
+        let named = plain.lock("{tenant}:job");
+        let fence = plain.fence(&named);
+        assert_eq!(fence, "cachify:fence:lock:{tenant}:job");
+        assert_eq!(hash_tag(&fence), Some("tenant"));
+        assert_eq!(hash_tag(&named), Some("tenant"));
+        assert_ne!(fence, plain.fence(&plain.lock("{tenant}:other")));
     }
 
     #[test]

@@ -7,10 +7,11 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::health::{Counters, Health};
@@ -159,15 +160,19 @@ impl Locks {
         M::io(self.store.force_unlock(key)).await
     }
 
-    /// Starts building a lock named `name` (see [`crate::lock()`]).
+    /// Starts building a lock named `name` on these locks.
     pub(crate) fn builder(&self, name: String) -> LockBuilder<'_> {
-        LockBuilder {
-            locks: self,
-            name,
-            ttl: None,
-            wait: Duration::ZERO,
-        }
+        LockBuilder::new(Target::Client(self), name)
     }
+}
+
+/// Whose locks a builder takes.
+#[derive(Debug)]
+enum Target<'a> {
+    Client(&'a Locks),
+    /// Looked up when the lock is taken, so a builder made before
+    /// `cachify::init` still uses the client given to it.
+    Global(fn() -> &'static Locks),
 }
 
 /// Configures one lock before acquiring it; from [`crate::lock()`] or
@@ -175,13 +180,29 @@ impl Locks {
 #[must_use = "a lock is only taken by `acquire()` or `acquire_blocking()`"]
 #[derive(Debug)]
 pub struct LockBuilder<'a> {
-    locks: &'a Locks,
+    target: Target<'a>,
     name: String,
     ttl: Option<Duration>,
     wait: Duration,
 }
 
-impl LockBuilder<'_> {
+impl LockBuilder<'static> {
+    /// A lock on the global client, resolved when it is taken.
+    pub(crate) fn on_global(name: String, locks: fn() -> &'static Locks) -> Self {
+        Self::new(Target::Global(locks), name)
+    }
+}
+
+impl<'a> LockBuilder<'a> {
+    fn new(target: Target<'a>, name: String) -> Self {
+        Self {
+            target,
+            name,
+            ttl: None,
+            wait: Duration::ZERO,
+        }
+    }
+
     /// The lease: how long the lock outlives a holder that crashed. While
     /// the holder is alive a watchdog renews it every `ttl / 3`. Defaults to
     /// the client's `lock_ttl`; below one millisecond rounds up to 1 ms.
@@ -198,10 +219,12 @@ impl LockBuilder<'_> {
     }
 
     async fn acquire_in<M: Mode>(self) -> Result<LockGuard, Error> {
-        let key = self.locks.keys.lock(&self.name);
-        self.locks
-            .acquire::<M>(key, self.ttl, self.wait, true)
-            .await
+        let locks = match self.target {
+            Target::Client(locks) => locks,
+            Target::Global(global) => global(),
+        };
+        let key = locks.keys.lock(&self.name);
+        locks.acquire::<M>(key, self.ttl, self.wait, true).await
     }
 
     /// Takes the lock, waiting up to `wait` if it is held.
@@ -449,7 +472,7 @@ async fn renew(
     lost: Arc<Lost>,
 ) {
     let period = (lease / 3).max(MIN_RENEW_PERIOD);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renewed = Instant::now();
     loop {

@@ -73,6 +73,10 @@ impl Mode for Blocking {
                 "a store answer was taken twice",
             ))),
             StoreFuture::Io(operation) => io::block_on(operation),
+            StoreFuture::Fetch(fetch, Some(decode)) => io::block_on(fetch).and_then(decode),
+            StoreFuture::Fetch(_, None) => Err(Error::Backend(BackendError::new(
+                "a store answer was taken twice",
+            ))),
         })
     }
 

@@ -84,9 +84,13 @@ fn decode_as<T: CacheValue>(codec: Codec, bytes: &[u8]) -> Result<AnyValue, Code
 
 /// The `T` inside a stored value: `None` when it holds another type (two
 /// functions sharing one key). Moves the value out when nobody else holds
-/// it (a freshly decoded one), and clones it otherwise.
+/// it (a freshly decoded one), and clones it otherwise (a memory hit),
+/// without a failed atomic exchange on the shared count.
 pub(crate) fn take<T: CacheValue>(value: AnyValue) -> Option<T> {
     let value: Arc<T> = value.0.downcast().ok()?;
+    if Arc::strong_count(&value) > 1 {
+        return Some(T::clone(&value));
+    }
     Some(Arc::try_unwrap(value).unwrap_or_else(|shared| T::clone(&shared)))
 }
 

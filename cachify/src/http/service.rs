@@ -214,14 +214,26 @@ where
             store,
         }
     };
-    let fetch = Fetch {
-        key: &plan.key,
-        ttl: Some(ttl),
-        fill_lock: false,
-        read: !plan.refresh,
-        accept: &accept,
+    let served = if plan.refresh {
+        // A refresh runs the handler itself, whatever is cached or in
+        // flight, and stores what it got.
+        let computed = compute.await;
+        if let (true, Some(entry)) = (computed.store, &computed.value) {
+            core.write::<Async, Entry>(&plan.key, Arc::clone(entry), Some(ttl))
+                .await;
+        }
+        Served::Ran(computed.output)
+    } else {
+        let fetch = Fetch {
+            key: &plan.key,
+            ttl: Some(ttl),
+            fill_lock: false,
+            read: true,
+            accept: &accept,
+        };
+        core.fetch::<Async, Entry, _, _, _>(fetch, compute).await
     };
-    match core.fetch::<Async, Entry, _, _, _>(fetch, compute).await {
+    match served {
         Served::Cached(entry) => Ok(hit(entry)),
         Served::Ran(output) => {
             let (response, oversized) = output?;

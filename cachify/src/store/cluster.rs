@@ -144,7 +144,7 @@ impl Shared {
     /// The addresses of the primaries that serve slots, from `CLUSTER NODES`.
     async fn primaries(&self) -> Result<Vec<(String, u16)>, Error> {
         let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
-        Ok(primaries_of(&nodes))
+        primaries_of(&nodes)
     }
 
     /// Deletes every key that starts with `prefix` on every primary: `SCAN`
@@ -182,24 +182,44 @@ impl Shared {
     }
 }
 
-/// Primaries that serve at least one slot and are not failed, as
-/// `(host, port)`, from the text of `CLUSTER NODES`.
-fn primaries_of(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flags = fields.get(2)?;
-            let serving = fields.len() > 8;
-            if !serving || !flags.contains("master") || flags.contains("fail") {
-                return None;
+/// The primaries that serve slots, as `(host, port)`, from the text of
+/// `CLUSTER NODES`. A failing primary (`fail`, `fail?`) or one without an
+/// address is an error: skipping it would leave its keys behind silently.
+fn primaries_of(nodes: &str) -> Result<Vec<(String, u16)>, Error> {
+    let mut primaries = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        let serving = fields.len() > 8;
+        if !serving || !flags.contains(&"master") {
+            continue;
+        }
+        if flags
+            .iter()
+            .any(|flag| matches!(*flag, "fail" | "fail?" | "noaddr"))
+        {
+            return Err(Error::Backend(BackendError::new(format!(
+                "primary {address} of the Redis Cluster is failing; not every primary can be scanned now"
+            ))));
+        }
+        // `ip:port@cport[,hostname]`
+        let location = address.split('@').next().unwrap_or_default();
+        let parsed = location
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)));
+        match parsed {
+            Some(primary) => primaries.push(primary),
+            None => {
+                return Err(Error::Backend(BackendError::new(format!(
+                    "unreadable node address `{address}` in CLUSTER NODES"
+                ))));
             }
-            // `ip:port@cport[,hostname]`
-            let address = fields.get(1)?.split('@').next()?;
-            let (host, port) = address.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
+        }
+    }
+    Ok(primaries)
 }
 
 /// A lock and its counter in two slots can only come from a lock name with
@@ -293,18 +313,21 @@ mod tests {
         let nodes = "\
 a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
 b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922
-c3 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected 10923-16383
 d4 127.0.0.1:7003@17003 slave a1 0 0 1 connected
-e5 127.0.0.1:7004@17004,node-e master - 0 0 4 connected 10923-16383
-f6 127.0.0.1:7005@17005 master - 0 0 0 connected
+c3 127.0.0.1:7002@17002,node-c master - 0 0 4 connected 10923-16383
+f6 127.0.0.1:7005@17005 master,fail - 0 0 0 connected
 ";
         assert_eq!(
-            primaries_of(nodes),
+            primaries_of(nodes).unwrap(),
             vec![
                 ("127.0.0.1".to_owned(), 7000),
                 ("127.0.0.1".to_owned(), 7001),
-                ("127.0.0.1".to_owned(), 7004),
+                ("127.0.0.1".to_owned(), 7002),
             ]
         );
+        for flags in ["master,fail", "master,fail?", "master,noaddr"] {
+            let failing = format!("{nodes}e5 127.0.0.1:7004@17004 {flags} - 0 0 5 connected 1-2\n");
+            assert!(primaries_of(&failing).is_err(), "{flags}");
+        }
     }
 }

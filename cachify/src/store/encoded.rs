@@ -28,7 +28,7 @@ impl<B: ByteStore> Encoded<B> {
 impl<B: ByteStore> ValueStore for Encoded<B> {
     fn get(&self, key: &str, kind: ValueType) -> StoreFuture<Option<AnyValue>> {
         let codec = self.codec;
-        self.bytes.get(key).map(move |bytes| match bytes {
+        self.bytes.get(key).decode(move |bytes| match bytes {
             Some(bytes) => Ok(Some(kind.decode(codec, &bytes)?)),
             None => Ok(None),
         })

@@ -48,6 +48,9 @@ pub(crate) fn millis(ttl: Duration) -> u64 {
 /// can hand it to the background runtime.
 pub(crate) type Io<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'static>>;
 
+/// Turns fetched bytes into the answer (a decode).
+pub(crate) type Decode<T> = Box<dyn FnOnce(Option<Vec<u8>>) -> Result<T, Error> + Send>;
+
 /// The answer of one store operation.
 #[must_use = "a store operation does nothing until awaited or driven"]
 pub(crate) enum StoreFuture<T> {
@@ -55,6 +58,10 @@ pub(crate) enum StoreFuture<T> {
     Ready(Option<Result<T, Error>>),
     /// I/O still to run.
     Io(Io<T>),
+    /// Bytes to fetch, then decoded by whoever waits for the answer: a
+    /// blocking caller decodes on its own thread, not on the background
+    /// runtime that ran the I/O. The decode is `None` once used.
+    Fetch(Io<Option<Vec<u8>>>, Option<Decode<T>>),
 }
 
 impl<T> StoreFuture<T> {
@@ -77,6 +84,31 @@ impl<T> StoreFuture<T> {
         match self {
             Self::Ready(result) => StoreFuture::Ready(result.map(|result| result.and_then(f))),
             Self::Io(io) => StoreFuture::io(async move { io.await.and_then(f) }),
+            Self::Fetch(io, decode) => StoreFuture::Fetch(
+                io,
+                decode.map(|decode| -> Decode<U> {
+                    Box::new(move |bytes| decode(bytes).and_then(f))
+                }),
+            ),
+        }
+    }
+}
+
+impl StoreFuture<Option<Vec<u8>>> {
+    /// Decodes the fetched bytes with `decode`, where the answer is awaited.
+    pub(crate) fn decode<T>(
+        self,
+        decode: impl FnOnce(Option<Vec<u8>>) -> Result<T, Error> + Send + 'static,
+    ) -> StoreFuture<T> {
+        match self {
+            Self::Ready(result) => StoreFuture::Ready(result.map(|result| result.and_then(decode))),
+            Self::Io(io) => StoreFuture::Fetch(io, Some(Box::new(decode))),
+            Self::Fetch(io, first) => StoreFuture::Fetch(
+                io,
+                first.map(|first| -> Decode<T> {
+                    Box::new(move |bytes| first(bytes).and_then(|bytes| decode(bytes)))
+                }),
+            ),
         }
     }
 }
@@ -92,6 +124,13 @@ impl<T: Unpin> Future for StoreFuture<T> {
                 None => Poll::Pending,
             },
             Self::Io(io) => io.as_mut().poll(cx),
+            Self::Fetch(io, decode) => match io.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(fetched) => match decode.take() {
+                    Some(decode) => Poll::Ready(fetched.and_then(decode)),
+                    None => Poll::Pending,
+                },
+            },
         }
     }
 }

@@ -25,11 +25,14 @@ use crate::{io, keyspace};
 /// above every token it handed out. The counter expires after ARGV[3]
 /// milliseconds without a grant. Lua numbers are doubles, exact up to
 /// 2^53 (microseconds until the year 2255); `%d` keeps every digit when
-/// the counter is written back.
+/// the counter is written back. `replicate_commands` lets Redis before 5
+/// accept a write after `TIME` (later versions always replicate effects);
+/// a refusal is `nil`, which reads as "no token" in RESP2 and RESP3 alike.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
-             return false \
+        "redis.replicate_commands() \
+         if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+             return nil \
          end \
          if #KEYS < 2 then \
              return 0 \
@@ -171,12 +174,18 @@ impl RedisStore {
             .get_multiplexed_async_connection_with_config(&probe_config)
             .await
             .map_err(unreachable)?;
-        let info: String = redis::cmd("INFO")
-            .arg("cluster")
-            .query_async(&mut probe)
+        redis::cmd("PING")
+            .query_async::<()>(&mut probe)
             .await
             .map_err(unreachable)?;
-        if info.contains("cluster_enabled:1") {
+        // A server that cannot say (INFO renamed, an ACL user without it, a
+        // proxy) is taken for a single node; one that says cluster mode is
+        // refused, since its keys would answer MOVED.
+        let info: Result<String, _> = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut probe)
+            .await;
+        if info.is_ok_and(|info| info.contains("cluster_enabled:1")) {
             return Err(Error::Config(format!(
                 "Redis at {shown} runs in cluster mode: use `Cachify::builder().redis_cluster([..])`"
             )));
