@@ -106,7 +106,7 @@ impl StoreFuture<Option<Vec<u8>>> {
             Self::Fetch(io, first) => StoreFuture::Fetch(
                 io,
                 first.map(|first| -> Decode<T> {
-                    Box::new(move |bytes| first(bytes).and_then(|bytes| decode(bytes)))
+                    Box::new(move |bytes| first(bytes).and_then(decode))
                 }),
             ),
         }
