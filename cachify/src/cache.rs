@@ -439,7 +439,9 @@ impl Core {
                 store,
             }
         };
-        match self.fetch::<M, P::Stored, R, _, _>(fetch, compute).await {
+        // Boxed: the miss path's state (flight, fill lock, the body) is
+        // large, and every hit would otherwise move it around.
+        match Box::pin(self.fetch::<M, P::Stored, R, _, _>(fetch, compute)).await {
             Served::Cached(stored) => P::restore(stored),
             Served::Ran(output) => output,
         }
