@@ -59,10 +59,14 @@ where
     F: Future<Output = R>,
     U: Fn(&P::Stored) -> bool,
 {
-    client
-        .core()
-        .cached::<Async, P, R, F, U>(&key, call, body, unless)
-        .await
+    let core = client.core();
+    match core.cached_now::<P, R>(&key) {
+        Ok(hit) => hit,
+        Err(lookup) => {
+            core.cached::<Async, P, R, F, U>(&key, lookup, call, body, unless)
+                .await
+        }
+    }
 }
 
 /// `#[cached]` on a plain `fn`.
@@ -78,12 +82,15 @@ where
     F: FnOnce() -> R,
     U: Fn(&P::Stored) -> bool,
 {
-    let body = async move { body() };
-    drive(
-        client
-            .core()
-            .cached::<Blocking, P, R, _, U>(&key, call, body, unless),
-    )
+    // An in-process hit returns here, before any future is made.
+    let core = client.core();
+    match core.cached_now::<P, R>(&key) {
+        Ok(hit) => hit,
+        Err(lookup) => {
+            let body = async move { body() };
+            drive(core.cached::<Blocking, P, R, _, U>(&key, lookup, call, body, unless))
+        }
+    }
 }
 
 async fn acquire_in<M: Mode>(

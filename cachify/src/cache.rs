@@ -18,7 +18,7 @@ use crate::health::{Counters, Health, Stats};
 use crate::keyspace::Keyspace;
 use crate::locks::{LockGuard, Locks};
 use crate::mode::Mode;
-use crate::store::ValueStore;
+use crate::store::{StoreFuture, ValueStore};
 use crate::value::{AnyValue, CacheValue, ValueType, take};
 
 /// Which part of a function's output is cached. Chosen by the macro from the
@@ -103,6 +103,16 @@ pub(crate) struct Computed<R, T> {
     pub(crate) value: Option<Arc<T>>,
     /// Whether `value` is stored.
     pub(crate) store: bool,
+}
+
+/// A read under way (see [`Core::lookup`]).
+pub(crate) enum Lookup<T> {
+    /// The breaker is open: the store was not asked.
+    Bypassed,
+    /// The store answered at once: a hit, or `None` for a miss.
+    Now(Option<T>),
+    /// The store's answer is still to come.
+    Later(StoreFuture<Option<AnyValue>>),
 }
 
 /// How a lookup was answered.
@@ -226,19 +236,49 @@ impl Core {
         }
     }
 
-    /// Reads the cache: `Some` on a hit. Skips the store while the breaker
-    /// is open; counts hits, misses and failures.
+    /// The first step of a read, taken without awaiting: skips the store
+    /// while the breaker is open, and finishes the read at once when the
+    /// store answered without I/O (the memory store).
+    pub(crate) fn lookup<T: CacheValue>(
+        &self,
+        key: &str,
+        accept: &impl Fn(&T) -> bool,
+    ) -> Lookup<T> {
+        if !self.health.breaker.allows() {
+            Counters::add(&self.health.counters.bypassed);
+            return Lookup::Bypassed;
+        }
+        match self.values.get(key, ValueType::of::<T>()) {
+            StoreFuture::Ready(Some(found)) => Lookup::Now(self.found(key, found, accept)),
+            pending => Lookup::Later(pending),
+        }
+    }
+
+    /// Finishes a read begun by [`Core::lookup`]: `Some` on a hit.
+    async fn finish<M: Mode, T: CacheValue>(
+        &self,
+        key: &str,
+        lookup: Lookup<T>,
+        accept: &impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        match lookup {
+            Lookup::Bypassed => None,
+            Lookup::Now(value) => value,
+            Lookup::Later(pending) => {
+                let found = M::io(pending).await;
+                self.found(key, found, accept)
+            }
+        }
+    }
+
+    /// Reads the cache: `Some` on a hit. Counts hits, misses and failures.
     pub(crate) async fn read<M: Mode, T: CacheValue>(
         &self,
         key: &str,
         accept: &impl Fn(&T) -> bool,
     ) -> Option<T> {
-        if !self.health.breaker.allows() {
-            Counters::add(&self.health.counters.bypassed);
-            return None;
-        }
-        let found = M::io(self.values.get(key, ValueType::of::<T>())).await;
-        self.found(key, found, accept)
+        let lookup = self.lookup(key, accept);
+        self.finish::<M, T>(key, lookup, accept).await
     }
 
     /// Counts and logs what a read found; the hit, if there is one.
@@ -402,11 +442,23 @@ impl Core {
         Served::Ran(computed.output)
     }
 
+    /// The start of a `#[cached]` call, before any future is made: the
+    /// output on an in-process hit, else the read under way for
+    /// [`Core::cached`] to finish.
+    pub(crate) fn cached_now<P: Policy<R>, R>(&self, key: &str) -> Result<R, Lookup<P::Stored>> {
+        match self.lookup(key, &accept_any::<P::Stored>) {
+            Lookup::Now(Some(stored)) => Ok(P::restore(stored)),
+            lookup => Err(lookup),
+        }
+    }
+
     /// A `#[cached]` call: the stored part of the output chosen by `P`,
-    /// not stored when `unless` says so (but still shared).
+    /// not stored when `unless` says so (but still shared). `lookup` is the
+    /// read [`Core::cached_now`] began.
     pub(crate) async fn cached<M, P, R, F, U>(
         &self,
         key: &str,
+        lookup: Lookup<P::Stored>,
         call: CacheCall,
         body: F,
         unless: U,
@@ -417,9 +469,8 @@ impl Core {
         F: Future<Output = R>,
         U: Fn(&P::Stored) -> bool,
     {
-        let accept = |_: &P::Stored| true;
-        // A hit returns here, before the miss path's state is built.
-        if let Some(stored) = self.read::<M, P::Stored>(key, &accept).await {
+        let accept = accept_any::<P::Stored>;
+        if let Some(stored) = self.finish::<M, P::Stored>(key, lookup, &accept).await {
             return P::restore(stored);
         }
         let fetch = Fetch {
@@ -446,6 +497,11 @@ impl Core {
             Served::Ran(output) => output,
         }
     }
+}
+
+/// Every stored value answers a `#[cached]` call.
+fn accept_any<T>(_: &T) -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -478,8 +534,12 @@ mod tests {
         is_send(async move {
             let core = &*core;
             let _ = core.read::<Async, u32>("k", &|_: &u32| true).await;
+            let lookup = match core.cached_now::<Whole, u32>("k") {
+                Ok(_) => return,
+                Err(lookup) => lookup,
+            };
             let _ = core
-                .cached::<Async, Whole, u32, _, _>("k", call, async { 1 }, |_: &u32| false)
+                .cached::<Async, Whole, u32, _, _>("k", lookup, call, async { 1 }, |_: &u32| false)
                 .await;
             let _ = core.delete::<Async>("k").await;
             let _ = core
