@@ -20,7 +20,7 @@ pub use crate::locks::LockGuard;
 /// The global client, or the fallback memory client if none was initialised.
 #[inline]
 pub fn global() -> &'static Cachify {
-    crate::global()
+    crate::global::global()
 }
 
 /// Renders the full Redis/memory key for one call.

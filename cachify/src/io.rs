@@ -13,8 +13,7 @@ use std::sync::LazyLock;
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::JoinHandle;
 
-use crate::Error;
-use crate::error::BackendError;
+use crate::error::{BackendError, Error};
 
 static IO_RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     Builder::new_multi_thread()

@@ -150,7 +150,9 @@ impl fmt::Debug for Settings {
 impl Settings {
     /// The pinned client, or the global one in force now.
     fn client(&self) -> &Cachify {
-        self.client.as_ref().unwrap_or_else(|| crate::global())
+        self.client
+            .as_ref()
+            .unwrap_or_else(|| crate::global::global())
     }
 
     fn ttl(&self, client: &Cachify) -> Duration {

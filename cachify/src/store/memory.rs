@@ -238,7 +238,7 @@ mod tests {
         }
     }
 
-    fn get<T: crate::CacheValue>(memory: &MemoryStore, key: &str) -> Option<T> {
+    fn get<T: crate::value::CacheValue>(memory: &MemoryStore, key: &str) -> Option<T> {
         now(ValueStore::get(memory, key, ValueType::of::<T>())).and_then(take::<T>)
     }
 

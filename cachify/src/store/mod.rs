@@ -7,9 +7,10 @@
 //! - [`LockStore`]: owned locks with fencing tokens.
 //!
 //! Every operation returns a [`StoreFuture`]: an answer already known
-//! (in-process stores), or I/O to await. That one shape serves async and
-//! blocking callers alike (see [`crate::mode`]). A new store is one file
-//! here that implements the traits, plus one builder method.
+//! (in-process stores), I/O to await, or bytes to fetch and then decode
+//! where the answer is awaited. That one shape serves async and blocking
+//! callers alike (see [`crate::mode`]). A new store is one file here that
+//! implements the traits, plus its `mod` line and one builder method.
 
 pub(crate) mod cluster;
 mod encoded;
