@@ -3,18 +3,17 @@
 //! the topology after a failover. The lock scripts touch a lock and its
 //! fencing counter, whose keys share a hash slot (see [`crate::keyspace`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, FromRedisValue, ScriptInvocation};
 
-use super::redis::{
-    acquire_script, invalid_url, redact, renew_script, scan, set_command, timed, unlock_script,
-};
-use super::{ByteStore, Fence, LockStore, StoreFuture};
+use super::Io;
+use super::protocol::{Link, scan, timed};
+use super::redis::{invalid_url, redact};
 use crate::error::{BackendError, Error};
 use crate::keyspace;
 
@@ -108,17 +107,6 @@ impl ClusterStore {
             debug_assert_eq!(pong, "PONG");
         }
         Ok(store)
-    }
-
-    fn run<T, F>(
-        &self,
-        key: &str,
-        operation: impl FnOnce(Arc<Shared>, String) -> F,
-    ) -> StoreFuture<T>
-    where
-        F: Future<Output = Result<T, Error>> + Send + 'static,
-    {
-        StoreFuture::io(operation(Arc::clone(&self.shared), key.to_owned()))
     }
 }
 
@@ -235,72 +223,27 @@ fn cross_slot_hint(error: Error) -> Error {
     }
 }
 
-impl ByteStore for ClusterStore {
-    fn get(&self, key: &str) -> StoreFuture<Option<Vec<u8>>> {
-        self.run(key, |shared, key| async move {
-            shared.query(redis::cmd("GET").arg(&key)).await
-        })
+impl Link for ClusterStore {
+    fn read(&self, key: &str) -> Io<Option<Vec<u8>>> {
+        self.send(redis::cmd("GET").arg(key).clone())
     }
 
-    fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<()> {
-        let command = set_command(key, bytes, ttl);
-        self.run(key, |shared, _| async move { shared.query(&command).await })
+    fn send<T: FromRedisValue + Send + 'static>(&self, command: Cmd) -> Io<T> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { shared.query(&command).await })
     }
 
-    fn delete(&self, key: &str) -> StoreFuture<()> {
-        self.run(key, |shared, key| async move {
-            shared.query(redis::cmd("DEL").arg(&key)).await
-        })
-    }
-
-    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
-        self.run(prefix, |shared, prefix| async move {
-            shared.delete_prefix(&prefix).await
-        })
-    }
-}
-
-impl LockStore for ClusterStore {
-    fn try_lock(
+    fn script<T: FromRedisValue + Send + 'static>(
         &self,
-        key: &str,
-        token: &str,
-        lease: Duration,
-        fence: Option<Fence<'_>>,
-    ) -> StoreFuture<Option<u64>> {
-        let invocation = acquire_script(key, token, lease, fence);
-        self.run(
-            key,
-            |shared, _| async move { shared.invoke(invocation).await },
-        )
+        invocation: ScriptInvocation<'static>,
+    ) -> Io<T> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { shared.invoke(invocation).await })
     }
 
-    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
-        let invocation = unlock_script(key, token);
-        self.run(key, |shared, _| async move {
-            let deleted: i64 = shared.invoke(invocation).await?;
-            Ok(deleted == 1)
-        })
-    }
-
-    fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
-        let invocation = renew_script(key, token, lease);
-        self.run(key, |shared, _| async move {
-            let renewed: i64 = shared.invoke(invocation).await?;
-            Ok(renewed == 1)
-        })
-    }
-
-    fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
-        self.run(key, |shared, key| async move {
-            shared.query(redis::cmd("GET").arg(&key)).await
-        })
-    }
-
-    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
-        self.run(key, |shared, key| async move {
-            shared.query(redis::cmd("DEL").arg(&key)).await
-        })
+    fn unlink_prefix(&self, prefix: &str) -> Io<u64> {
+        let (shared, prefix) = (Arc::clone(&self.shared), prefix.to_owned());
+        Box::pin(async move { shared.delete_prefix(&prefix).await })
     }
 }
 

@@ -10,11 +10,13 @@
 //! (in-process stores), I/O to await, or bytes to fetch and then decode
 //! where the answer is awaited. That one shape serves async and blocking
 //! callers alike (see [`crate::mode`]). A new store is one file here that
-//! implements the traits, plus its `mod` line and one builder method.
+//! implements the traits (for a Redis-speaking one, [`protocol::Link`]'s
+//! four methods), plus its `mod` line and one builder method.
 
 pub(crate) mod cluster;
 mod encoded;
 pub(crate) mod memory;
+mod protocol;
 pub(crate) mod redis;
 
 use std::future::Future;

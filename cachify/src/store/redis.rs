@@ -1,73 +1,26 @@
-//! The Redis store: one auto-reconnecting multiplexed connection (redis-rs
-//! `ConnectionManager`) for writes and lock commands, read connections on
-//! the callers' own runtimes, and Lua scripts that make lock grants (with
-//! their fencing tokens), releases and renewals atomic and owner-only.
+//! The Redis store, a single server: one auto-reconnecting multiplexed
+//! connection (redis-rs `ConnectionManager`) for writes and lock commands,
+//! and read connections on the callers' own runtimes. What it sends is
+//! [`super::protocol`]'s.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Id as RuntimeId};
 use tokio::sync::OnceCell;
 
+use redis::AsyncConnectionConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Script};
 
-use super::{ByteStore, Fence, LockStore, StoreFuture, millis};
+use redis::{Cmd, FromRedisValue, ScriptInvocation};
+
+use super::Io;
+use super::protocol::{Link, scan, timed};
 use crate::error::{BackendError, Error};
 use crate::{io, keyspace};
-
-/// Takes the lock if it is free and, in the same atomic step, draws the
-/// next fencing token: one above the last and never behind the server's
-/// clock in microseconds, so a counter that expired while idle restarts
-/// above every token it handed out. The counter expires after ARGV[3]
-/// milliseconds without a grant. Lua numbers are doubles, exact up to
-/// 2^53 (microseconds until the year 2255); `%d` keeps every digit when
-/// the counter is written back. `replicate_commands` lets Redis before 5
-/// accept a write after `TIME` (later versions always replicate effects);
-/// a refusal is `nil`, which reads as "no token" in RESP2 and RESP3 alike.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "redis.replicate_commands() \
-         if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
-             return nil \
-         end \
-         if #KEYS < 2 then \
-             return 0 \
-         end \
-         local now = redis.call('TIME') \
-         local clock = tonumber(now[1]) * 1000000 + tonumber(now[2]) \
-         local last = redis.call('GET', KEYS[2]) \
-         last = last and tonumber(last) or 0 \
-         local token = math.max(last + 1, clock) \
-         redis.call('SET', KEYS[2], string.format('%d', token), 'PX', ARGV[3]) \
-         return token",
-    )
-});
-
-/// Deletes the lock only if it still holds our token.
-static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-             return redis.call('DEL', KEYS[1]) \
-         else \
-             return 0 \
-         end",
-    )
-});
-
-/// Renews the lease only if the lock still holds our token.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-             return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
-         else \
-             return 0 \
-         end",
-    )
-});
 
 /// Connection settings taken from the builder.
 #[derive(Clone, Debug)]
@@ -219,18 +172,6 @@ impl RedisStore {
             }),
         }
     }
-
-    /// Runs `operation` on a clone of the shared state, with `key` owned.
-    fn run<T, F>(
-        &self,
-        key: &str,
-        operation: impl FnOnce(Arc<Shared>, String) -> F,
-    ) -> StoreFuture<T>
-    where
-        F: Future<Output = Result<T, Error>> + Send + 'static,
-    {
-        StoreFuture::io(operation(Arc::clone(&self.shared), key.to_owned()))
-    }
 }
 
 /// A URL redis-rs refuses, as a configuration error that never shows a password.
@@ -305,9 +246,7 @@ impl Shared {
         });
     }
 
-    /// Bounds one operation by the command timeout. redis-rs has its own
-    /// response timeout, but while it reconnects (with backoff) a command
-    /// waits for the reconnection; this keeps every call within the limit.
+    /// Bounds one operation by the command timeout.
     async fn timed<T>(
         &self,
         operation: impl Future<Output = redis::RedisResult<T>>,
@@ -378,143 +317,30 @@ impl Shared {
     }
 }
 
-/// Bounds `operation` by `limit`.
-pub(crate) async fn timed<T>(
-    limit: Duration,
-    operation: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(limit, operation).await {
-        Ok(reply) => Ok(reply?),
-        Err(_) => Err(Error::Backend(BackendError::timed_out(limit))),
-    }
-}
-
-/// One `SCAN` step over keys matching `pattern`.
-pub(crate) fn scan(cursor: u64, pattern: &str) -> redis::Cmd {
-    let mut scan = redis::cmd("SCAN");
-    scan.arg(cursor)
-        .arg("MATCH")
-        .arg(pattern)
-        .arg("COUNT")
-        .arg(SCAN_BATCH);
-    scan
-}
-
-/// `SET key bytes [PX ttl]`.
-pub(crate) fn set_command(key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> redis::Cmd {
-    let mut command = redis::cmd("SET");
-    command.arg(key).arg(bytes);
-    if let Some(ttl) = ttl {
-        command.arg("PX").arg(millis(ttl));
-    }
-    command
-}
-
-/// The lock-grant script call: the lock, then its fencing counter if any.
-pub(crate) fn acquire_script(
-    key: &str,
-    token: &str,
-    lease: Duration,
-    fence: Option<Fence<'_>>,
-) -> redis::ScriptInvocation<'static> {
-    let mut invocation = ACQUIRE.key(key);
-    invocation.arg(token).arg(millis(lease));
-    if let Some(fence) = fence {
-        invocation.key(fence.key).arg(millis(fence.idle));
-    }
-    invocation
-}
-
-/// The owner-only release script call.
-pub(crate) fn unlock_script(key: &str, token: &str) -> redis::ScriptInvocation<'static> {
-    let mut invocation = UNLOCK.key(key);
-    invocation.arg(token);
-    invocation
-}
-
-/// The owner-only renewal script call.
-pub(crate) fn renew_script(
-    key: &str,
-    token: &str,
-    lease: Duration,
-) -> redis::ScriptInvocation<'static> {
-    let mut invocation = RENEW.key(key);
-    invocation.arg(token).arg(millis(lease));
-    invocation
-}
-
-impl ByteStore for RedisStore {
-    fn get(&self, key: &str) -> StoreFuture<Option<Vec<u8>>> {
-        self.run(key, |shared, key| async move { shared.get(&key).await })
+impl Link for RedisStore {
+    fn read(&self, key: &str) -> Io<Option<Vec<u8>>> {
+        let (shared, key) = (Arc::clone(&self.shared), key.to_owned());
+        Box::pin(async move { shared.get(&key).await })
     }
 
-    fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<()> {
-        let command = set_command(key, bytes, ttl);
-        self.run(
-            key,
-            |shared, _| async move { shared.ordered(&command).await },
-        )
+    fn send<T: FromRedisValue + Send + 'static>(&self, command: Cmd) -> Io<T> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { shared.ordered(&command).await })
     }
 
-    fn delete(&self, key: &str) -> StoreFuture<()> {
-        self.run(key, |shared, key| async move {
-            shared.ordered(redis::cmd("DEL").arg(&key)).await
-        })
-    }
-
-    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
-        self.run(prefix, |shared, prefix| async move {
-            shared.delete_prefix(&prefix).await
-        })
-    }
-}
-
-impl LockStore for RedisStore {
-    fn try_lock(
+    fn script<T: FromRedisValue + Send + 'static>(
         &self,
-        key: &str,
-        token: &str,
-        lease: Duration,
-        fence: Option<Fence<'_>>,
-    ) -> StoreFuture<Option<u64>> {
-        let invocation = acquire_script(key, token, lease, fence);
-        self.run(
-            key,
-            |shared, _| async move { shared.invoke(invocation).await },
-        )
+        invocation: ScriptInvocation<'static>,
+    ) -> Io<T> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { shared.invoke(invocation).await })
     }
 
-    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
-        let invocation = unlock_script(key, token);
-        self.run(key, |shared, _| async move {
-            let deleted: i64 = shared.invoke(invocation).await?;
-            Ok(deleted == 1)
-        })
-    }
-
-    fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
-        let invocation = renew_script(key, token, lease);
-        self.run(key, |shared, _| async move {
-            let renewed: i64 = shared.invoke(invocation).await?;
-            Ok(renewed == 1)
-        })
-    }
-
-    fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
-        self.run(key, |shared, key| async move {
-            shared.ordered(redis::cmd("GET").arg(&key)).await
-        })
-    }
-
-    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
-        self.run(key, |shared, key| async move {
-            shared.ordered(redis::cmd("DEL").arg(&key)).await
-        })
+    fn unlink_prefix(&self, prefix: &str) -> Io<u64> {
+        let (shared, prefix) = (Arc::clone(&self.shared), prefix.to_owned());
+        Box::pin(async move { shared.delete_prefix(&prefix).await })
     }
 }
-
-/// How many keys one `SCAN` step asks for.
-const SCAN_BATCH: u64 = 500;
 
 /// The URL as it may be shown: any password replaced by `***`. A URL that
 /// does not parse is not shown at all, since it may still hold a password.

@@ -1,0 +1,170 @@
+//! The Redis protocol, shared by the stores that speak it (one server, a
+//! cluster): the commands and Lua scripts, and one implementation of
+//! [`ByteStore`] and [`LockStore`] over a [`Link`], which is all such a
+//! store has to provide.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Cmd, FromRedisValue, Script, ScriptInvocation};
+
+use super::{ByteStore, Fence, Io, LockStore, StoreFuture, millis};
+use crate::error::{BackendError, Error};
+
+/// Takes the lock if it is free and, in the same atomic step, draws the
+/// next fencing token: one above the last and never behind the server's
+/// clock in microseconds, so a counter that expired while idle restarts
+/// above every token it handed out. The counter expires after ARGV[3]
+/// milliseconds without a grant. Lua numbers are doubles, exact up to
+/// 2^53 (microseconds until the year 2255); `%d` keeps every digit when
+/// the counter is written back. `replicate_commands` lets Redis before 5
+/// accept a write after `TIME` (later versions always replicate effects);
+/// a refusal is `nil`, which reads as "no token" in RESP2 and RESP3 alike.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.replicate_commands() \
+         if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+             return nil \
+         end \
+         if #KEYS < 2 then \
+             return 0 \
+         end \
+         local now = redis.call('TIME') \
+         local clock = tonumber(now[1]) * 1000000 + tonumber(now[2]) \
+         local last = redis.call('GET', KEYS[2]) \
+         last = last and tonumber(last) or 0 \
+         local token = math.max(last + 1, clock) \
+         redis.call('SET', KEYS[2], string.format('%d', token), 'PX', ARGV[3]) \
+         return token",
+    )
+});
+
+/// Deletes the lock only if it still holds our token.
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('DEL', KEYS[1]) \
+         else \
+             return 0 \
+         end",
+    )
+});
+
+/// Renews the lease only if the lock still holds our token.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+         else \
+             return 0 \
+         end",
+    )
+});
+
+/// How many keys one `SCAN` step asks for.
+const SCAN_BATCH: u64 = 500;
+
+/// How commands reach a Redis deployment. Each answer owns what it needs,
+/// so a blocking caller can hand it to the background runtime.
+pub(crate) trait Link: Send + Sync + 'static {
+    /// `GET key`, on the fastest connection for the caller.
+    fn read(&self, key: &str) -> Io<Option<Vec<u8>>>;
+
+    /// One command, bounded by the command timeout.
+    fn send<T: FromRedisValue + Send + 'static>(&self, command: Cmd) -> Io<T>;
+
+    /// One script call, bounded by the command timeout.
+    fn script<T: FromRedisValue + Send + 'static>(
+        &self,
+        invocation: ScriptInvocation<'static>,
+    ) -> Io<T>;
+
+    /// Deletes every key that starts with `prefix` (`SCAN` in batches and
+    /// `UNLINK`, on every primary); returns how many.
+    fn unlink_prefix(&self, prefix: &str) -> Io<u64>;
+}
+
+impl<L: Link> ByteStore for L {
+    fn get(&self, key: &str) -> StoreFuture<Option<Vec<u8>>> {
+        StoreFuture::Io(self.read(key))
+    }
+
+    fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<()> {
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(bytes);
+        if let Some(ttl) = ttl {
+            command.arg("PX").arg(millis(ttl));
+        }
+        StoreFuture::Io(self.send(command))
+    }
+
+    fn delete(&self, key: &str) -> StoreFuture<()> {
+        StoreFuture::Io(self.send(redis::cmd("DEL").arg(key).clone()))
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
+        StoreFuture::Io(self.unlink_prefix(prefix))
+    }
+}
+
+impl<L: Link> LockStore for L {
+    fn try_lock(
+        &self,
+        key: &str,
+        token: &str,
+        lease: Duration,
+        fence: Option<Fence<'_>>,
+    ) -> StoreFuture<Option<u64>> {
+        let mut invocation = ACQUIRE.key(key);
+        invocation.arg(token).arg(millis(lease));
+        if let Some(fence) = fence {
+            invocation.key(fence.key).arg(millis(fence.idle));
+        }
+        StoreFuture::Io(self.script(invocation))
+    }
+
+    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
+        let mut invocation = UNLOCK.key(key);
+        invocation.arg(token);
+        StoreFuture::Io(self.script(invocation)).map(|deleted: i64| Ok(deleted == 1))
+    }
+
+    fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+        let mut invocation = RENEW.key(key);
+        invocation.arg(token).arg(millis(lease));
+        StoreFuture::Io(self.script(invocation)).map(|renewed: i64| Ok(renewed == 1))
+    }
+
+    fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
+        StoreFuture::Io(self.send(redis::cmd("GET").arg(key).clone()))
+    }
+
+    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
+        StoreFuture::Io(self.send(redis::cmd("DEL").arg(key).clone()))
+    }
+}
+
+/// Bounds `operation` by `limit`. redis-rs has its own response timeout,
+/// but while it reconnects (with backoff) or retries a moved slot a
+/// command waits; this keeps every call within the limit.
+pub(crate) async fn timed<T>(
+    limit: Duration,
+    operation: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, operation).await {
+        Ok(reply) => Ok(reply?),
+        Err(_) => Err(Error::Backend(BackendError::timed_out(limit))),
+    }
+}
+
+/// One `SCAN` step over keys matching `pattern`.
+pub(crate) fn scan(cursor: u64, pattern: &str) -> Cmd {
+    let mut scan = redis::cmd("SCAN");
+    scan.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_BATCH);
+    scan
+}
