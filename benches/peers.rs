@@ -510,12 +510,47 @@ fn stampede_report() {
     );
 }
 
+const ROUNDS: usize = 21;
+const SERIAL_READS: u32 = 2_000;
+
+/// Times `SERIAL_READS` reads, one after the other, in one task.
+fn serial<F, Fut>(rt: &tokio::runtime::Runtime, read: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    rt.block_on(async {
+        let started = Instant::now();
+        for _ in 0..SERIAL_READS {
+            read().await;
+        }
+        started.elapsed()
+    })
+}
+
+/// Prints the median, min and max of `ROUNDS` per-round ratios of `ours`
+/// to `theirs`, the two run alternately.
+fn print_median_ratio(label: &str, ours: impl Fn() -> Duration, theirs: impl Fn() -> Duration) {
+    let mut ratios: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let theirs = theirs().as_secs_f64();
+            ours().as_secs_f64() / theirs
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{label:<48} {:.3} [{:.3}, {:.3}]",
+        ratios[ROUNDS / 2],
+        ratios[0],
+        ratios[ROUNDS - 1]
+    );
+}
+
 /// Alternates raw redis-rs and cachify batches, round after round, and
-/// prints the median of the per-round time ratios. On a noisy machine this
-/// is steadier than comparing two benches measured minutes apart.
+/// prints the median of the per-round time ratios, on one node and on the
+/// cluster. On a noisy machine this is steadier than comparing two benches
+/// measured minutes apart.
 fn interleaved_report() {
-    const ROUNDS: usize = 21;
-    const SERIAL_READS: u32 = 2_000;
     let rt = runtime();
     let raw = rt.block_on(async {
         let mut raw = raw_connection().await;
@@ -526,106 +561,48 @@ fn interleaved_report() {
         cachify_user(1).await;
         raw
     });
-    let serial_raw = || {
-        let raw = raw.clone();
-        rt.block_on(async move {
-            let mut connection = raw;
-            let started = Instant::now();
-            for _ in 0..SERIAL_READS {
-                black_box(raw_get::<User>(&mut connection, "raw-user").await);
-            }
-            started.elapsed()
-        })
+    let raw_read = move || {
+        let mut connection = raw.clone();
+        async move {
+            black_box(raw_get::<User>(&mut connection, "raw-user").await);
+        }
     };
-    let serial_cachify = || {
-        rt.block_on(async {
-            let started = Instant::now();
-            for _ in 0..SERIAL_READS {
-                black_box(cachify_user(1).await);
-            }
-            started.elapsed()
-        })
+    let cachify_read = || async {
+        black_box(cachify_user(1).await);
     };
-    let concurrent_raw = || {
-        let raw = raw.clone();
-        concurrent(rt, 1, move || {
-            let mut connection = raw.clone();
-            async move {
-                black_box(raw_get::<User>(&mut connection, "raw-user").await);
-            }
-        })
+    let cluster = cluster_setup(rt);
+    let raw_cluster_read = move || {
+        let mut connection = cluster.clone();
+        async move {
+            black_box(raw_cluster_get(&mut connection, "raw-user").await);
+        }
     };
-    let concurrent_cachify = || {
-        concurrent(rt, 1, || async {
-            black_box(cachify_user(1).await);
-        })
+    let cachify_cluster_read = || async {
+        black_box(cachify_cluster_user(1).await);
     };
-    let median_ratio = |ours: &dyn Fn() -> Duration, theirs: &dyn Fn() -> Duration| {
-        let mut ratios: Vec<f64> = (0..ROUNDS)
-            .map(|_| {
-                let theirs = theirs().as_secs_f64();
-                ours().as_secs_f64() / theirs
-            })
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        (ratios[ROUNDS / 2], ratios[0], ratios[ROUNDS - 1])
-    };
+    let batch = TASKS * READS_PER_TASK;
     println!(
         "\ninterleaved, {ROUNDS} rounds (cachify time / raw redis-rs time: median [min, max])"
     );
-    let (median, low, high) = median_ratio(&serial_cachify, &serial_raw);
-    println!(
-        "redis hit, user, serial ({SERIAL_READS} reads a round)   {median:.3} [{low:.3}, {high:.3}]"
+    print_median_ratio(
+        &format!("redis hit, user, serial ({SERIAL_READS} reads a round)"),
+        || serial(rt, cachify_read),
+        || serial(rt, raw_read.clone()),
     );
-    let (median, low, high) = median_ratio(&concurrent_cachify, &concurrent_raw);
-    println!(
-        "redis hit, user, 64 tasks ({} reads a round) {median:.3} [{low:.3}, {high:.3}]",
-        TASKS * READS_PER_TASK
+    print_median_ratio(
+        &format!("redis hit, user, 64 tasks ({batch} reads a round)"),
+        || concurrent(rt, 1, cachify_read),
+        || concurrent(rt, 1, raw_read.clone()),
     );
-
-    let raw = cluster_setup(rt);
-    let serial_raw = || {
-        let raw = raw.clone();
-        rt.block_on(async move {
-            let mut connection = raw;
-            let started = Instant::now();
-            for _ in 0..SERIAL_READS {
-                black_box(raw_cluster_get(&mut connection, "raw-user").await);
-            }
-            started.elapsed()
-        })
-    };
-    let serial_cachify = || {
-        rt.block_on(async {
-            let started = Instant::now();
-            for _ in 0..SERIAL_READS {
-                black_box(cachify_cluster_user(1).await);
-            }
-            started.elapsed()
-        })
-    };
-    let concurrent_raw = || {
-        let raw = raw.clone();
-        concurrent(rt, 1, move || {
-            let mut connection = raw.clone();
-            async move {
-                black_box(raw_cluster_get(&mut connection, "raw-user").await);
-            }
-        })
-    };
-    let concurrent_cachify = || {
-        concurrent(rt, 1, || async {
-            black_box(cachify_cluster_user(1).await);
-        })
-    };
-    let (median, low, high) = median_ratio(&serial_cachify, &serial_raw);
-    println!(
-        "cluster hit, user, serial ({SERIAL_READS} reads a round) {median:.3} [{low:.3}, {high:.3}]"
+    print_median_ratio(
+        &format!("cluster hit, user, serial ({SERIAL_READS} reads a round)"),
+        || serial(rt, cachify_cluster_read),
+        || serial(rt, raw_cluster_read.clone()),
     );
-    let (median, low, high) = median_ratio(&concurrent_cachify, &concurrent_raw);
-    println!(
-        "cluster hit, user, 64 tasks ({} reads a round) {median:.3} [{low:.3}, {high:.3}]",
-        TASKS * READS_PER_TASK
+    print_median_ratio(
+        &format!("cluster hit, user, 64 tasks ({batch} reads a round)"),
+        || concurrent(rt, 1, cachify_cluster_read),
+        || concurrent(rt, 1, raw_cluster_read.clone()),
     );
 }
 

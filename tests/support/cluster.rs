@@ -14,6 +14,11 @@
 //! [`shared_cluster`] is one cluster for a whole test binary, for tests that
 //! only need *a* cluster and use their own keys; a test that kills nodes
 //! starts its own with [`RedisCluster::start`].
+//!
+//! [`RedisCluster::start_with_password`] starts one whose nodes all require
+//! a password, from clients and from each other (a replica authenticates to
+//! its primary with `--masterauth`); the support's own connections to it
+//! authenticate too.
 
 use std::fs::File;
 use std::ops::RangeInclusive;
@@ -48,6 +53,9 @@ pub struct RedisCluster {
     /// Dropping a node kills and reaps it and removes its directory; a
     /// [`RedisCluster::kill`]ed node stays here, stopped, until then.
     nodes: Vec<RedisServer>,
+    /// The `--requirepass` of every node, if any; the support's own node
+    /// connections send it.
+    password: Option<String>,
 }
 
 impl RedisCluster {
@@ -55,10 +63,37 @@ impl RedisCluster {
     /// node sees all slots served and every replica in sync. Panics, with
     /// what went wrong in each attempt, if that does not happen.
     pub fn start() -> Self {
+        Self::start_as(None)
+    }
+
+    /// Like [`RedisCluster::start`], with every node started with
+    /// `--requirepass password --masterauth password`, so that clients and
+    /// replicas alike must authenticate.
+    ///
+    /// The password goes into `redis://:<password>@...` URLs as it is, so it
+    /// must not need percent-encoding; that is checked here, rather than
+    /// left to fail later as a puzzling authentication error.
+    pub fn start_with_password(password: &str) -> Self {
+        assert!(
+            !password.is_empty()
+                && password
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte)),
+            "the test cluster's password must be non-empty and URL-safe \
+             (ASCII letters, digits, `-._~`)"
+        );
+        Self::start_as(Some(password.to_owned()))
+    }
+
+    /// Starts a cluster, with or without a password, in a few attempts.
+    fn start_as(password: Option<String>) -> Self {
         let binary = redis_server_binary();
         let mut failures = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = RedisCluster { nodes: Vec::new() };
+            let mut cluster = RedisCluster {
+                nodes: Vec::new(),
+                password: password.clone(),
+            };
             // On failure, dropping `cluster` kills the nodes started so far.
             match cluster.form(&binary) {
                 Ok(()) => return cluster,
@@ -72,9 +107,29 @@ impl RedisCluster {
     }
 
     /// `redis://127.0.0.1:<port>` of all six nodes, killed ones included, as
-    /// a client configured before the kill would have them.
+    /// a client configured before the kill would have them. Never with a
+    /// password, even if the cluster requires one (as
+    /// [`RedisServer::url`]); see [`RedisCluster::seeds_with_password`].
     pub fn seeds(&self) -> Vec<String> {
-        self.nodes.iter().map(|node| node_url(node.port)).collect()
+        self.nodes
+            .iter()
+            .map(|node| node_url(node.port, None))
+            .collect()
+    }
+
+    /// `redis://:<password>@127.0.0.1:<port>` of all six nodes, killed ones
+    /// included, for a cluster started with
+    /// [`RedisCluster::start_with_password`]; panics for one without a
+    /// password, where the plain [`RedisCluster::seeds`] are the ones to use.
+    pub fn seeds_with_password(&self) -> Vec<String> {
+        let password = self
+            .password
+            .as_deref()
+            .expect("seeds_with_password on a cluster started without a password");
+        self.nodes
+            .iter()
+            .map(|node| node_url(node.port, Some(password)))
+            .collect()
     }
 
     /// The ports of the nodes that are primaries now, ascending, in the view
@@ -147,7 +202,11 @@ impl RedisCluster {
     /// A synchronous cluster connection through the live nodes, for
     /// inspecting what the code under test wrote.
     pub fn connection(&self) -> redis::cluster::ClusterConnection {
-        let seeds: Vec<String> = self.live_ports().into_iter().map(node_url).collect();
+        let seeds: Vec<String> = self
+            .live_ports()
+            .into_iter()
+            .map(|port| node_url(port, self.password.as_deref()))
+            .collect();
         redis::cluster::ClusterClient::builder(seeds)
             .connection_timeout(Duration::from_secs(5))
             .response_timeout(Duration::from_secs(5))
@@ -160,7 +219,7 @@ impl RedisCluster {
     /// Empties every primary (and so, through replication, every replica).
     pub fn flushall(&self) {
         for port in self.primaries() {
-            ask(port, &["FLUSHALL"])
+            self.ask(port, &["FLUSHALL"])
                 .unwrap_or_else(|error| panic!("FLUSHALL on 127.0.0.1:{port}: {error}"));
         }
     }
@@ -171,7 +230,7 @@ impl RedisCluster {
         for _ in 0..NODES {
             let port = free_port();
             let dir = fresh_dir(port);
-            let extra_args = vec![
+            let mut extra_args = vec![
                 "--cluster-enabled".to_owned(),
                 "yes".to_owned(),
                 "--cluster-node-timeout".to_owned(),
@@ -185,12 +244,25 @@ impl RedisCluster {
                 "--repl-diskless-sync-delay".to_owned(),
                 "0".to_owned(),
             ];
+            if let Some(password) = &self.password {
+                // `--masterauth`: a replica must authenticate to its primary
+                // as well, or it never syncs.
+                extra_args.extend(
+                    [
+                        "--requirepass",
+                        password.as_str(),
+                        "--masterauth",
+                        password.as_str(),
+                    ]
+                    .map(str::to_owned),
+                );
+            }
             let mut node = RedisServer {
                 child: None,
                 port,
                 dir,
                 extra_args,
-                password: None,
+                password: self.password.clone(),
             };
             let spawned = node.spawn(binary);
             self.nodes.push(node);
@@ -230,10 +302,14 @@ impl RedisCluster {
                     .iter()
                     .map(|node| format!("127.0.0.1:{}", node.port)),
             )
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr);
+            .args(["--cluster-replicas", "1", "--cluster-yes"]);
+        if let Some(password) = &self.password {
+            // `-a` is how redis-cli 7 takes the password, for `--cluster`
+            // too; `--no-auth-warning` keeps its warning about a password on
+            // the command line out of the log quoted on failure.
+            command.args(["-a", password.as_str(), "--no-auth-warning"]);
+        }
+        command.stdin(Stdio::null()).stdout(log).stderr(stderr);
         let mut child = spawn_for_the_process(command).unwrap_or_else(|error| {
             panic!(
                 "these tests need `redis-cli` on PATH ({error}). It comes with redis-server: \
@@ -270,7 +346,8 @@ impl RedisCluster {
     fn converged(&self) -> Result<(), String> {
         for node in &self.nodes {
             let port = node.port;
-            let info = ask(port, &["CLUSTER", "INFO"])
+            let info = self
+                .ask(port, &["CLUSTER", "INFO"])
                 .map_err(|error| format!("CLUSTER INFO on {port}: {error}"))?;
             let expected = [
                 "cluster_state:ok".to_owned(),
@@ -281,7 +358,8 @@ impl RedisCluster {
             if !expected.iter().all(|line| has_line(&info, line)) {
                 return Err(format!("CLUSTER INFO on {port}:\n{info}"));
             }
-            let replication = ask(port, &["INFO", "replication"])
+            let replication = self
+                .ask(port, &["INFO", "replication"])
                 .map_err(|error| format!("INFO replication on {port}: {error}"))?;
             let synced = if has_line(&replication, "role:master") {
                 has_line(&replication, "connected_slaves:1") && replication.contains("state=online")
@@ -301,12 +379,14 @@ impl RedisCluster {
         let live = self.live_ports();
         let mut agreed = None;
         for &port in &live {
-            let info = ask(port, &["CLUSTER", "INFO"])
+            let info = self
+                .ask(port, &["CLUSTER", "INFO"])
                 .map_err(|error| format!("CLUSTER INFO on {port}: {error}"))?;
             if !has_line(&info, "cluster_state:ok") {
                 return Err(format!("CLUSTER INFO on {port}:\n{info}"));
             }
-            let nodes = ask(port, &["CLUSTER", "NODES"])
+            let nodes = self
+                .ask(port, &["CLUSTER", "NODES"])
                 .map_err(|error| format!("CLUSTER NODES on {port}: {error}"))?;
             let server = serving(&parse_nodes(&nodes), slot)
                 .filter(|server| live.contains(server) && agreed.is_none_or(|a| a == *server))
@@ -319,7 +399,8 @@ impl RedisCluster {
     /// `CLUSTER NODES` from a live node, with that node's port (for messages).
     fn cluster_nodes(&self) -> (u16, String) {
         let asked = self.live_ports()[0];
-        let text = ask(asked, &["CLUSTER", "NODES"])
+        let text = self
+            .ask(asked, &["CLUSTER", "NODES"])
             .unwrap_or_else(|error| panic!("CLUSTER NODES on 127.0.0.1:{asked}: {error}"));
         (asked, text)
     }
@@ -337,6 +418,22 @@ impl RedisCluster {
             "every node of the test cluster was killed"
         );
         live
+    }
+
+    /// Runs one command on the node at `port` over a new connection,
+    /// authenticated if the cluster has a password, and returns its text
+    /// reply. Errors (a node still starting, or one that was killed) are
+    /// for the caller's bounded poll to retry or to report.
+    fn ask(&self, port: u16, command: &[&str]) -> redis::RedisResult<String> {
+        let client = redis::Client::open(node_url(port, self.password.as_deref()))?;
+        let mut connection = client.get_connection_with_timeout(NODE_TIMEOUT)?;
+        connection.set_read_timeout(Some(NODE_TIMEOUT))?;
+        connection.set_write_timeout(Some(NODE_TIMEOUT))?;
+        let mut cmd = redis::cmd(command[0]);
+        for arg in &command[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut connection)
     }
 }
 
@@ -428,22 +525,11 @@ fn has_line(reply: &str, line: &str) -> bool {
     reply.lines().any(|candidate| candidate.trim_end() == line)
 }
 
-/// A node's URL, without a database: a cluster has only database 0.
-fn node_url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}")
-}
-
-/// Runs one command on the node at `port` over a new connection and returns
-/// its text reply. Errors (a node still starting, or one that was killed)
-/// are for the caller's bounded poll to retry or to report.
-fn ask(port: u16, command: &[&str]) -> redis::RedisResult<String> {
-    let client = redis::Client::open(node_url(port))?;
-    let mut connection = client.get_connection_with_timeout(NODE_TIMEOUT)?;
-    connection.set_read_timeout(Some(NODE_TIMEOUT))?;
-    connection.set_write_timeout(Some(NODE_TIMEOUT))?;
-    let mut cmd = redis::cmd(command[0]);
-    for arg in &command[1..] {
-        cmd.arg(*arg);
+/// A node's URL, with `password` if given, and without a database: a
+/// cluster has only database 0.
+fn node_url(port: u16, password: Option<&str>) -> String {
+    match password {
+        Some(password) => format!("redis://:{password}@127.0.0.1:{port}"),
+        None => format!("redis://127.0.0.1:{port}"),
     }
-    cmd.query(&mut connection)
 }
