@@ -241,7 +241,7 @@ fn a_primary_killed_under_load() {
             .redis_cluster(cluster.seeds())
             .prefix("failover:")
             .command_timeout(command_timeout)
-            .circuit_breaker(1, Duration::from_millis(200))
+            .circuit_breaker(1, Duration::from_secs(1))
             .build()
             .await
             .unwrap()
