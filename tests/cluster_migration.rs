@@ -514,14 +514,10 @@ async fn on_node<T: redis::FromRedisValue>(
     port: u16,
     command: &redis::Cmd,
 ) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let run = async {
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        command.query_async(&mut connection).await
-    };
-    tokio::time::timeout(NODE_LIMIT, run)
-        .await
-        .unwrap_or_else(|_| panic!("127.0.0.1:{port} did not answer within {NODE_LIMIT:?}"))
+    with_node(port, async |connection| {
+        command.query_async(connection).await
+    })
+    .await
 }
 
 /// `ASKING` then `command` on one connection to `port`, as a client that
@@ -530,16 +526,28 @@ async fn asking<T: redis::FromRedisValue>(
     port: u16,
     command: &redis::Cmd,
 ) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-    let run = async {
-        let mut connection = client.get_multiplexed_async_connection().await?;
+    with_node(port, async |connection| {
         let (reply,): (T,) = redis::pipe()
             .cmd("ASKING")
             .ignore()
             .add_command(command.clone())
-            .query_async(&mut connection)
+            .query_async(connection)
             .await?;
         Ok(reply)
+    })
+    .await
+}
+
+/// Runs `talk` on a new connection to the node at `port` alone, bounded by
+/// [`NODE_LIMIT`].
+async fn with_node<T>(
+    port: u16,
+    talk: impl AsyncFnOnce(&mut redis::aio::MultiplexedConnection) -> redis::RedisResult<T>,
+) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let run = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        talk(&mut connection).await
     };
     tokio::time::timeout(NODE_LIMIT, run)
         .await

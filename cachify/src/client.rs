@@ -13,9 +13,10 @@ use crate::io;
 use crate::keyspace::Keyspace;
 use crate::locks::{LockBuilder, Locks};
 use crate::mode::{Async, Blocking, Mode, drive};
-use crate::store::cluster::{ClusterSettings, ClusterStore};
+use crate::store::cluster::ClusterStore;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisSettings, RedisStore, redact};
+use crate::store::protocol::ConnectSettings;
+use crate::store::redis::{RedisStore, redact};
 use crate::store::{Encoded, LockStore, StoreFuture, ValueStore};
 
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
@@ -427,16 +428,16 @@ impl CachifyBuilder {
 
     async fn build_in<M: Mode>(self) -> Result<Cachify, Error> {
         let keys = self.check()?;
+        let settings = ConnectSettings {
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+            lazy: self.lazy,
+        };
+        // Connected on the background runtime, so the connection's driver
+        // task lives there (see `io`).
         let stores = match self.target.clone() {
             Target::Memory => self.memory_stores(),
             Target::Redis(url) => {
-                let settings = RedisSettings {
-                    connect_timeout: self.connect_timeout,
-                    command_timeout: self.command_timeout,
-                    lazy: self.lazy,
-                };
-                // Connected on the background runtime, so the connection's
-                // driver task lives there (see `io`).
                 let redis = M::io(StoreFuture::io(on_background(async move {
                     RedisStore::connect(&url, settings).await
                 })))
@@ -444,11 +445,6 @@ impl CachifyBuilder {
                 self.byte_stores(Arc::new(redis))
             }
             Target::Cluster(seeds) => {
-                let settings = ClusterSettings {
-                    connect_timeout: self.connect_timeout,
-                    command_timeout: self.command_timeout,
-                    lazy: self.lazy,
-                };
                 let cluster = M::io(StoreFuture::io(on_background(async move {
                     ClusterStore::connect(&seeds, settings).await
                 })))

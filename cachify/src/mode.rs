@@ -17,9 +17,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
-use crate::error::{BackendError, Error};
+use crate::error::Error;
 use crate::io;
-use crate::store::StoreFuture;
+use crate::store::{StoreFuture, taken};
 
 /// How an operation waits: the futures a mode hands out are named types,
 /// so what an operation holds across its awaits is plain to see.
@@ -68,15 +68,10 @@ impl Mode for Blocking {
     /// returned future is ready.
     fn io<T: Unpin + Send + 'static>(operation: StoreFuture<T>) -> Ready<Result<T, Error>> {
         ready(match operation {
-            StoreFuture::Ready(Some(result)) => result,
-            StoreFuture::Ready(None) => Err(Error::Backend(BackendError::new(
-                "a store answer was taken twice",
-            ))),
             StoreFuture::Io(operation) => io::block_on(operation),
             StoreFuture::Fetch(fetch, Some(decode)) => io::block_on(fetch).and_then(decode),
-            StoreFuture::Fetch(_, None) => Err(Error::Backend(BackendError::new(
-                "a store answer was taken twice",
-            ))),
+            StoreFuture::Fetch(_, None) => Err(taken()),
+            StoreFuture::Ready(result) => result.unwrap_or_else(|| Err(taken())),
         })
     }
 

@@ -145,8 +145,6 @@ impl Plan {
 enum Handled {
     /// A response to pass on as it is, not stored.
     Passed(Response<Body>),
-    /// The same, because its body is over the size limit.
-    Oversized(Response<Body>),
     /// A response to store, the extensions of the original response, and
     /// when it was stored (so its first reply shows the whole max-age).
     Storable(Entry, Extensions, u64),
@@ -195,16 +193,15 @@ where
     let ttl = clamp_ttl(settings.ttl(client));
     let compute = async {
         let request = Request::from_parts(parts, body);
-        let handled = run(&settings, &plan.key, ttl, &mut inner, request).await;
+        let handled = run(&settings, core, &plan.key, ttl, &mut inner, request).await;
         let (output, value) = match handled {
             Err(error) => (Err(error), None),
-            Ok(Handled::Passed(response)) => (Ok((response, false)), None),
-            Ok(Handled::Oversized(response)) => (Ok((response, true)), None),
+            Ok(Handled::Passed(response)) => (Ok(response), None),
             Ok(Handled::Storable(entry, extensions, now)) => {
                 // Built from the entry, so a miss and the hits after it look the same.
                 let mut response = entry.respond(&plan.reply(&request_headers, MISS), now);
                 *response.extensions_mut() = extensions;
-                (Ok((response, false)), Some(Arc::new(entry)))
+                (Ok(response), Some(Arc::new(entry)))
             }
         };
         let store = value.is_some();
@@ -235,19 +232,14 @@ where
     };
     match served {
         Served::Cached(entry) => Ok(hit(entry)),
-        Served::Ran(output) => {
-            let (response, oversized) = output?;
-            if oversized {
-                core.count_oversized();
-            }
-            Ok(response)
-        }
+        Served::Ran(output) => output,
     }
 }
 
 /// Runs the handler and decides whether its response can be stored.
 async fn run<S, ReqBody, ResBody>(
     settings: &Settings,
+    core: &Core,
     key: &str,
     ttl: Duration,
     inner: &mut S,
@@ -267,17 +259,19 @@ where
     }
     let limit = settings.max_body_size;
     if body::known_too_large(&body, limit) {
-        return Ok(Handled::Oversized(Response::from_parts(head, body)));
+        core.count_oversized();
+        return Ok(Handled::Passed(Response::from_parts(head, body)));
     }
     let bytes = match body::buffer(body, limit).await {
         Buffered::Complete(bytes) => bytes,
         Buffered::TooLarge(body) => {
+            core.count_oversized();
             tracing::debug!(
                 key,
                 limit,
                 "cachify: response body over the limit; passed through, not stored"
             );
-            return Ok(Handled::Oversized(Response::from_parts(head, body)));
+            return Ok(Handled::Passed(Response::from_parts(head, body)));
         }
         Buffered::Unstorable(body) => {
             return Ok(Handled::Passed(Response::from_parts(head, body)));

@@ -12,18 +12,10 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, ScriptInvocation};
 
 use super::Io;
-use super::protocol::{Link, scan, timed};
+use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
 use super::redis::{invalid_url, redact};
 use crate::error::{BackendError, Error};
 use crate::keyspace;
-
-/// Connection settings taken from the builder.
-#[derive(Clone, Debug)]
-pub(crate) struct ClusterSettings {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) command_timeout: Duration,
-    pub(crate) lazy: bool,
-}
 
 /// How often redis-rs retries a command that met a moved slot or a lost
 /// node, and how long it waits between tries (milliseconds, growing from
@@ -53,7 +45,7 @@ impl ClusterStore {
     /// driver task on the runtime it is created from.
     pub(crate) async fn connect(
         seeds: &[String],
-        settings: ClusterSettings,
+        settings: ConnectSettings,
     ) -> Result<Self, Error> {
         let shown = seeds
             .iter()
@@ -225,7 +217,7 @@ fn cross_slot_hint(error: Error) -> Error {
 
 impl Link for ClusterStore {
     fn read(&self, key: &str) -> Io<Option<Vec<u8>>> {
-        self.send(redis::cmd("GET").arg(key).clone())
+        self.send(keyed("GET", key))
     }
 
     fn send<T: FromRedisValue + Send + 'static>(&self, command: Cmd) -> Io<T> {

@@ -16,7 +16,7 @@
 pub(crate) mod cluster;
 mod encoded;
 pub(crate) mod memory;
-mod protocol;
+pub(crate) mod protocol;
 pub(crate) mod redis;
 
 use std::future::Future;
@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{BackendError, Error};
 use crate::value::{AnyValue, ValueType};
 
 pub(crate) use self::encoded::Encoded;
@@ -121,21 +121,22 @@ impl<T: Unpin> Future for StoreFuture<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Self::Ready(result) => match result.take() {
-                Some(result) => Poll::Ready(result),
-                // Polled again after it answered: nothing left to give.
-                None => Poll::Pending,
-            },
+            Self::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| Err(taken()))),
             Self::Io(io) => io.as_mut().poll(cx),
             Self::Fetch(io, decode) => match io.as_mut().poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(fetched) => match decode.take() {
                     Some(decode) => Poll::Ready(fetched.and_then(decode)),
-                    None => Poll::Pending,
+                    None => Poll::Ready(Err(taken())),
                 },
             },
         }
     }
+}
+
+/// What polling an answer a second time gets: an error, never a hang.
+pub(crate) fn taken() -> Error {
+    Error::Backend(BackendError::new("a store answer was taken twice"))
 }
 
 /// Typed cache entries (`#[cached]`, HTTP responses).

@@ -65,6 +65,15 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
 /// How many keys one `SCAN` step asks for.
 const SCAN_BATCH: u64 = 500;
 
+/// How a Redis-speaking store connects, from the builder.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    /// Connect on first use rather than in `build()`.
+    pub(crate) lazy: bool,
+}
+
 /// How commands reach a Redis deployment. Each answer owns what it needs,
 /// so a blocking caller can hand it to the background runtime.
 pub(crate) trait Link: Send + Sync + 'static {
@@ -100,7 +109,7 @@ impl<L: Link> ByteStore for L {
     }
 
     fn delete(&self, key: &str) -> StoreFuture<()> {
-        StoreFuture::Io(self.send(redis::cmd("DEL").arg(key).clone()))
+        StoreFuture::Io(self.send(keyed("DEL", key)))
     }
 
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
@@ -137,11 +146,11 @@ impl<L: Link> LockStore for L {
     }
 
     fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
-        StoreFuture::Io(self.send(redis::cmd("GET").arg(key).clone()))
+        StoreFuture::Io(self.send(keyed("GET", key)))
     }
 
     fn force_unlock(&self, key: &str) -> StoreFuture<()> {
-        StoreFuture::Io(self.send(redis::cmd("DEL").arg(key).clone()))
+        StoreFuture::Io(self.send(keyed("DEL", key)))
     }
 }
 
@@ -156,6 +165,13 @@ pub(crate) async fn timed<T>(
         Ok(reply) => Ok(reply?),
         Err(_) => Err(Error::Backend(BackendError::timed_out(limit))),
     }
+}
+
+/// A command on one key, such as `GET key`.
+pub(crate) fn keyed(name: &str, key: &str) -> Cmd {
+    let mut command = redis::cmd(name);
+    command.arg(key);
+    command
 }
 
 /// One `SCAN` step over keys matching `pattern`.

@@ -18,17 +18,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{Cmd, FromRedisValue, ScriptInvocation};
 
 use super::Io;
-use super::protocol::{Link, scan, timed};
+use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
 use crate::error::{BackendError, Error};
 use crate::{io, keyspace};
-
-/// Connection settings taken from the builder.
-#[derive(Clone, Debug)]
-pub(crate) struct RedisSettings {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) command_timeout: Duration,
-    pub(crate) lazy: bool,
-}
 
 /// How long redis-rs may wait between two reconnection attempts, so that
 /// caching resumes soon after Redis is back.
@@ -97,7 +89,7 @@ impl RedisStore {
     ///
     /// Must run on the background runtime: redis-rs spawns the connection's
     /// driver task on the runtime it is created from.
-    pub(crate) async fn connect(url: &str, settings: RedisSettings) -> Result<Self, Error> {
+    pub(crate) async fn connect(url: &str, settings: ConnectSettings) -> Result<Self, Error> {
         let shown = redact(url);
         let client = redis::Client::open(url).map_err(|error| invalid_url(&shown, &error))?;
         let unreachable = |error: redis::RedisError| {
@@ -154,7 +146,7 @@ impl RedisStore {
     fn with(
         connection: ConnectionManager,
         client: redis::Client,
-        settings: &RedisSettings,
+        settings: &ConnectSettings,
     ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
@@ -260,9 +252,8 @@ impl Shared {
         self.timed(command.query_async(&mut connection)).await
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let mut get = redis::cmd("GET");
-        get.arg(key);
+    /// `get` is a `GET key` command.
+    async fn get(&self, get: Cmd) -> Result<Option<Vec<u8>>, Error> {
         let Some((runtime, slot)) = self.read_slot() else {
             return self.ordered(&get).await;
         };
@@ -319,8 +310,8 @@ impl Shared {
 
 impl Link for RedisStore {
     fn read(&self, key: &str) -> Io<Option<Vec<u8>>> {
-        let (shared, key) = (Arc::clone(&self.shared), key.to_owned());
-        Box::pin(async move { shared.get(&key).await })
+        let (shared, get) = (Arc::clone(&self.shared), keyed("GET", key));
+        Box::pin(async move { shared.get(get).await })
     }
 
     fn send<T: FromRedisValue + Send + 'static>(&self, command: Cmd) -> Io<T> {
