@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::flight::{Flights, Outcome, Role};
-use crate::health::{Counters, Health, Stats};
+use crate::health::{Health, Stats};
 use crate::keyspace::Keyspace;
 use crate::locks::{LockGuard, Locks};
 use crate::mode::Mode;
@@ -211,7 +211,7 @@ impl Core {
 
     /// Counts a value the caller declined to store because of its size.
     pub(crate) fn count_oversized(&self) {
-        Counters::add(&self.health.counters.oversized);
+        self.health.counters.oversized.add();
     }
 
     /// Records the outcome of a cache-path store call: feeds the breaker
@@ -222,7 +222,7 @@ impl Core {
             Ok(_) | Err(Error::Codec(_)) => health.breaker.record_success(),
             Err(error) => {
                 health.breaker.record_failure();
-                Counters::add(&health.counters.errors);
+                health.counters.errors.add();
                 if let Some(suppressed) = health.cache_log.admit() {
                     tracing::warn!(
                         operation,
@@ -245,7 +245,7 @@ impl Core {
         accept: &impl Fn(&T) -> bool,
     ) -> Lookup<T> {
         if !self.health.breaker.allows() {
-            Counters::add(&self.health.counters.bypassed);
+            self.health.counters.bypassed.add();
             return Lookup::Bypassed;
         }
         match self.values.get(key, ValueType::of::<T>()) {
@@ -299,11 +299,11 @@ impl Core {
             Err(_) => None,
         };
         let counters = &self.health.counters;
-        Counters::add(if value.is_some() {
-            &counters.hits
+        if value.is_some() {
+            counters.hits.add();
         } else {
-            &counters.misses
-        });
+            counters.misses.add();
+        }
         value
     }
 

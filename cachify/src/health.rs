@@ -1,7 +1,7 @@
 //! How the backend is doing: counters users can read, the circuit breaker
 //! of the cache path, and rate-limited failure logs.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Counters of one client, from [`crate::Cachify::stats`].
@@ -32,6 +32,15 @@ pub struct Stats {
     pub locks_acquired: u64,
     /// Lock requests refused because someone else held the lock.
     pub lock_contention: u64,
+    /// Reads the near cache answered without asking Redis
+    /// ([`crate::CachifyBuilder::near_cache`]); they count as hits too.
+    pub near_hits: u64,
+    /// Reads the near cache passed on to Redis: nothing held, or the near
+    /// cache bypassed while its invalidation link was down.
+    pub near_misses: u64,
+    /// Near copies dropped because Redis said their key changed (one per
+    /// key, or one per flush of the whole near cache).
+    pub near_invalidations: u64,
     /// State of the cache path's circuit breaker.
     pub breaker: BreakerState,
 }
@@ -48,32 +57,72 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// How many cells a [`Counter`] spreads over.
+const CELLS: usize = 16;
+
+/// One cell on its own cache line, so threads counting in different cells
+/// never write the same line.
+#[derive(Default)]
+#[repr(align(128))]
+struct Cell(AtomicU64);
+
+/// A counter that threads bump without contending: each thread adds to its
+/// own cell (threads take cells in turn), and a read sums the cells.
+#[derive(Default)]
+pub(crate) struct Counter {
+    cells: [Cell; CELLS],
+}
+
+thread_local! {
+    /// This thread's cell in every [`Counter`].
+    static CELL: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % CELLS
+    };
+}
+
+impl Counter {
+    #[inline]
+    pub(crate) fn add(&self) {
+        let cell = CELL.try_with(|cell| *cell).unwrap_or(0);
+        self.cells[cell].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|cell| cell.0.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) bypassed: AtomicU64,
-    pub(crate) oversized: AtomicU64,
-    pub(crate) locks_acquired: AtomicU64,
-    pub(crate) lock_contention: AtomicU64,
+    pub(crate) hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) errors: Counter,
+    pub(crate) bypassed: Counter,
+    pub(crate) oversized: Counter,
+    pub(crate) locks_acquired: Counter,
+    pub(crate) lock_contention: Counter,
+    pub(crate) near_hits: Counter,
+    pub(crate) near_misses: Counter,
+    pub(crate) near_invalidations: Counter,
 }
 
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(crate) fn snapshot(&self, breaker: BreakerState) -> Stats {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Stats {
-            hits: read(&self.hits),
-            misses: read(&self.misses),
-            errors: read(&self.errors),
-            bypassed: read(&self.bypassed),
-            oversized: read(&self.oversized),
-            locks_acquired: read(&self.locks_acquired),
-            lock_contention: read(&self.lock_contention),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            errors: self.errors.get(),
+            bypassed: self.bypassed.get(),
+            oversized: self.oversized.get(),
+            locks_acquired: self.locks_acquired.get(),
+            lock_contention: self.lock_contention.get(),
+            near_hits: self.near_hits.get(),
+            near_misses: self.near_misses.get(),
+            near_invalidations: self.near_invalidations.get(),
             breaker,
         }
     }

@@ -14,7 +14,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::health::{Counters, Health};
+use crate::health::Health;
 use crate::io;
 use crate::keyspace::Keyspace;
 use crate::mode::{Async, Blocking, Mode, drive};
@@ -108,7 +108,7 @@ impl Locks {
                 }
                 Ok(None) => attempt.settle(),
                 Err(error) => {
-                    Counters::add(&counters.errors);
+                    counters.errors.add();
                     if let Some(suppressed) = self.health.lock_log.admit() {
                         tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
                     }
@@ -120,7 +120,7 @@ impl Locks {
             let now = Instant::now();
             let pause_now = match deadline {
                 Some(deadline) if now >= deadline => {
-                    Counters::add(&counters.lock_contention);
+                    counters.lock_contention.add();
                     return Err(Error::Locked { key });
                 }
                 Some(deadline) => pause.min(deadline - now),
@@ -129,7 +129,7 @@ impl Locks {
             M::sleep(pause_now).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         };
-        Counters::add(&counters.locks_acquired);
+        counters.locks_acquired.add();
         let lost = Arc::new(Lost::default());
         let watchdog = io::spawn(renew(
             Arc::clone(&self.store),

@@ -34,6 +34,11 @@ impl AnyValue {
         Self(value)
     }
 
+    /// Whether both are the same allocation.
+    pub(crate) fn same(&self, other: &AnyValue) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         &*self.0
     }

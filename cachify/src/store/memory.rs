@@ -9,16 +9,9 @@ use moka::Expiry;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
+use super::local::{LocalValues, expiry_after};
 use super::{Fence, LockStore, StoreFuture, ValueStore, clamp_ttl, next_fence};
 use crate::value::{AnyValue, ValueType};
-
-/// A value stored as it is: no encoding, so a memory hit costs a lookup and
-/// a clone. A value of another type under the same key is a miss.
-#[derive(Clone)]
-struct Slot {
-    value: AnyValue,
-    ttl: Option<Duration>,
-}
 
 #[derive(Clone)]
 struct Lease {
@@ -26,24 +19,8 @@ struct Lease {
     ttl: Duration,
 }
 
-/// Gives each entry its own time to live, renewed on every write.
+/// Gives each lease its own time to live, renewed on every renewal.
 struct PerEntryTtl;
-
-impl Expiry<String, Slot> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, slot: &Slot, _: Instant) -> Option<Duration> {
-        slot.ttl
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &String,
-        slot: &Slot,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        slot.ttl
-    }
-}
 
 impl Expiry<String, Lease> for PerEntryTtl {
     fn expire_after_create(&self, _: &String, lease: &Lease, _: Instant) -> Option<Duration> {
@@ -61,11 +38,13 @@ impl Expiry<String, Lease> for PerEntryTtl {
     }
 }
 
-/// The in-process store. Values and locks live in two moka caches; fencing
-/// tokens come from one counter for the whole store, so no lock name
-/// leaves anything behind once its lease is over.
+/// The in-process store. Values are kept as they are (no encoding), so a
+/// hit costs a lookup and a clone; a value of another type under the same
+/// key is a miss. Locks live in a moka cache; fencing tokens come from one
+/// counter for the whole store, so no lock name leaves anything behind
+/// once its lease is over.
 pub(crate) struct MemoryStore {
-    values: Cache<String, Slot>,
+    values: LocalValues,
     /// Unbounded on purpose: evicting a held lock under memory pressure
     /// would let a second holder in. Every lease expires by itself.
     locks: Cache<String, Lease>,
@@ -85,10 +64,7 @@ fn clock_micros() -> u64 {
 impl MemoryStore {
     pub(crate) fn new(max_entries: u64) -> Self {
         Self {
-            values: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(PerEntryTtl)
-                .build(),
+            values: LocalValues::new(max_entries),
             locks: Cache::builder().expire_after(PerEntryTtl).build(),
             last_fence: AtomicU64::new(0),
         }
@@ -117,7 +93,7 @@ impl MemoryStore {
 
 impl ValueStore for MemoryStore {
     fn get(&self, key: &str, _: ValueType) -> StoreFuture<Option<AnyValue>> {
-        StoreFuture::ready(Ok(self.values.get(key).map(|slot| slot.value)))
+        StoreFuture::ready(Ok(self.values.get(key)))
     }
 
     fn set(
@@ -127,28 +103,17 @@ impl ValueStore for MemoryStore {
         _: ValueType,
         ttl: Option<Duration>,
     ) -> StoreFuture<bool> {
-        let slot = Slot {
-            value,
-            ttl: ttl.map(clamp_ttl),
-        };
-        self.values.insert(key.to_owned(), slot);
+        self.values.insert(key, value, expiry_after(ttl));
         StoreFuture::ready(Ok(true))
     }
 
     fn delete(&self, key: &str) -> StoreFuture<()> {
-        self.values.invalidate(key);
+        self.values.remove(key);
         StoreFuture::ready(Ok(()))
     }
 
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
-        let mut deleted = 0;
-        for (key, _) in self.values.iter() {
-            if key.starts_with(prefix) {
-                self.values.invalidate(key.as_str());
-                deleted += 1;
-            }
-        }
-        StoreFuture::ready(Ok(deleted))
+        StoreFuture::ready(Ok(self.values.remove_prefix(prefix)))
     }
 }
 

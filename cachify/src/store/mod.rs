@@ -15,6 +15,7 @@
 
 pub(crate) mod cluster;
 mod encoded;
+pub(crate) mod local;
 pub(crate) mod memory;
 pub(crate) mod protocol;
 pub(crate) mod redis;
