@@ -15,8 +15,10 @@ use crate::locks::{LockBuilder, Locks};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::store::cluster::ClusterStore;
 use crate::store::memory::MemoryStore;
-use crate::store::protocol::ConnectSettings;
+use crate::store::near::NearStore;
+use crate::store::protocol::{ConnectSettings, Link};
 use crate::store::redis::{RedisStore, redact};
+use crate::store::tracking::Tracking;
 use crate::store::{Encoded, LockStore, StoreFuture, ValueStore};
 
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
@@ -143,7 +145,11 @@ impl Cachify {
     pub(crate) fn memory_fallback() -> Self {
         let builder = CachifyBuilder::default();
         let stores = builder.memory_stores();
-        builder.assemble(Keyspace::default(), stores)
+        let health = Arc::new(Health::new(
+            builder.breaker_threshold,
+            builder.breaker_cool_down,
+        ));
+        builder.assemble(Keyspace::default(), stores, health)
     }
 }
 
@@ -181,6 +187,7 @@ pub struct CachifyBuilder {
     breaker_threshold: u32,
     breaker_cool_down: Duration,
     lazy: bool,
+    near_entries: Option<u64>,
 }
 
 impl Default for CachifyBuilder {
@@ -200,6 +207,7 @@ impl Default for CachifyBuilder {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
             lazy: false,
+            near_entries: None,
         }
     }
 }
@@ -221,6 +229,7 @@ impl fmt::Debug for CachifyBuilder {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cool_down", &self.breaker_cool_down)
             .field("lazy", &self.lazy)
+            .field("near_cache", &self.near_entries)
             .finish()
     }
 }
@@ -370,6 +379,38 @@ impl CachifyBuilder {
         self
     }
 
+    /// Keeps up to `max_entries` decoded values in this process, in front of
+    /// Redis (after [`CachifyBuilder::redis`] or
+    /// [`CachifyBuilder::redis_cluster`]), so a repeated read costs no round
+    /// trip. The copies stay coherent: Redis reports every change of a
+    /// cached key (a write or `_reset` by any process, `SET`/`DEL` from
+    /// `redis-cli`, expiry, eviction, `FLUSHALL`) and the copy is dropped
+    /// at once. A copy never outlives the entry's TTL in Redis.
+    ///
+    /// It uses Redis's client-side caching in broadcasting mode (`CLIENT
+    /// TRACKING ON BCAST`, Redis 6 or later): one extra connection to the
+    /// server, or to each primary of a cluster, is told of every change
+    /// under the client's prefix. While that link is down (a restart, a
+    /// failover, a killed connection) the near cache is emptied and every
+    /// read goes to Redis, until the link is back. A write made elsewhere
+    /// is seen here once its invalidation arrives, normally well under a
+    /// millisecond (BENCHMARKS.md measures it). `stats()` counts near-cache
+    /// hits, misses and invalidations.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cachify::Error> {
+    /// let client = cachify::Cachify::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .near_cache(10_000)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn near_cache(mut self, max_entries: u64) -> Self {
+        self.near_entries = Some(max_entries);
+        self
+    }
+
     /// Lets `build()` succeed while Redis is unreachable: the connection is
     /// made in the background on first use. Until it is up, cached functions
     /// run without the cache and locks return `Err(Error::Backend)`. A
@@ -403,6 +444,19 @@ impl CachifyBuilder {
                 "the circuit breaker threshold must be at least 1".into(),
             ));
         }
+        match (self.near_entries, &self.target) {
+            (Some(0), _) => {
+                return Err(Error::Config(
+                    "near_cache must hold at least 1 entry".into(),
+                ));
+            }
+            (Some(_), Target::Memory) => {
+                return Err(Error::Config(
+                    "near_cache keeps copies of Redis entries: use it with `.redis(..)` or `.redis_cluster(..)`".into(),
+                ));
+            }
+            _ => {}
+        }
         if let Target::Cluster(seeds) = &self.target
             && seeds.is_empty()
         {
@@ -433,26 +487,29 @@ impl CachifyBuilder {
             command_timeout: self.command_timeout,
             lazy: self.lazy,
         };
+        let health = Arc::new(Health::new(self.breaker_threshold, self.breaker_cool_down));
         // Connected on the background runtime, so the connection's driver
         // task lives there (see `io`).
         let stores = match self.target.clone() {
             Target::Memory => self.memory_stores(),
             Target::Redis(url) => {
+                let connect = settings.clone();
                 let redis = M::io(StoreFuture::io(on_background(async move {
-                    RedisStore::connect(&url, settings).await
+                    RedisStore::connect(&url, connect).await
                 })))
                 .await?;
-                self.byte_stores(Arc::new(redis))
+                self.redis_stores(redis, &keys, settings, &health)
             }
             Target::Cluster(seeds) => {
+                let connect = settings.clone();
                 let cluster = M::io(StoreFuture::io(on_background(async move {
-                    ClusterStore::connect(&seeds, settings).await
+                    ClusterStore::connect(&seeds, connect).await
                 })))
                 .await?;
-                self.byte_stores(Arc::new(cluster))
+                self.redis_stores(cluster, &keys, settings, &health)
             }
         };
-        Ok(self.assemble(keys, stores))
+        Ok(self.assemble(keys, stores, health))
     }
 
     fn memory_stores(&self) -> Stores {
@@ -463,23 +520,45 @@ impl CachifyBuilder {
         }
     }
 
-    /// A byte store holds the locks as it is, and the values through the codec.
-    fn byte_stores<S>(&self, store: Arc<S>) -> Stores
-    where
-        S: crate::store::ByteStore + LockStore,
-    {
-        Stores {
-            values: Arc::new(Encoded::new(
-                Arc::clone(&store),
+    /// A Redis deployment holds the locks as it is, and the values through
+    /// the codec, with the near cache in front when asked.
+    fn redis_stores<L: Link + Clone>(
+        &self,
+        link: L,
+        keys: &Keyspace,
+        settings: ConnectSettings,
+        health: &Arc<Health>,
+    ) -> Stores {
+        let link = Arc::new(link);
+        let values: Arc<dyn ValueStore> = match self.near_entries {
+            Some(entries) => {
+                let tracking = Tracking::start(
+                    L::clone(&link),
+                    keys.value_scopes(),
+                    entries,
+                    settings,
+                    Arc::clone(health),
+                );
+                Arc::new(NearStore::new(
+                    Arc::clone(&link),
+                    self.codec,
+                    self.max_value_size,
+                    tracking,
+                ))
+            }
+            None => Arc::new(Encoded::new(
+                Arc::clone(&link),
                 self.codec,
                 self.max_value_size,
             )),
-            locks: store,
+        };
+        Stores {
+            values,
+            locks: link,
         }
     }
 
-    fn assemble(self, keys: Keyspace, stores: Stores) -> Cachify {
-        let health = Arc::new(Health::new(self.breaker_threshold, self.breaker_cool_down));
+    fn assemble(self, keys: Keyspace, stores: Stores, health: Arc<Health>) -> Cachify {
         let locks = Locks::new(
             stores.locks,
             keys.clone(),

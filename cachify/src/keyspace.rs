@@ -213,6 +213,16 @@ impl Keyspace {
     pub(crate) fn cached_scope(&self) -> String {
         format!("{}{}", self.prefix, KeyKind::Cached.tag())
     }
+
+    /// The starts of every key that holds a cached value (`#[cached]`
+    /// entries and HTTP responses), and of no lock or counter key: what the
+    /// near cache asks Redis to report changes of.
+    pub(crate) fn value_scopes(&self) -> Vec<String> {
+        let mut scopes = vec![self.cached_scope()];
+        #[cfg(feature = "axum")]
+        scopes.push(format!("{}{HTTP_TAG}", self.prefix));
+        scopes
+    }
 }
 
 #[cfg(feature = "axum")]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, FromRedisValue, ScriptInvocation};
+use redis::{Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, ScriptInvocation};
 
 use super::Io;
 use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
@@ -35,6 +35,8 @@ struct Shared {
     /// Driven by cachify's background runtime, usable from any runtime.
     connection: ClusterConnection,
     command_timeout: Duration,
+    /// The first seed's settings (credentials, TLS), to reach each primary.
+    seed: ConnectionInfo,
 }
 
 impl ClusterStore {
@@ -52,10 +54,16 @@ impl ClusterStore {
             .map(|seed| redact(seed))
             .collect::<Vec<_>>()
             .join(", ");
+        let mut parsed = Vec::with_capacity(seeds.len());
         for seed in seeds {
-            redis::Client::open(seed.as_str())
+            let client = redis::Client::open(seed.as_str())
                 .map_err(|error| invalid_url(&redact(seed), &error))?;
+            parsed.push(client.get_connection_info().clone());
         }
+        let seed = parsed
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Config("redis_cluster needs at least one seed URL".into()))?;
         let client = ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(settings.connect_timeout)
             .response_timeout(settings.command_timeout)
@@ -92,6 +100,7 @@ impl ClusterStore {
             shared: Arc::new(Shared {
                 connection,
                 command_timeout: settings.command_timeout,
+                seed,
             }),
         };
         if !settings.lazy {
@@ -125,6 +134,30 @@ impl Shared {
     async fn primaries(&self) -> Result<Vec<(String, u16)>, Error> {
         let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
         primaries_of(&nodes)
+    }
+
+    /// How to reach each primary: the seed's settings at its address.
+    async fn primary_connections(&self) -> Result<Vec<ConnectionInfo>, Error> {
+        let primaries = self.primaries().await?;
+        Ok(primaries
+            .into_iter()
+            .map(|(host, port)| {
+                let address = match self.seed.addr() {
+                    ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: *insecure,
+                        tls_params: tls_params.clone(),
+                    },
+                    _ => ConnectionAddr::Tcp(host, port),
+                };
+                self.seed.clone().set_addr(address)
+            })
+            .collect())
     }
 
     /// Deletes every key that starts with `prefix` on every primary: `SCAN`
@@ -236,6 +269,11 @@ impl Link for ClusterStore {
     fn unlink_prefix(&self, prefix: &str) -> Io<u64> {
         let (shared, prefix) = (Arc::clone(&self.shared), prefix.to_owned());
         Box::pin(async move { shared.delete_prefix(&prefix).await })
+    }
+
+    fn primaries(&self) -> Io<Vec<ConnectionInfo>> {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { shared.primary_connections().await })
     }
 }
 

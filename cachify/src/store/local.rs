@@ -90,6 +90,11 @@ impl LocalValues {
         removed.into_inner()
     }
 
+    /// Removes everything.
+    pub(crate) fn clear(&self) {
+        self.entries.clear();
+    }
+
     /// How many entries are held, expired ones included until they are read.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -130,7 +135,10 @@ mod tests {
         local.insert("p:1", first.clone(), None);
         local.insert("p:2", value(2), None);
         local.insert("q:1", value(3), None);
-        assert!(!local.remove_if_same("p:1", &value(1)), "another allocation stays");
+        assert!(
+            !local.remove_if_same("p:1", &value(1)),
+            "another allocation stays"
+        );
         assert!(local.remove_if_same("p:1", &first));
         assert_eq!(local.remove_prefix("p:"), 1);
         assert!(local.remove("q:1"));

@@ -17,8 +17,10 @@ pub(crate) mod cluster;
 mod encoded;
 pub(crate) mod local;
 pub(crate) mod memory;
+pub(crate) mod near;
 pub(crate) mod protocol;
 pub(crate) mod redis;
+pub(crate) mod tracking;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Cmd, FromRedisValue, Script, ScriptInvocation};
+use redis::{Cmd, ConnectionInfo, FromRedisValue, Script, ScriptInvocation};
 
 use super::{ByteStore, Fence, Io, LockStore, StoreFuture, millis};
 use crate::error::{BackendError, Error};
@@ -62,6 +62,12 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// A value and its remaining time to live, read in one atomic step for the
+/// near cache: `{value or false, PTTL}`.
+static READ_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new("return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}")
+});
+
 /// How many keys one `SCAN` step asks for.
 const SCAN_BATCH: u64 = 500;
 
@@ -92,6 +98,26 @@ pub(crate) trait Link: Send + Sync + 'static {
     /// Deletes every key that starts with `prefix` (`SCAN` in batches and
     /// `UNLINK`, on every primary); returns how many.
     fn unlink_prefix(&self, prefix: &str) -> Io<u64>;
+
+    /// Where every key lives now: the server, or each primary of a cluster,
+    /// with the credentials to reach it (the near cache's invalidation
+    /// links connect to each).
+    fn primaries(&self) -> Io<Vec<ConnectionInfo>>;
+}
+
+/// The bytes under `key` and how long they still live (`None`: no expiry),
+/// read together so a copy kept in process never outlives the entry.
+pub(crate) fn read_with_ttl<L: Link>(
+    link: &L,
+    key: &str,
+) -> Io<(Option<Vec<u8>>, Option<Duration>)> {
+    let read = link.script::<(Option<Vec<u8>>, i64)>(READ_WITH_TTL.key(key));
+    Box::pin(async move {
+        let (bytes, ttl) = read.await?;
+        // PTTL: -1 no expiry, -2 no key (then there are no bytes either).
+        let ttl = u64::try_from(ttl).ok().map(Duration::from_millis);
+        Ok((bytes, ttl))
+    })
 }
 
 impl<L: Link> ByteStore for L {

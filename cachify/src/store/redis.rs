@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 use redis::AsyncConnectionConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
-use redis::{Cmd, FromRedisValue, ScriptInvocation};
+use redis::{Cmd, ConnectionInfo, FromRedisValue, ScriptInvocation};
 
 use super::Io;
 use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
@@ -330,6 +330,11 @@ impl Link for RedisStore {
     fn unlink_prefix(&self, prefix: &str) -> Io<u64> {
         let (shared, prefix) = (Arc::clone(&self.shared), prefix.to_owned());
         Box::pin(async move { shared.delete_prefix(&prefix).await })
+    }
+
+    fn primaries(&self) -> Io<Vec<ConnectionInfo>> {
+        let server = self.shared.runtimes.client.get_connection_info().clone();
+        Box::pin(async move { Ok(vec![server]) })
     }
 }
 
