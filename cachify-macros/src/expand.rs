@@ -66,13 +66,57 @@ fn local(name: &str) -> Ident {
 impl Key<'_> {
     /// Binds the client and the rendered key, as `__cachify_client` and `__cachify_key`.
     fn prelude(&self) -> TokenStream {
+        let client = self.client_binding();
+        let key = self.key_binding();
+        quote! {
+            #client
+            #key
+        }
+    }
+
+    /// Binds the client as `__cachify_client`.
+    fn client_binding(&self) -> TokenStream {
         let client_var = local("__cachify_client");
-        let key_var = local("__cachify_key");
-        let template_const = local("__CACHIFY_TEMPLATE");
         let client = match &self.args.client {
             Some(client) => client.to_token_stream(),
             None => quote!(::cachify::__private::global()),
         };
+        quote! {
+            let #client_var: &::cachify::Cachify = #client;
+        }
+    }
+
+    /// The value each placeholder reads, as a reference, in template order.
+    /// Each root resolves like the parameter's own identifier, even when a
+    /// `macro_rules!` wrote the function; the template's span puts a
+    /// missing `Display` impl or field on the template.
+    fn values(&self) -> Vec<TokenStream> {
+        let span = self.args.template.span();
+        let placeholders = self.pieces.iter().filter_map(|piece| match piece {
+            Piece::Value(placeholder) => Some(placeholder),
+            Piece::Text(_) => None,
+        });
+        placeholders
+            .zip(self.roots)
+            .map(|(placeholder, root)| {
+                let fields = placeholder.fields.iter().map(|field| match field {
+                    Field::Named(name) => Ident::new(name, span).into_token_stream(),
+                    Field::Index(index) => syn::Index {
+                        index: *index,
+                        span,
+                    }
+                    .into_token_stream(),
+                });
+                quote_spanned!(span=> &(#root #(. #fields)*))
+            })
+            .collect()
+    }
+
+    /// Binds the rendered key as `__cachify_key` (the client must be bound).
+    fn key_binding(&self) -> TokenStream {
+        let client_var = local("__cachify_client");
+        let key_var = local("__cachify_key");
+        let template_const = local("__CACHIFY_TEMPLATE");
         let kind = match self.kind {
             Kind::Cached => quote!(Cached),
             Kind::Once => quote!(Once),
@@ -91,26 +135,11 @@ impl Key<'_> {
                 quote!(::cachify::__private::Piece::Value { stop: #stop })
             }
         });
-        // Each root resolves like the parameter's own identifier, even when a
-        // `macro_rules!` wrote the function; the template's span puts a
-        // missing `Display` impl or field on the template.
-        let placeholders = self.pieces.iter().filter_map(|piece| match piece {
-            Piece::Value(placeholder) => Some(placeholder),
-            Piece::Text(_) => None,
-        });
-        let values = placeholders.zip(self.roots).map(|(placeholder, root)| {
-            let fields = placeholder.fields.iter().map(|field| match field {
-                Field::Named(name) => Ident::new(name, span).into_token_stream(),
-                Field::Index(index) => syn::Index {
-                    index: *index,
-                    span,
-                }
-                .into_token_stream(),
-            });
-            quote_spanned!(span=> &(#root #(. #fields)*) as &dyn ::core::fmt::Display)
-        });
+        let values = self
+            .values()
+            .into_iter()
+            .map(|value| quote_spanned!(span=> #value as &dyn ::core::fmt::Display));
         quote! {
-            let #client_var: &::cachify::Cachify = #client;
             const #template_const: ::cachify::__private::KeyTemplate = ::cachify::__private::KeyTemplate {
                 text: #text,
                 pieces: &[#(#pieces),*],
@@ -121,6 +150,50 @@ impl Key<'_> {
                 &#template_const,
                 &[#(#values),*],
             );
+        }
+    }
+
+    /// For `#[cached]`: binds the call site as `__CACHIFY_SITE` and the
+    /// typed key as `__cachify_typed`, and returns at once on a typed hit.
+    /// The hit is spanned at `bound_span`, as the cached call is, so that
+    /// an unmet `Policy` bound is reported once, there.
+    fn typed_fast_path(
+        &self,
+        policy: &TokenStream,
+        ty: &TokenStream,
+        bound_span: Span,
+    ) -> TokenStream {
+        let client_var = local("__cachify_client");
+        let site = local("__CACHIFY_SITE");
+        let typed = local("__cachify_typed");
+        let hit = local("__cachify_hit");
+        let span = self.args.template.span();
+        let values = self.values();
+        let policy: TokenStream = policy
+            .clone()
+            .into_iter()
+            .map(|mut token| {
+                token.set_span(bound_span);
+                token
+            })
+            .collect();
+        let hit_call = quote_spanned! {bound_span=>
+            ::cachify::__private::typed_hit::<::cachify::__private::#policy, #ty, _>(
+                #client_var,
+                &#site,
+                &#typed,
+            )
+        };
+        quote_spanned! {span=>
+            static #site: ::cachify::__private::Site = ::cachify::__private::Site::new();
+            let #typed = {
+                #[allow(unused_imports)]
+                use ::cachify::__private::{TypedProbe as _, UntypedProbe as _};
+                (&::cachify::__private::Probe((#(#values,)*))).typed_key()
+            };
+            if let ::core::option::Option::Some(#hit) = #hit_call {
+                return #hit;
+            }
         }
     }
 
@@ -261,7 +334,6 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         sig,
         block,
     } = function;
-    let prelude = key.prelude();
     let client_var = local("__cachify_client");
     let key_var = local("__cachify_key");
     let output = Output::new(&sig.output);
@@ -274,7 +346,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let dot_await = sig.asyncness.map(|_| quote!(.await));
-    let call = if key.kind == Kind::Cached {
+    let (prelude, call) = if key.kind == Kind::Cached {
         let (policy, stored) = if valid::is_result_like(&sig.output) {
             (quote!(OkOnly), Some(0))
         } else {
@@ -297,20 +369,32 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             Some(fill_lock) => fill_lock.to_token_stream(),
             None => quote!(false),
         };
+        let fast = key.typed_fast_path(&policy, &ty.to_token_stream(), output.span(stored));
+        let (client, key_binding) = (key.client_binding(), key.key_binding());
+        let prelude = quote! {
+            #client
+            #fast
+            #key_binding
+        };
+        let site = local("__CACHIFY_SITE");
+        let typed = local("__cachify_typed");
         let call = quote_spanned!(output.span(stored)=>
-            ::cachify::__private::#runner::<::cachify::__private::#policy, #ty, _, _>(
+            ::cachify::__private::#runner::<::cachify::__private::#policy, #ty, _, _, _>(
                 #client_var,
                 #key_var,
+                &#site,
+                #typed,
                 ::cachify::__private::CacheCall { ttl: #ttl, fill_lock: #fill_lock },
                 #body,
                 #unless_var
             )
         );
         // Bound first: the body moves the arguments, and `unless` may read them.
-        quote! {
+        let call = quote! {
             let #unless_var = #unless;
             #call #dot_await
-        }
+        };
+        (prelude, call)
     } else {
         let (acquire, run) = if sig.asyncness.is_some() {
             (quote!(acquire), quote!(run_locked))
@@ -336,13 +420,14 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
                 }
             }
         };
-        quote! {
+        let call = quote! {
             match ::cachify::__private::#acquire(#client_var, #key_var, #ttl, #wait) #dot_await {
                 ::core::result::Result::Ok(#guard) =>
                     ::cachify::__private::#run(#guard, #body) #dot_await,
                 #refused,
             }
-        }
+        };
+        (key.prelude(), call)
     };
     // Inner attributes (`#![allow(..)]` at the top of the body) stay inside.
     let outer = attrs

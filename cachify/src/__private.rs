@@ -16,6 +16,7 @@ use crate::mode::{Async, Blocking, Mode, drive};
 pub use crate::cache::{CacheCall, OkOnly, Policy, Whole};
 pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
 pub use crate::locks::LockGuard;
+pub use crate::site::{Probe, ScalarKey, Site, TypedKey, TypedProbe, Untyped, UntypedProbe};
 
 /// The global client, or the fallback memory client if none was initialised.
 #[inline]
@@ -46,10 +47,28 @@ pub fn store_all<T: ?Sized>(_: &T) -> bool {
     false
 }
 
+/// A `#[cached]` call's typed fast path: the output on a hit, with no key
+/// rendered (see [`crate::site`]). `None` when the call has no typed key.
+#[inline]
+pub fn typed_hit<P, R, K>(client: &Cachify, site: &Site, typed: &Option<K>) -> Option<R>
+where
+    P: Policy<R>,
+    P::Stored: crate::value::CacheValue,
+    K: TypedKey,
+{
+    let typed = typed.as_ref()?;
+    client
+        .core()
+        .typed_hit::<K, P::Stored>(site, typed)
+        .map(P::restore)
+}
+
 /// `#[cached]` on an `async fn`.
-pub async fn cached<P, R, F, U>(
+pub async fn cached<P, R, F, U, K>(
     client: &Cachify,
     key: String,
+    site: &'static Site,
+    typed: Option<K>,
     call: CacheCall,
     body: F,
     unless: U,
@@ -58,10 +77,16 @@ where
     P: Policy<R>,
     F: Future<Output = R>,
     U: Fn(&P::Stored) -> bool,
+    K: TypedKey,
 {
     let core = client.core();
     match core.cached_now::<P, R>(&key) {
-        Ok(hit) => hit,
+        Ok(hit) => {
+            if let Some(typed) = typed {
+                core.index_typed::<K, P::Stored>(site, typed, &key);
+            }
+            hit
+        }
         Err(lookup) => {
             core.cached::<Async, P, R, F, U>(&key, lookup, call, body, unless)
                 .await
@@ -70,9 +95,11 @@ where
 }
 
 /// `#[cached]` on a plain `fn`.
-pub fn cached_blocking<P, R, F, U>(
+pub fn cached_blocking<P, R, F, U, K>(
     client: &Cachify,
     key: String,
+    site: &'static Site,
+    typed: Option<K>,
     call: CacheCall,
     body: F,
     unless: U,
@@ -81,11 +108,17 @@ where
     P: Policy<R>,
     F: FnOnce() -> R,
     U: Fn(&P::Stored) -> bool,
+    K: TypedKey,
 {
     // An in-process hit returns here, before any future is made.
     let core = client.core();
     match core.cached_now::<P, R>(&key) {
-        Ok(hit) => hit,
+        Ok(hit) => {
+            if let Some(typed) = typed {
+                core.index_typed::<K, P::Stored>(site, typed, &key);
+            }
+            hit
+        }
         Err(lookup) => {
             let body = async move { body() };
             drive(core.cached::<Blocking, P, R, _, U>(&key, lookup, call, body, unless))

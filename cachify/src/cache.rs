@@ -7,7 +7,7 @@
 //! operation is written once, generic over a [`Mode`].
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ use crate::health::{Health, Stats};
 use crate::keyspace::Keyspace;
 use crate::locks::{LockGuard, Locks};
 use crate::mode::Mode;
+use crate::site::{Forget, Index, Site, TypedKey, next_client_id};
 use crate::store::{StoreFuture, ValueStore};
 use crate::value::{AnyValue, CacheValue, ValueType, take};
 
@@ -166,6 +167,10 @@ enum Fill<T> {
 /// The stores, keys, settings and health of one client: everything the
 /// cache path and the locks share. The client is a thin facade over it.
 pub(crate) struct Core {
+    /// Tells this client apart at a `#[cached]` function's [`Site`].
+    id: u64,
+    /// The typed indexes this client claimed, emptied when it goes.
+    indexes: Mutex<Vec<Arc<dyn Forget>>>,
     values: Arc<dyn ValueStore>,
     pub(crate) locks: Locks,
     pub(crate) keys: Keyspace,
@@ -185,6 +190,8 @@ impl Core {
         health: Arc<Health>,
     ) -> Self {
         Self {
+            id: next_client_id(),
+            indexes: Mutex::new(Vec::new()),
             values,
             locks,
             keys,
@@ -442,6 +449,46 @@ impl Core {
         Served::Ran(computed.output)
     }
 
+    /// A typed hit at `site` (see [`crate::site`]): no key rendered.
+    #[inline]
+    pub(crate) fn typed_hit<K: TypedKey, T: CacheValue>(&self, site: &Site, key: &K) -> Option<T> {
+        let index = site.index::<K, T>(self.id)?;
+        let value = index.get(key)?;
+        let counters = &self.health.counters;
+        counters.hits.add();
+        if index.near {
+            counters.near_hits.add();
+        }
+        Some(value)
+    }
+
+    /// After a hit through the rendered key `rendered`: indexes the entry
+    /// it came from under `key` at `site`, so the next call is a typed hit.
+    pub(crate) fn index_typed<K: TypedKey, T: CacheValue>(
+        &self,
+        site: &Site,
+        key: K,
+        rendered: &str,
+    ) {
+        let Some(local) = self.values.local() else {
+            return;
+        };
+        let Some(stored) = local.values.entry(rendered) else {
+            return;
+        };
+        let index = site.claim::<K, T>(self.id, || {
+            let index = Arc::new(Index::new(local.values.capacity(), local.near));
+            self.indexes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(&index) as Arc<dyn Forget>);
+            index
+        });
+        if let Some(index) = index {
+            index.insert(key, stored);
+        }
+    }
+
     /// The start of a `#[cached]` call, before any future is made: the
     /// output on an in-process hit, else the read under way for
     /// [`Core::cached`] to finish.
@@ -495,6 +542,20 @@ impl Core {
         match Box::pin(self.fetch::<M, P::Stored, R, _, _>(fetch, compute)).await {
             Served::Cached(stored) => P::restore(stored),
             Served::Ran(output) => output,
+        }
+    }
+}
+
+impl Drop for Core {
+    /// A site keeps the index of the client that claimed it: emptied here,
+    /// it holds no values of a client that is gone.
+    fn drop(&mut self) {
+        let indexes = self
+            .indexes
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for index in indexes.drain(..) {
+            index.forget();
         }
     }
 }

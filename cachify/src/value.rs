@@ -34,6 +34,11 @@ impl AnyValue {
         Self(value)
     }
 
+    /// The value as an `Arc<T>` sharing this allocation, if it is a `T`.
+    pub(crate) fn downcast_arc<T: CacheValue>(&self) -> Option<Arc<T>> {
+        Arc::clone(&self.0).downcast().ok()
+    }
+
     /// Whether both are the same allocation.
     pub(crate) fn same(&self, other: &AnyValue) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

@@ -10,7 +10,7 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
 use super::local::{LocalValues, expiry_after};
-use super::{Fence, LockStore, StoreFuture, ValueStore, clamp_ttl, next_fence};
+use super::{Fence, Local, LockStore, StoreFuture, ValueStore, clamp_ttl, next_fence};
 use crate::value::{AnyValue, ValueType};
 
 #[derive(Clone)]
@@ -114,6 +114,13 @@ impl ValueStore for MemoryStore {
 
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
         StoreFuture::ready(Ok(self.values.remove_prefix(prefix)))
+    }
+
+    fn local(&self) -> Option<Local<'_>> {
+        Some(Local {
+            values: &self.values,
+            near: false,
+        })
     }
 }
 

@@ -163,6 +163,19 @@ pub(crate) trait ValueStore: Send + Sync + 'static {
 
     /// Deletes every entry whose key starts with `prefix`; returns how many.
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64>;
+
+    /// The in-process values this store answers from now, if any: what the
+    /// typed fast path may index (see [`crate::site`]).
+    fn local(&self) -> Option<Local<'_>> {
+        None
+    }
+}
+
+/// A store's in-process values.
+pub(crate) struct Local<'a> {
+    pub(crate) values: &'a local::LocalValues,
+    /// Whether they are near-cache copies of Redis entries.
+    pub(crate) near: bool,
 }
 
 /// Bytes under keys, with per-key TTLs.

@@ -11,7 +11,7 @@ use quanta::Instant;
 
 use super::protocol::{Link, read_with_ttl};
 use super::tracking::Tracking;
-use super::{Encoded, StoreFuture, ValueStore};
+use super::{Encoded, Local, StoreFuture, ValueStore};
 use crate::codec::Codec;
 use crate::value::{AnyValue, ValueType};
 
@@ -87,5 +87,12 @@ impl<L: Link> ValueStore for NearStore<L> {
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
         self.tracking.forget_prefix(prefix);
         self.encoded.delete_prefix(prefix)
+    }
+
+    fn local(&self) -> Option<Local<'_>> {
+        self.tracking.is_up().then(|| Local {
+            values: self.tracking.copies(),
+            near: true,
+        })
     }
 }

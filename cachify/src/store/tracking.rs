@@ -100,6 +100,11 @@ impl Tracking {
         }
     }
 
+    /// The copies (served only while [`Tracking::is_up`]).
+    pub(crate) fn copies(&self) -> &LocalValues {
+        &self.copies
+    }
+
     /// Whether copies are served now.
     pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)

@@ -1,0 +1,342 @@
+//! The typed fast path of in-process hits. Each `#[cached]` function whose
+//! key values are all integers, `bool` or `char` (or has none) keeps, per
+//! client, an index from its arguments themselves to the entries it found
+//! in the client's in-process values (the memory store, or the near
+//! cache's copies). A hit then builds no key string and hashes a few
+//! integers; it serves an entry only while that entry is still the one
+//! under its key (see [`crate::store::local`]), so every change that
+//! reaches the in-process values (a write, a `_reset`, `clear()`, an
+//! eviction, an invalidation from Redis) reaches it too.
+//!
+//! Why such types only: for them two values are equal exactly when they
+//! render alike, so two argument lists share an index entry exactly when
+//! they share a key. Other types take the rendered-key path.
+//!
+//! The index is a small sharded map of our own rather than quick_cache or
+//! moka: both return a clone of what they hold, which for a shared entry
+//! is a reference count bumped and dropped on every hit, from every
+//! thread. Here the value is cloned under the shard's read lock. It is
+//! only an index: when a shard is full, entries that are no longer live go
+//! first, then any one.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use quanta::Instant;
+use quick_cache::DefaultHashBuilder;
+
+use crate::store::local::Stored;
+use crate::value::CacheValue;
+
+/// How many shards an index has.
+const SHARDS: usize = 16;
+
+/// A typed key: owned argument values, compared and hashed as they are.
+pub trait TypedKey: Hash + Eq + Clone + Send + Sync + 'static {}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> TypedKey for K {}
+
+/// A key value whose `Display` output is equal exactly when the values
+/// are: the types a typed key is made of.
+pub trait ScalarKey {
+    /// The value itself, owned.
+    type Owned: TypedKey;
+    /// The value, owned.
+    fn owned(&self) -> Self::Owned;
+}
+
+macro_rules! scalar_keys {
+    ($($ty:ty),*) => {$(
+        impl ScalarKey for $ty {
+            type Owned = $ty;
+            #[inline]
+            fn owned(&self) -> $ty {
+                *self
+            }
+        }
+    )*};
+}
+
+scalar_keys!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, bool, char
+);
+
+impl<S: ScalarKey + ?Sized> ScalarKey for &S {
+    type Owned = S::Owned;
+    #[inline]
+    fn owned(&self) -> S::Owned {
+        (**self).owned()
+    }
+}
+
+/// The key values of one call, as references, for the macro to ask which
+/// path the call takes: `(&Probe(values)).typed_key()` resolves to
+/// [`TypedProbe`] when every value is a [`ScalarKey`], and to
+/// [`UntypedProbe`] otherwise (including in generic code).
+pub struct Probe<V>(pub V);
+
+/// No typed key: the call takes the rendered-key path.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Untyped {}
+
+/// Calls whose key values are all [`ScalarKey`]s.
+pub trait TypedProbe {
+    /// The owned values.
+    type Key: TypedKey;
+    /// The typed key of this call.
+    fn typed_key(&self) -> Option<Self::Key>;
+}
+
+/// Every other call.
+pub trait UntypedProbe {
+    /// Always `None`.
+    fn typed_key(&self) -> Option<Untyped>;
+}
+
+impl<V> UntypedProbe for &Probe<V> {
+    #[inline]
+    fn typed_key(&self) -> Option<Untyped> {
+        None
+    }
+}
+
+impl TypedProbe for Probe<()> {
+    type Key = ();
+    #[inline]
+    fn typed_key(&self) -> Option<()> {
+        Some(())
+    }
+}
+
+macro_rules! typed_probes {
+    ($(($($name:ident $index:tt),+)),*) => {$(
+        impl<$($name: ScalarKey),+> TypedProbe for Probe<($(&$name,)+)> {
+            type Key = ($($name::Owned,)+);
+            #[inline]
+            fn typed_key(&self) -> Option<Self::Key> {
+                Some(($(self.0.$index.owned(),)+))
+            }
+        }
+    )*};
+}
+
+typed_probes!((A 0), (A 0, B 1), (A 0, B 1, C 2), (A 0, B 1, C 2, D 3));
+
+/// How many clients a function keeps an index for; later ones take the
+/// rendered-key path at that function. A slot stays taken after its client
+/// is dropped (emptied, see [`Forget`]), so a program that makes many
+/// clients (a test suite, say) keeps the fast path for the first few.
+const CLAIMS: usize = 4;
+
+/// One `#[cached]` function's place for its indexes, one per client, for
+/// the first [`CLAIMS`] clients it is called with.
+pub struct Site {
+    claims: [OnceLock<(u64, Arc<dyn Any + Send + Sync>)>; CLAIMS],
+}
+
+impl Site {
+    /// An unclaimed site, for a `static`.
+    pub const fn new() -> Self {
+        Self {
+            claims: [const { OnceLock::new() }; CLAIMS],
+        }
+    }
+
+    /// The index of `client`, typed, if it has one here.
+    #[inline]
+    pub(crate) fn index<K: TypedKey, T: CacheValue>(&self, client: u64) -> Option<&Index<K, T>> {
+        for claim in &self.claims {
+            match claim.get() {
+                Some((owner, index)) if *owner == client => return index.downcast_ref(),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        None
+    }
+
+    /// The index of `client`, made and claimed if a slot is free.
+    pub(crate) fn claim<K: TypedKey, T: CacheValue>(
+        &self,
+        client: u64,
+        make: impl FnOnce() -> Arc<Index<K, T>>,
+    ) -> Option<&Index<K, T>> {
+        let mut make = Some(make);
+        for claim in &self.claims {
+            let (owner, index) = claim.get_or_init(|| {
+                let make = make
+                    .take()
+                    .expect("made at most once: the slot is then taken");
+                (client, make())
+            });
+            if *owner == client {
+                return index.downcast_ref();
+            }
+        }
+        None
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An entry found through the rendered-key path, indexed by arguments.
+struct Found<T> {
+    value: Arc<T>,
+    stored: Arc<Stored>,
+}
+
+type Shard<K, T> = RwLock<HashMap<K, Found<T>, DefaultHashBuilder>>;
+
+/// One function's index for one client.
+pub(crate) struct Index<K, T> {
+    shards: Box<[Shard<K, T>]>,
+    hasher: DefaultHashBuilder,
+    per_shard: usize,
+    /// Whether hits come from the near cache (and count as near hits).
+    pub(crate) near: bool,
+}
+
+/// Forgets what an index holds, when its client goes away.
+pub(crate) trait Forget: Send + Sync {
+    fn forget(&self);
+}
+
+impl<K: TypedKey, T: CacheValue> Index<K, T> {
+    pub(crate) fn new(max_entries: u64, near: bool) -> Self {
+        let max_entries = usize::try_from(max_entries).unwrap_or(usize::MAX);
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::with_hasher(DefaultHashBuilder::default())))
+                .collect(),
+            hasher: DefaultHashBuilder::default(),
+            per_shard: max_entries.div_ceil(SHARDS).max(1),
+            near,
+        }
+    }
+
+    fn shard(&self, key: &K) -> &Shard<K, T> {
+        use std::hash::BuildHasher;
+        // Truncation keeps the low bits, as good as any.
+        let hash = self.hasher.hash_one(key) as usize;
+        &self.shards[hash % SHARDS]
+    }
+
+    /// The value indexed under `key`, while its entry is live.
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<T> {
+        let shard = self
+            .shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let found = shard.get(key)?;
+        found
+            .stored
+            .live(Instant::now())
+            .then(|| T::clone(&found.value))
+    }
+
+    /// Indexes `stored` (a value of type `T`) under `key`.
+    pub(crate) fn insert(&self, key: K, stored: Arc<Stored>) {
+        let Some(value) = stored.value().downcast_arc::<T>() else {
+            return;
+        };
+        let mut shard = self
+            .shard(&key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+            let now = Instant::now();
+            shard.retain(|_, found| found.stored.live(now));
+            if shard.len() >= self.per_shard
+                && let Some(any) = shard.keys().next().cloned()
+            {
+                shard.remove(&any);
+            }
+        }
+        shard.insert(key, Found { value, stored });
+    }
+}
+
+impl<K: TypedKey, T: CacheValue> Forget for Index<K, T> {
+    fn forget(&self) {
+        for shard in &self.shards {
+            shard
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+    }
+}
+
+/// A unique id per client core, to tell clients apart at a site.
+pub(crate) fn next_client_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::local::LocalValues;
+    use crate::value::AnyValue;
+
+    fn stored(local: &LocalValues, key: &str, value: u32) -> Arc<Stored> {
+        local.insert(key, AnyValue::new(Arc::new(value)), None);
+        local.entry(key).unwrap()
+    }
+
+    #[test]
+    fn a_site_keeps_one_index_per_client_for_the_first_few() {
+        let site = Site::new();
+        let make = || Arc::new(Index::<(u64,), u32>::new(10, false));
+        for client in 1..=CLAIMS as u64 {
+            assert!(site.claim(client, make).is_some());
+            assert!(site.index::<(u64,), u32>(client).is_some());
+        }
+        assert!(site.claim(99, make).is_none(), "no slot left");
+        assert!(site.index::<(u64,), u32>(99).is_none());
+        assert!(
+            site.index::<(u64,), String>(1).is_none(),
+            "another value type is not this index"
+        );
+    }
+
+    #[test]
+    fn an_index_serves_live_entries_only_and_stays_bounded() {
+        let local = LocalValues::new(1_000);
+        let index = Index::<(u64,), u32>::new(32, false);
+        index.insert((1,), stored(&local, "k1", 10));
+        assert_eq!(index.get(&(1,)), Some(10));
+        local.remove("k1");
+        assert_eq!(index.get(&(1,)), None, "retired with its entry");
+        for n in 0..500 {
+            index.insert((n,), stored(&local, &format!("k{n}"), 7));
+        }
+        let held = index
+            .shards
+            .iter()
+            .map(|shard| shard.read().unwrap().len())
+            .sum::<usize>();
+        assert!(held <= 32 + SHARDS, "bounded: {held}");
+        index.forget();
+        assert_eq!(index.get(&(499,)), None, "forgotten");
+    }
+
+    #[test]
+    // Borrowed as the generated code does, where the probe's type decides.
+    #[allow(clippy::needless_borrow)]
+    fn probes_pick_the_typed_path_for_scalars_only() {
+        let (id, flag, name) = (7_u64, true, String::from("x"));
+        assert_eq!((&Probe((&id, &flag))).typed_key(), Some((7, true)));
+        assert_eq!((&Probe(())).typed_key(), Some(()));
+        let untyped: Option<Untyped> = (&Probe((&id, &name))).typed_key();
+        assert!(untyped.is_none());
+    }
+}
