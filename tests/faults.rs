@@ -256,6 +256,79 @@ async fn a_stalled_redis_costs_a_timeout_and_locks_fail_closed() {
     assert_eq!(stall_once(client.clone(), 7).await.unwrap(), 7);
 }
 
+static SWARM_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cached("swarm-{n}", client = &client)]
+async fn swarm(client: Cachify, n: u64) -> u64 {
+    SWARM_RUNS.fetch_add(1, Ordering::SeqCst);
+    n * 3 + 1
+}
+
+const SWARM: u64 = 64;
+
+/// `SWARM` cached calls at once, each on its own key; the slowest's time.
+async fn swarm_calls(client: &Cachify) -> Duration {
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..SWARM {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let (value, took) = timed(swarm(client, n)).await;
+            assert_eq!(value, n * 3 + 1);
+            took
+        });
+    }
+    tasks.join_all().await.into_iter().max().unwrap()
+}
+
+/// Reads carry no timer of their own: the read connection's watchdog must
+/// fail every read in flight on it when Redis freezes, so that 64 calls
+/// waiting at once all fail open within about the command timeout; and so
+/// must the next 64, which find the connection gone and reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_reads_in_flight_when_redis_stalls_all_fail_open_in_time() {
+    let _deadline = Deadline::new(TEST_LIMIT, "many_reads_in_flight_when_redis_stalls");
+    let server = RedisServer::start();
+    // The breaker never opens: every call goes to the stalled Redis.
+    let client = builder(&server, "swarm:")
+        .circuit_breaker(u32::MAX, Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let runs = || SWARM_RUNS.load(Ordering::SeqCst);
+
+    // Warm: every key cached, this runtime's read connection up.
+    swarm_calls(&client).await;
+    let (before, hits) = (runs(), client.stats().hits);
+    swarm_calls(&client).await;
+    assert_eq!(runs(), before, "warm calls were hits");
+    assert_eq!(client.stats().hits, hits + SWARM);
+
+    let frozen = Frozen::new(&server);
+    // A read cut by the watchdog, the function, and a write that times out.
+    let bound = TIMEOUT * 3 + Duration::from_secs(1);
+    for wave in ["in flight on the read connection", "reconnecting"] {
+        let before = runs();
+        let slowest = swarm_calls(&client).await;
+        assert!(
+            slowest < bound,
+            "{wave}: the slowest of {SWARM} calls took {slowest:?} with Redis stalled"
+        );
+        assert_eq!(runs(), before + SWARM, "{wave}: every call ran (fail open)");
+    }
+    drop(frozen);
+
+    eventually(
+        "a cached call is a hit after SIGCONT",
+        RECOVERY,
+        async || {
+            let hits = client.stats().hits;
+            assert_eq!(swarm(client.clone(), 1).await, 4);
+            client.stats().hits > hits
+        },
+    )
+    .await;
+}
+
 // ====================================================================== 2. breaker
 
 static BREAKER_RUNS: AtomicU32 = AtomicU32::new(0);

@@ -355,7 +355,10 @@ impl CachifyBuilder {
     }
 
     /// How long one Redis command may take before it counts as failed
-    /// (the cache path then runs the function). Default 500 ms.
+    /// (the cache path then runs the function). Default 500 ms. Cache reads
+    /// on a single server are cut when their connection has answered
+    /// nothing for this long, rather than each by its own timer, so a read
+    /// behind a long but moving queue may take longer.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self

@@ -20,6 +20,7 @@ pub(crate) mod memory;
 pub(crate) mod near;
 pub(crate) mod protocol;
 pub(crate) mod redis;
+mod stall;
 pub(crate) mod tracking;
 
 use std::future::Future;

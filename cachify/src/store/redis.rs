@@ -19,6 +19,7 @@ use redis::{Cmd, ConnectionInfo, FromRedisValue, ScriptInvocation};
 
 use super::Io;
 use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
+use super::stall::WatchedConnection;
 use crate::error::{BackendError, Error};
 use crate::{io, keyspace};
 
@@ -55,14 +56,36 @@ struct PerRuntime {
     /// Tells this client's entries apart in the per-thread cache.
     id: u64,
     client: redis::Client,
+    /// For TLS read connections, which redis-rs makes.
     config: AsyncConnectionConfig,
+    connect_timeout: Duration,
     /// Bounded: runtimes come and go (one per `#[tokio::test]`), and a dead
     /// runtime's entry is never looked up again.
     connections: Mutex<Vec<(RuntimeId, ReadSlot)>>,
 }
 
 /// A runtime's read connection, connected by whichever read needs it first.
-type ReadSlot = Arc<OnceCell<MultiplexedConnection>>;
+type ReadSlot = Arc<OnceCell<ReadConnection>>;
+
+/// A read connection. Reads carry no timer of their own on a watched one:
+/// its watchdog cuts it when Redis stops answering (see [`super::stall`]).
+enum ReadConnection {
+    /// TCP or a Unix socket.
+    Watched(WatchedConnection),
+    /// TLS, whose stream redis-rs makes and cannot be watched: each read
+    /// is bounded by its own timer instead.
+    Timed(MultiplexedConnection),
+}
+
+impl ReadConnection {
+    /// `GET`, not bounded here.
+    async fn get(&self, get: &Cmd) -> redis::RedisResult<Option<Vec<u8>>> {
+        match self {
+            Self::Watched(connection) => connection.query(get).await,
+            Self::Timed(connection) => get.query_async(&mut connection.clone()).await,
+        }
+    }
+}
 
 /// How many runtimes' connections a client (and each thread) remembers.
 const REMEMBERED_RUNTIMES: usize = 8;
@@ -158,6 +181,7 @@ impl RedisStore {
                     config: AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(settings.connect_timeout))
                         .set_response_timeout(None),
+                    connect_timeout: settings.connect_timeout,
                     connections: Mutex::new(Vec::new()),
                 },
                 command_timeout: settings.command_timeout,
@@ -257,21 +281,51 @@ impl Shared {
         let Some((runtime, slot)) = self.read_slot() else {
             return self.ordered(&get).await;
         };
-        let read = async {
-            let connection = slot
-                .get_or_try_init(|| {
-                    self.runtimes
-                        .client
-                        .get_multiplexed_async_connection_with_config(&self.runtimes.config)
-                })
-                .await?;
-            get.query_async(&mut connection.clone()).await
+        let result = match slot.get() {
+            // The hot path: no timer. Should Redis stall, the watchdog cuts
+            // the connection within about the command timeout, failing
+            // this read.
+            Some(ReadConnection::Watched(connection)) => match connection.query(&get).await {
+                Err(_) if connection.stalled() => Err(Error::Backend(BackendError::timed_out(
+                    self.command_timeout,
+                ))),
+                result => result.map_err(Error::from),
+            },
+            Some(connection @ ReadConnection::Timed(_)) => self.timed(connection.get(&get)).await,
+            // Connecting: every read waiting for the connection is bounded
+            // on its own, so that a stalled handshake costs each of them one
+            // timeout, not one each in turn.
+            None => {
+                let read = async {
+                    let connection = slot.get_or_try_init(|| self.connect_read()).await?;
+                    connection.get(&get).await
+                };
+                self.timed(read).await
+            }
         };
-        let result = self.timed(read).await;
         if result.is_err() {
             self.drop_slot(runtime, &slot);
         }
         result
+    }
+
+    /// A read connection for the current runtime, connected (handshake
+    /// included) within the connect timeout.
+    async fn connect_read(&self) -> redis::RedisResult<ReadConnection> {
+        let info = self.runtimes.client.get_connection_info();
+        let connecting = WatchedConnection::connect(info, self.command_timeout);
+        let watched = tokio::time::timeout(self.runtimes.connect_timeout, connecting)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if let Some(connection) = watched {
+            return Ok(ReadConnection::Watched(connection));
+        }
+        let connection = self
+            .runtimes
+            .client
+            .get_multiplexed_async_connection_with_config(&self.runtimes.config)
+            .await?;
+        Ok(ReadConnection::Timed(connection))
     }
 
     /// Deletes every key that starts with `prefix`, with `SCAN` (never
