@@ -15,8 +15,17 @@
 //!   read on a Redis Cluster of three primaries and three replicas, which
 //!   this bench also starts, against redis-rs's cluster client doing GET
 //!   plus decode.
+//! - `near_hit/<who>`: a near-cache hit (`.near_cache(..)` in front of
+//!   Redis) against a memory hit, one thread; and, async in one task,
+//!   against redis-rs's own client-side cache (`cache-aio`) hit plus decode.
 //! - stampede: 1,000 callers on one cold key whose function takes 50 ms
 //!   (executions and time to the last answer, printed).
+//! - invalidation: how long after a write by another connection a
+//!   near-cache read returns the new value (median and 99th percentile,
+//!   printed).
+//! - users app: `GET /users/{id}` of the example app, served by a child
+//!   process of this bench, with and without the near cache (requests per
+//!   second, printed).
 
 use std::hint::black_box;
 use std::net::TcpListener;
@@ -34,6 +43,11 @@ use support::cluster::RedisCluster;
 /// The integration tests' server support, for its Redis Cluster.
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+/// The users example app, served by a child process of this bench.
+#[allow(dead_code)]
+#[path = "../examples/users/app.rs"]
+mod app;
 
 /// A small, realistic value: a user record of three fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +154,18 @@ fn cluster_client() -> &'static Cachify {
     })
 }
 
+fn near_client() -> &'static Cachify {
+    static CLIENT: OnceLock<Cachify> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        Cachify::builder()
+            .redis(url())
+            .prefix("bench-near:")
+            .near_cache(10_000)
+            .build_blocking()
+            .unwrap()
+    })
+}
+
 fn memory_client() -> &'static Cachify {
     static CLIENT: OnceLock<Cachify> = OnceLock::new();
     CLIENT.get_or_init(|| Cachify::builder().memory().build_blocking().unwrap())
@@ -180,6 +206,23 @@ async fn cached_crate_page(id: u64) -> Result<Page, String> {
 #[cached("mem-user-{id}", ttl = 3600, client = memory_client())]
 fn cachify_memory_user(id: u64) -> User {
     user(id)
+}
+
+#[cached("near-user-{id}", ttl = 3600, client = near_client())]
+fn cachify_near_user(id: u64) -> User {
+    user(id)
+}
+
+#[cached("near-user-{id}", ttl = 3600, client = near_client())]
+async fn cachify_near_user_async(id: u64) -> User {
+    user(id)
+}
+
+/// For the invalidation delay: what a read through the near cache sees now.
+#[cached("near-version-{id}", ttl = 3600, client = near_client(), unless = |_: &u64| true)]
+async fn near_version(id: u64) -> u64 {
+    let _ = id;
+    0
 }
 
 #[cached::macros::cached(ttl_secs = 3600)]
@@ -438,6 +481,127 @@ fn memory_hit(c: &mut Criterion) {
     group.finish();
 }
 
+/// Reads until the near cache answers from process memory (its tracking
+/// link is up and it holds the entry), for at most 10 s.
+fn until_near_hit(read: impl Fn()) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = near_client().stats().near_hits;
+        read();
+        if near_client().stats().near_hits > before {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the near cache never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn near_hit(c: &mut Criterion) {
+    let rt = runtime();
+    cachify_memory_user(1);
+    until_near_hit(|| {
+        black_box(cachify_near_user(1));
+    });
+    until_near_hit(|| {
+        rt.block_on(cachify_near_user_async(1));
+    });
+    // redis-rs's client-side cache: RESP3, tracking, an LRU of replies.
+    let mut cached_connection = rt.block_on(async {
+        let url = format!("{}?protocol=resp3", url());
+        let config = redis::AsyncConnectionConfig::new()
+            .set_cache_config(redis::caching::CacheConfig::new());
+        let mut connection = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        let _: () = connection
+            .set("aio-user", rmp_serde::to_vec_named(&user(1)).unwrap())
+            .await
+            .unwrap();
+        let _: User = raw_get(&mut connection, "aio-user").await;
+        connection
+    });
+    let mut group = c.benchmark_group("near_hit");
+    group.bench_function("cachify_near", |b| {
+        b.iter(|| black_box(cachify_near_user(black_box(1))))
+    });
+    group.bench_function("cachify_memory", |b| {
+        b.iter(|| black_box(cachify_memory_user(black_box(1))))
+    });
+    group.bench_function("cachify_near_async", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    black_box(cachify_near_user_async(black_box(1)).await);
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.bench_function("redis_rs_cache_aio", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    black_box(raw_get::<User>(&mut cached_connection, "aio-user").await);
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+/// How long after another connection's write (from its `OK`) a near-cache
+/// read returns the new value: median and 99th percentile of 1,000 writes.
+fn invalidation_report() {
+    let rt = runtime();
+    let mut delays = rt.block_on(async {
+        let mut writer = raw_connection().await;
+        let key = "bench-near:cache:near-version-1";
+        let mut delays = Vec::with_capacity(1_000);
+        for version in 1..=1_000_u64 {
+            // A near copy of the previous version is held when the write lands.
+            let mut previous = vec![b'M'];
+            previous.extend(rmp_serde::to_vec(&(version - 1)).unwrap());
+            let _: () = writer.set(key, previous).await.unwrap();
+            let held = Instant::now() + Duration::from_secs(5);
+            let before = near_client().stats().near_hits;
+            while near_version(1).await != version - 1 || near_client().stats().near_hits == before
+            {
+                assert!(
+                    Instant::now() < held,
+                    "the near cache never held version {}",
+                    version - 1
+                );
+            }
+            let mut next = vec![b'M'];
+            next.extend(rmp_serde::to_vec(&version).unwrap());
+            let _: () = writer.set(key, next).await.unwrap();
+            let written = Instant::now();
+            while near_version(1).await != version {
+                assert!(
+                    written.elapsed() < Duration::from_secs(5),
+                    "version {version} never seen"
+                );
+            }
+            delays.push(written.elapsed());
+        }
+        delays
+    });
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    println!(
+        "invalidation: a write seen by a near-cache read after {:.0} µs median, {:.0} µs p99, {:.0} µs max ({} writes)",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        delays.len()
+    );
+}
+
 fn lock_round_trip(c: &mut Criterion) {
     let rt = runtime();
     let raw = rt.block_on(raw_connection());
@@ -611,6 +775,7 @@ criterion_group!(
     redis_hit,
     redis_hit_64_tasks,
     memory_hit,
+    near_hit,
     lock_round_trip,
     cluster_hit,
     cluster_hit_64_tasks
@@ -688,6 +853,20 @@ fn report() {
     row("memory hit", "memory_hit", "cachify", "cached_crate", 1.0);
     row("memory hit", "memory_hit", "cachify", "moka_get", 1.0);
     row(
+        "near-cache hit vs memory hit",
+        "near_hit",
+        "cachify_near",
+        "cachify_memory",
+        1.0,
+    );
+    row(
+        "near-cache hit (async) vs cache-aio",
+        "near_hit",
+        "cachify_near_async",
+        "redis_rs_cache_aio",
+        1.0,
+    );
+    row(
         "cluster hit, user, serial",
         "cluster_hit",
         "cachify",
@@ -710,7 +889,145 @@ fn report() {
     );
 }
 
+/// In a child process of the bench: which users app to serve ("near" or
+/// "plain"), against the Redis at `USERS_REDIS_ENV`, writing its port to
+/// the file at `USERS_PORT_ENV`.
+const USERS_APP_ENV: &str = "CACHIFY_BENCH_USERS_APP";
+const USERS_REDIS_ENV: &str = "CACHIFY_BENCH_USERS_REDIS";
+const USERS_PORT_ENV: &str = "CACHIFY_BENCH_USERS_PORT";
+/// Concurrent HTTP clients, and how long each measurement lasts.
+const USERS_CLIENTS: usize = 32;
+const USERS_RUN: Duration = Duration::from_secs(3);
+
+/// The child: the users app, its cachify client with or without the near
+/// cache. Serves until the bench kills it.
+fn serve_users_app(mode: &str) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let redis = std::env::var(USERS_REDIS_ENV).unwrap();
+        let builder = Cachify::builder()
+            .redis(redis)
+            .prefix(format!("bench-users-{mode}:"));
+        let builder = if mode == "near" {
+            builder.near_cache(10_000)
+        } else {
+            builder
+        };
+        cachify::init(builder.build().await.unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!("cachify-bench-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = app::connect_db(&format!("sqlite://{}", dir.join("users.db").display()))
+            .await
+            .unwrap();
+        let state = std::sync::Arc::new(app::AppState {
+            db,
+            slow: Duration::ZERO,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::fs::write(std::env::var(USERS_PORT_ENV).unwrap(), port.to_string()).unwrap();
+        axum::serve(listener, app::router(state)).await.unwrap();
+    });
+    std::process::exit(0)
+}
+
+/// Starts the users app in `mode` as a child process; `(child, base URL)`.
+fn start_users_app(mode: &str) -> (Child, String) {
+    let port_file = std::env::temp_dir().join(format!(
+        "cachify-bench-users-port-{}-{mode}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&port_file);
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env(USERS_APP_ENV, mode)
+        .env(USERS_REDIS_ENV, url())
+        .env(USERS_PORT_ENV, &port_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    support::die_with_the_parent(&mut command);
+    let child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let Ok(port) = std::fs::read_to_string(&port_file)
+            && let Ok(port) = port.trim().parse::<u16>()
+        {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "the users app did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_file(&port_file);
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// `GET /users/{id}` requests per second against one app, for `USERS_RUN`.
+async fn users_rps(base: &str) -> f64 {
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{base}/users"))
+        .json(&serde_json::json!({ "name": "bench", "email": "bench@example.com" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{base}/users/{}", created["id"]);
+    for _ in 0..100 {
+        assert!(http.get(&url).send().await.unwrap().status().is_success());
+    }
+    let until = Instant::now() + USERS_RUN;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..USERS_CLIENTS {
+        let (http, url) = (http.clone(), url.clone());
+        clients.spawn(async move {
+            let mut done = 0_u64;
+            while Instant::now() < until {
+                let response = http.get(&url).send().await.unwrap();
+                assert!(response.status().is_success());
+                black_box(response.bytes().await.unwrap());
+                done += 1;
+            }
+            done
+        });
+    }
+    let done: u64 = clients.join_all().await.into_iter().sum();
+    done as f64 / USERS_RUN.as_secs_f64()
+}
+
+/// The users example's `GET /users/{id}` with the near cache on and off,
+/// each in its own process, three rounds alternating.
+fn users_app_report() {
+    let rt = runtime();
+    let (mut near, mut plain) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (mode, results) in [("plain", &mut plain), ("near", &mut near)] {
+            let (mut child, base) = start_users_app(mode);
+            results.push(rt.block_on(users_rps(&base)));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    let median = |results: &mut Vec<f64>| {
+        results.sort_by(f64::total_cmp);
+        results[results.len() / 2]
+    };
+    let (near, plain) = (median(&mut near), median(&mut plain));
+    println!(
+        "users app, GET /users/{{id}}, {USERS_CLIENTS} clients: near cache {near:.0} req/s, Redis on every hit {plain:.0} req/s, ratio {:.2} (median of 3 runs each)",
+        near / plain
+    );
+}
+
 fn main() {
+    if let Ok(mode) = std::env::var(USERS_APP_ENV) {
+        serve_users_app(&mode);
+    }
     let server = start_redis();
     let url = format!("redis://127.0.0.1:{}/0", server.port);
     // SAFETY: set before any other thread exists; the `cached` crate reads it.
@@ -721,8 +1038,10 @@ fn main() {
 
     benches();
     stampede_report();
+    invalidation_report();
     if !std::env::args().any(|arg| arg == "--test") {
         interleaved_report();
+        users_app_report();
     }
     Criterion::default().configure_from_args().final_summary();
     report();

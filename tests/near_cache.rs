@@ -50,6 +50,16 @@ impl Deployment<'_> {
             .connect_timeout(Duration::from_millis(500))
     }
 
+    /// A client with a near cache of 100 entries under `prefix`.
+    async fn near_client(&self, prefix: &str) -> Cachify {
+        self.builder()
+            .prefix(prefix)
+            .near_cache(100)
+            .build()
+            .await
+            .unwrap()
+    }
+
     /// Runs `command` as another client would (as `redis-cli` does).
     fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
         match self {
@@ -177,13 +187,7 @@ async fn until_near_hit(client: &Cachify, id: &str) -> u64 {
 
 /// A write, a `DEL`, expiry and `FLUSHALL` by others all reach the copy.
 async fn changes_reach_the_copy(deployment: Deployment<'_>, prefix: &str) {
-    let client = deployment
-        .builder()
-        .prefix(prefix)
-        .near_cache(100)
-        .build()
-        .await
-        .unwrap();
+    let client = deployment.near_client(prefix).await;
     let key = format!("{prefix}cache:item-a");
 
     let first = until_near_hit(&client, "a").await;
@@ -270,13 +274,7 @@ async fn changes_reach_the_copy(deployment: Deployment<'_>, prefix: &str) {
 /// Killing the tracking links never lets a stale copy through; the near
 /// cache comes back by itself.
 async fn lost_links_never_serve_stale(deployment: &Deployment<'_>, prefix: &str) {
-    let client = deployment
-        .builder()
-        .prefix(prefix)
-        .near_cache(100)
-        .build()
-        .await
-        .unwrap();
+    let client = deployment.near_client(prefix).await;
     let key = format!("{prefix}cache:item-b");
     for round in 0..3_u64 {
         until_near_hit(&client, "b").await;
@@ -314,13 +312,7 @@ async fn node_killed_links_and_a_restart_never_serve_stale() {
     let deployment = Deployment::Node(&server);
     lost_links_never_serve_stale(&deployment, "near-kill:").await;
 
-    let client = deployment
-        .builder()
-        .prefix("near-restart:")
-        .near_cache(100)
-        .build()
-        .await
-        .unwrap();
+    let client = deployment.near_client("near-restart:").await;
     let before = until_near_hit(&client, "c").await;
     server.restart();
     tokio::time::sleep(NOTICE).await;
@@ -355,12 +347,8 @@ async fn cluster_killed_links_and_a_failover_never_serve_stale() {
     lost_links_never_serve_stale(&Deployment::Cluster(&cluster), "near-kill:").await;
 
     let client = Deployment::Cluster(&cluster)
-        .builder()
-        .prefix("near-failover:")
-        .near_cache(100)
-        .build()
-        .await
-        .unwrap();
+        .near_client("near-failover:")
+        .await;
     let key = "near-failover:cache:item-d";
     let before = until_near_hit(&client, "d").await;
     let slot = RedisCluster::slot_of(key);
