@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::codec::Codec;
 use crate::error::Error;
 use crate::flight::{Flights, Outcome, Role};
 use crate::health::{Health, Stats};
@@ -114,6 +115,9 @@ pub(crate) enum Lookup<T> {
     Now(Option<T>),
     /// The store's answer is still to come.
     Later(StoreFuture<Option<AnyValue>>),
+    /// Bytes still to come, to decode with the codec (see
+    /// [`ValueStore::get_encoded`]).
+    Encoded(StoreFuture<Option<Vec<u8>>>, Codec),
 }
 
 /// How a lookup was answered.
@@ -255,8 +259,13 @@ impl Core {
             self.health.counters.bypassed.add();
             return Lookup::Bypassed;
         }
+        if let Some((pending, codec)) = self.values.get_encoded(key) {
+            return Lookup::Encoded(pending, codec);
+        }
         match self.values.get(key, ValueType::of::<T>()) {
-            StoreFuture::Ready(Some(found)) => Lookup::Now(self.found(key, found, accept)),
+            StoreFuture::Ready(Some(found)) => {
+                Lookup::Now(self.found(key, found.map(|found| found.and_then(take)), accept))
+            }
             pending => Lookup::Later(pending),
         }
     }
@@ -273,6 +282,13 @@ impl Core {
             Lookup::Now(value) => value,
             Lookup::Later(pending) => {
                 let found = M::io(pending).await;
+                self.found(key, found.map(|found| found.and_then(take)), accept)
+            }
+            Lookup::Encoded(pending, codec) => {
+                let found = M::io(pending).await.and_then(|bytes| match bytes {
+                    Some(bytes) => Ok(Some(codec.decode::<T>(&bytes)?)),
+                    None => Ok(None),
+                });
                 self.found(key, found, accept)
             }
         }
@@ -288,16 +304,17 @@ impl Core {
         self.finish::<M, T>(key, lookup, accept).await
     }
 
-    /// Counts and logs what a read found; the hit, if there is one.
+    /// Counts and logs what a read found (a stored value of another type
+    /// comes as `None`); the hit, if there is one.
     fn found<T: CacheValue>(
         &self,
         key: &str,
-        found: Result<Option<AnyValue>, Error>,
+        found: Result<Option<T>, Error>,
         accept: &impl Fn(&T) -> bool,
     ) -> Option<T> {
         self.observe("read", key, &found);
         let value = match found {
-            Ok(found) => found.and_then(take::<T>).filter(|value| accept(value)),
+            Ok(found) => found.filter(|value| accept(value)),
             Err(Error::Codec(error)) => {
                 tracing::debug!(key, %error, "cachify: cached value no longer decodes; treating it as a miss");
                 None

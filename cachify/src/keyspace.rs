@@ -154,14 +154,26 @@ impl Keyspace {
                 Piece::Text(text) => key.push_str(text),
                 Piece::Value { stop } => {
                     if let Some(value) = values.next() {
-                        // Writing into a String cannot fail.
-                        let _ = write!(
-                            Escaper {
+                        // Written as it is, then escaped only if it must
+                        // be: most values (numbers, plain words) need
+                        // nothing, and the escaping writer would cost each
+                        // a check per character through `fmt`. Writing into
+                        // a String cannot fail.
+                        let start = key.len();
+                        let _ = write!(key, "{value}");
+                        let plain = key.as_bytes()[start..].iter().all(|&byte| {
+                            byte.is_ascii()
+                                && !always_escaped(char::from(byte))
+                                && Some(char::from(byte)) != *stop
+                        });
+                        if !plain {
+                            let written = key.split_off(start);
+                            let _ = Escaper {
                                 out: &mut key,
-                                stop: *stop
-                            },
-                            "{value}"
-                        );
+                                stop: *stop,
+                            }
+                            .write_str(&written);
+                        }
                     }
                 }
             }
@@ -218,9 +230,13 @@ impl Keyspace {
     /// entries and HTTP responses), and of no lock or counter key: what the
     /// near cache asks Redis to report changes of.
     pub(crate) fn value_scopes(&self) -> Vec<String> {
-        let mut scopes = vec![self.cached_scope()];
+        let scopes = vec![self.cached_scope()];
         #[cfg(feature = "axum")]
-        scopes.push(format!("{}{HTTP_TAG}", self.prefix));
+        let scopes = {
+            let mut scopes = scopes;
+            scopes.push(format!("{}{HTTP_TAG}", self.prefix));
+            scopes
+        };
         scopes
     }
 }

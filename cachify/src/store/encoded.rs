@@ -64,4 +64,8 @@ impl<B: ByteStore> ValueStore for Encoded<B> {
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
         self.bytes.delete_prefix(prefix)
     }
+
+    fn get_encoded(&self, key: &str) -> Option<(StoreFuture<Option<Vec<u8>>>, Codec)> {
+        Some((self.bytes.get(key), self.codec))
+    }
 }

@@ -28,6 +28,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::codec::Codec;
 use crate::error::{BackendError, Error};
 use crate::value::{AnyValue, ValueType};
 
@@ -164,6 +165,14 @@ pub(crate) trait ValueStore: Send + Sync + 'static {
 
     /// Deletes every entry whose key starts with `prefix`; returns how many.
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64>;
+
+    /// For a store that keeps nothing but encoded bytes: the bytes under
+    /// `key` and the codec they were written with, for the caller to decode
+    /// straight into its own type, where [`ValueStore::get`] would box a
+    /// decode and share the value behind an `Arc`. `None` from other stores.
+    fn get_encoded(&self, _key: &str) -> Option<(StoreFuture<Option<Vec<u8>>>, Codec)> {
+        None
+    }
 
     /// The in-process values this store answers from now, if any: what the
     /// typed fast path may index (see [`crate::site`]).

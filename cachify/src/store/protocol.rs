@@ -193,10 +193,12 @@ pub(crate) async fn timed<T>(
     }
 }
 
-/// A command on one key, such as `GET key`.
+/// A command on one key, such as `GET key`: its buffers allocated once at
+/// their final size (`redis::cmd` grows them argument by argument, and
+/// every cache read builds one).
 pub(crate) fn keyed(name: &str, key: &str) -> Cmd {
-    let mut command = redis::cmd(name);
-    command.arg(key);
+    let mut command = Cmd::with_capacity(2, name.len() + key.len());
+    command.arg(name).arg(key);
     command
 }
 

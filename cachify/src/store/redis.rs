@@ -277,9 +277,13 @@ impl Shared {
     }
 
     /// `get` is a `GET key` command.
-    async fn get(&self, get: Cmd) -> Result<Option<Vec<u8>>, Error> {
+    ///
+    /// Every path but the hot one awaits a boxed future: a read's future is
+    /// allocated and moved whole on every read, and the background
+    /// connection, the TLS timer and the handshake would make it kilobytes.
+    async fn get(self: Arc<Self>, get: Cmd) -> Result<Option<Vec<u8>>, Error> {
         let Some((runtime, slot)) = self.read_slot() else {
-            return self.ordered(&get).await;
+            return Box::pin(self.ordered(&get)).await;
         };
         let result = match slot.get() {
             // The hot path: no timer. Should Redis stall, the watchdog cuts
@@ -291,22 +295,27 @@ impl Shared {
                 ))),
                 result => result.map_err(Error::from),
             },
-            Some(connection @ ReadConnection::Timed(_)) => self.timed(connection.get(&get)).await,
-            // Connecting: every read waiting for the connection is bounded
-            // on its own, so that a stalled handshake costs each of them one
-            // timeout, not one each in turn.
-            None => {
-                let read = async {
-                    let connection = slot.get_or_try_init(|| self.connect_read()).await?;
-                    connection.get(&get).await
-                };
-                self.timed(read).await
+            Some(connection @ ReadConnection::Timed(_)) => {
+                Box::pin(self.timed(connection.get(&get))).await
             }
+            None => Box::pin(self.connect_and_get(&slot, &get)).await,
         };
         if result.is_err() {
             self.drop_slot(runtime, &slot);
         }
         result
+    }
+
+    /// Connects `slot` (unless another read did meanwhile) and reads. Every
+    /// read waiting for the connection is bounded on its own, so that a
+    /// stalled handshake costs each of them one timeout, not one each in
+    /// turn.
+    async fn connect_and_get(&self, slot: &ReadSlot, get: &Cmd) -> Result<Option<Vec<u8>>, Error> {
+        let read = async {
+            let connection = slot.get_or_try_init(|| self.connect_read()).await?;
+            connection.get(get).await
+        };
+        self.timed(read).await
     }
 
     /// A read connection for the current runtime, connected (handshake
@@ -364,8 +373,7 @@ impl Shared {
 
 impl Link for RedisStore {
     fn read(&self, key: &str) -> Io<Option<Vec<u8>>> {
-        let (shared, get) = (Arc::clone(&self.shared), keyed("GET", key));
-        Box::pin(async move { shared.get(get).await })
+        Box::pin(Arc::clone(&self.shared).get(keyed("GET", key)))
     }
 
     fn send<T: FromRedisValue + Send + 'static>(&self, command: Cmd) -> Io<T> {

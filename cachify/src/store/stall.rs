@@ -29,7 +29,7 @@ struct Watch {
     /// the callers' counting does not slow it.
     reads: Padded<AtomicU64>,
     /// Reads sent on the connection and not yet answered (or abandoned).
-    owed: Padded<AtomicUsize>,
+    owed: Owing,
     /// Set by the watchdog before it stops the driver, so that the failed
     /// reads are reported as timeouts rather than a closed connection.
     stalled: AtomicBool,
@@ -39,6 +39,64 @@ struct Watch {
 #[derive(Default)]
 #[repr(align(128))]
 struct Padded<T>(T);
+
+/// How many cells [`Owing`] spreads over.
+const CELLS: usize = 16;
+
+thread_local! {
+    /// This thread's cell in every [`Owing`].
+    static CELL: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % CELLS
+    };
+}
+
+/// The count of owed reads, spread over cells that threads take in turn:
+/// one counter for all would be written by every worker on every read, a
+/// cache line bouncing between cores. A read may end on another thread
+/// than the one that sent it, so only the totals tell how many are owed.
+#[derive(Default)]
+struct Owing {
+    cells: [Padded<OwingCell>; CELLS],
+}
+
+/// Reads sent, and reads ended (answered or abandoned), by this cell's
+/// threads; both only grow.
+#[derive(Default)]
+struct OwingCell {
+    sent: AtomicU64,
+    ended: AtomicU64,
+}
+
+impl Owing {
+    fn cell(&self) -> &OwingCell {
+        &self.cells[CELL.try_with(|cell| *cell).unwrap_or(0)].0
+    }
+
+    fn send(&self) {
+        self.cell().sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        // Release: whoever sees this end also sees the read's send.
+        self.cell().ended.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether reads are owed. Every end is summed before any send, and a
+    /// read is sent before it ends: a read owed throughout the look is
+    /// always seen, and no count ever looks negative.
+    fn any(&self) -> bool {
+        let sum = |count: fn(&OwingCell) -> u64| {
+            self.cells
+                .iter()
+                .map(|cell| count(&cell.0))
+                .fold(0, u64::wrapping_add)
+        };
+        let ended = sum(|cell| cell.ended.load(Ordering::Acquire));
+        let sent = sum(|cell| cell.sent.load(Ordering::Relaxed));
+        sent != ended
+    }
+}
 
 /// A multiplexed connection over a stream that the watchdog watches.
 /// Dropping it stops the connection's driver and its watchdog.
@@ -109,7 +167,10 @@ impl WatchedConnection {
         command: &redis::Cmd,
     ) -> RedisResult<T> {
         let _owed = Owed::new(&self.watch);
-        command.query_async(&mut self.connection.clone()).await
+        // What `query_async` does, without the boxed future of its
+        // `ConnectionLike` detour.
+        let reply = self.connection.clone().send_packed_command(command).await?;
+        Ok(redis::from_redis_value(reply.extract_error()?)?)
     }
 
     /// Whether the watchdog cut this connection for not answering.
@@ -133,14 +194,14 @@ struct Owed<'a>(&'a Watch);
 
 impl<'a> Owed<'a> {
     fn new(watch: &'a Watch) -> Self {
-        watch.owed.0.fetch_add(1, Ordering::Relaxed);
+        watch.owed.send();
         Self(watch)
     }
 }
 
 impl Drop for Owed<'_> {
     fn drop(&mut self) {
-        self.0.owed.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.owed.end();
     }
 }
 
@@ -161,7 +222,7 @@ async fn watchdog(watch: Arc<Watch>, driver: AbortHandle, limit: Duration) {
         // The time of the look, not of the tick, which may have been late.
         let now = Instant::now();
         let reads = watch.reads.0.load(Ordering::Relaxed);
-        if reads != seen || watch.owed.0.load(Ordering::Relaxed) == 0 {
+        if reads != seen || !watch.owed.any() {
             seen = reads;
             stalled_since = None;
             continue;
