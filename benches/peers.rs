@@ -9,7 +9,8 @@
 //! Workloads (see BENCHMARKS.md):
 //! - `redis_hit/<size>/<who>`: one task, one cached read in a loop.
 //! - `redis_hit_64_tasks/<size>/<who>`: 64 tasks reading concurrently.
-//! - `memory_hit/<who>`: one thread, an in-process hit.
+//! - `memory_hit/<who>`: one thread, an in-process hit, against the
+//!   `cached` crate and a bare `get` (with the clone) of moka and quick_cache.
 //! - `lock/<who>`: acquire + release round trip.
 //! - `cluster_hit/<who>` and `cluster_hit_64_tasks/<who>`: the same user
 //!   read on a Redis Cluster of three primaries and three replicas, which
@@ -468,6 +469,8 @@ fn memory_hit(c: &mut Criterion) {
     cached_crate_memory_user(1);
     let moka: moka::sync::Cache<u64, User> = moka::sync::Cache::new(10_000);
     moka.insert(1, user(1));
+    let quick: quick_cache::sync::Cache<u64, User> = quick_cache::sync::Cache::new(10_000);
+    quick.insert(1, user(1));
     let mut group = c.benchmark_group("memory_hit");
     group.bench_function("cachify", |b| {
         b.iter(|| black_box(cachify_memory_user(black_box(1))))
@@ -477,6 +480,9 @@ fn memory_hit(c: &mut Criterion) {
     });
     group.bench_function("moka_get", |b| {
         b.iter(|| black_box(moka.get(&black_box(1))))
+    });
+    group.bench_function("quick_cache_get", |b| {
+        b.iter(|| black_box(quick.get(&black_box(1))))
     });
     group.finish();
 }
@@ -852,6 +858,7 @@ fn report() {
     );
     row("memory hit", "memory_hit", "cachify", "cached_crate", 1.0);
     row("memory hit", "memory_hit", "cachify", "moka_get", 1.0);
+    row("memory hit", "memory_hit", "cachify", "quick_cache_get", 1.0);
     row(
         "near-cache hit vs memory hit",
         "near_hit",
