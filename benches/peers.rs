@@ -858,7 +858,13 @@ fn report() {
     );
     row("memory hit", "memory_hit", "cachify", "cached_crate", 1.0);
     row("memory hit", "memory_hit", "cachify", "moka_get", 1.0);
-    row("memory hit", "memory_hit", "cachify", "quick_cache_get", 1.0);
+    row(
+        "memory hit",
+        "memory_hit",
+        "cachify",
+        "quick_cache_get",
+        1.0,
+    );
     row(
         "near-cache hit vs memory hit",
         "near_hit",
