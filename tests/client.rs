@@ -567,3 +567,29 @@ async fn a_unix_socket_password_never_shows() {
         leaks.join("\n")
     );
 }
+
+/// A near cache needs Redis and room for at least one copy: anything else
+/// is a configuration error from `build()`, before any connection.
+#[test]
+fn near_cache_misconfigurations_are_config_errors() {
+    let on_memory = Cachify::builder().memory().near_cache(10).build_blocking();
+    match on_memory {
+        Err(Error::Config(message)) => assert!(
+            message.contains(".redis("),
+            "the error should name `.redis(..)`: {message}"
+        ),
+        other => panic!("expected Err(Error::Config(_)), got {other:?}"),
+    }
+    // The port is never connected to: the settings are checked first.
+    let empty = Cachify::builder()
+        .redis("redis://127.0.0.1:1/0")
+        .near_cache(0)
+        .build_blocking();
+    match empty {
+        Err(Error::Config(message)) => assert!(
+            message.contains("near_cache"),
+            "the error should name near_cache: {message}"
+        ),
+        other => panic!("expected Err(Error::Config(_)), got {other:?}"),
+    }
+}
