@@ -80,13 +80,8 @@ where
     K: TypedKey,
 {
     let core = client.core();
-    match core.cached_now::<P, R>(&key) {
-        Ok(hit) => {
-            if let Some(typed) = typed {
-                core.index_typed::<K, P::Stored>(site, typed, &key);
-            }
-            hit
-        }
+    match core.cached_now::<P, R, K>(&key, site, typed) {
+        Ok(hit) => hit,
         Err(lookup) => {
             core.cached::<Async, P, R, F, U>(&key, lookup, call, body, unless)
                 .await
@@ -112,13 +107,8 @@ where
 {
     // An in-process hit returns here, before any future is made.
     let core = client.core();
-    match core.cached_now::<P, R>(&key) {
-        Ok(hit) => {
-            if let Some(typed) = typed {
-                core.index_typed::<K, P::Stored>(site, typed, &key);
-            }
-            hit
-        }
+    match core.cached_now::<P, R, K>(&key, site, typed) {
+        Ok(hit) => hit,
         Err(lookup) => {
             let body = async move { body() };
             drive(core.cached::<Blocking, P, R, _, U>(&key, lookup, call, body, unless))

@@ -481,18 +481,12 @@ impl Core {
 
     /// After a hit through the rendered key `rendered`: indexes the entry
     /// it came from under `key` at `site`, so the next call is a typed hit.
-    pub(crate) fn index_typed<K: TypedKey, T: CacheValue>(
-        &self,
-        site: &Site,
-        key: K,
-        rendered: &str,
-    ) {
+    fn index_typed<K: TypedKey, T: CacheValue>(&self, site: &Site, key: K, rendered: &str) {
         let Some(local) = self.values.local() else {
             return;
         };
-        let Some(stored) = local.values.entry(rendered) else {
-            return;
-        };
+        // Claimed first: a client without a slot at this site looks
+        // nothing up again.
         let index = site.claim::<K, T>(self.id, || {
             let index = Arc::new(Index::new(local.values.capacity(), local.near));
             self.indexes
@@ -501,7 +495,7 @@ impl Core {
                 .push(Arc::clone(&index) as Arc<dyn Forget>);
             index
         });
-        if let Some(index) = index {
+        if let (Some(index), Some(stored)) = (index, local.values.entry(rendered)) {
             index.insert(key, stored);
         }
     }
@@ -509,9 +503,21 @@ impl Core {
     /// The start of a `#[cached]` call, before any future is made: the
     /// output on an in-process hit, else the read under way for
     /// [`Core::cached`] to finish.
-    pub(crate) fn cached_now<P: Policy<R>, R>(&self, key: &str) -> Result<R, Lookup<P::Stored>> {
+    /// An in-process hit is also indexed under `typed` at `site`, so the
+    /// function's next call with these arguments is a typed hit.
+    pub(crate) fn cached_now<P: Policy<R>, R, K: TypedKey>(
+        &self,
+        key: &str,
+        site: &Site,
+        typed: Option<K>,
+    ) -> Result<R, Lookup<P::Stored>> {
         match self.lookup(key, &accept_any::<P::Stored>) {
-            Lookup::Now(Some(stored)) => Ok(P::restore(stored)),
+            Lookup::Now(Some(stored)) => {
+                if let Some(typed) = typed {
+                    self.index_typed::<K, P::Stored>(site, typed, key);
+                }
+                Ok(P::restore(stored))
+            }
             lookup => Err(lookup),
         }
     }
@@ -612,7 +618,8 @@ mod tests {
         is_send(async move {
             let core = &*core;
             let _ = core.read::<Async, u32>("k", &|_: &u32| true).await;
-            let lookup = match core.cached_now::<Whole, u32>("k") {
+            static SITE: Site = Site::new();
+            let lookup = match core.cached_now::<Whole, u32, (u64,)>("k", &SITE, Some((1,))) {
                 Ok(_) => return,
                 Err(lookup) => lookup,
             };
