@@ -108,16 +108,131 @@ macro_rules! cached_suite {
         }
 
         #[test]
-        fn option_caches_some_and_none() {
+        fn option_caches_some_but_not_none() {
             assert_eq!(maybe(1), None);
             assert_eq!(maybe(1), None);
+            assert_eq!(LOOKUPS.load(Ordering::SeqCst), 2, "None is not stored");
             assert_eq!(maybe(2), Some("even 2".into()));
             assert_eq!(maybe(2), Some("even 2".into()));
-            assert_eq!(
-                LOOKUPS.load(Ordering::SeqCst),
-                2,
-                "None is cached like Some"
-            );
+            assert_eq!(LOOKUPS.load(Ordering::SeqCst), 3, "Some is");
+        }
+
+        static ROWS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+        static FINDS: AtomicU32 = AtomicU32::new(0);
+
+        /// A row that does not exist yet, then does.
+        #[cached("row-{id}", ttl = 300, client = client())]
+        async fn find_row(id: u32) -> Result<Option<u32>, AppError> {
+            FINDS.fetch_add(1, Ordering::SeqCst);
+            Ok(ROWS.lock().unwrap().contains(&id).then_some(id * 10))
+        }
+
+        #[tokio::test]
+        async fn ok_none_is_not_stored_so_a_new_row_is_seen_at_once() {
+            assert_eq!(find_row(7).await, Ok(None));
+            ROWS.lock().unwrap().push(7);
+            assert_eq!(find_row(7).await, Ok(Some(70)), "Ok(None) was not cached");
+            assert_eq!(find_row(7).await, Ok(Some(70)));
+            assert_eq!(FINDS.load(Ordering::SeqCst), 2, "Ok(Some) was");
+        }
+
+        static MISSING: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("missing-{id}", ttl = 300, none_ttl = Duration::from_millis(1500), client = client())]
+        fn missing(id: u32) -> Option<u32> {
+            MISSING.fetch_add(1, Ordering::SeqCst);
+            (id > 100).then_some(id)
+        }
+
+        static MISSING_ASYNC: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("missing-async-{id}", none_ttl = 1, client = client())]
+        async fn missing_async(id: u32) -> Result<Option<u32>, AppError> {
+            MISSING_ASYNC.fetch_add(1, Ordering::SeqCst);
+            Ok((id > 100).then_some(id))
+        }
+
+        #[test]
+        fn none_ttl_stores_none_for_its_own_ttl() {
+            assert_eq!(missing(1), None);
+            assert_eq!(missing(1), None);
+            assert_eq!(MISSING.load(Ordering::SeqCst), 1, "None stored with none_ttl");
+            std::thread::sleep(Duration::from_millis(2500));
+            assert_eq!(missing(1), None);
+            assert_eq!(MISSING.load(Ordering::SeqCst), 2, "for none_ttl, not ttl");
+            assert_eq!(missing(101), Some(101));
+            std::thread::sleep(Duration::from_millis(2500));
+            assert_eq!(missing(101), Some(101));
+            assert_eq!(MISSING.load(Ordering::SeqCst), 3, "Some keeps the long ttl");
+        }
+
+        #[tokio::test]
+        async fn none_ttl_on_an_async_result_option() {
+            assert_eq!(missing_async(1).await, Ok(None));
+            assert_eq!(missing_async(1).await, Ok(None));
+            assert_eq!(MISSING_ASYNC.load(Ordering::SeqCst), 1);
+            tokio::time::sleep(Duration::from_millis(2200)).await;
+            assert_eq!(missing_async(1).await, Ok(None));
+            assert_eq!(MISSING_ASYNC.load(Ordering::SeqCst), 2, "expired after none_ttl");
+        }
+
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum Sort {
+            Name,
+            Age { descending: bool },
+        }
+
+        #[derive(Debug)]
+        pub struct Query {
+            ids: Vec<u64>,
+            sort: Sort,
+        }
+
+        static SEARCHES: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("search-{query.ids:?}-{query.sort:?}", client = client())]
+        async fn search(query: Query) -> Vec<u64> {
+            SEARCHES.fetch_add(1, Ordering::SeqCst);
+            let mut ids = query.ids;
+            if query.sort == (Sort::Age { descending: true }) {
+                ids.reverse();
+            }
+            ids
+        }
+
+        static TAGGED: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("tagged-{tags:?}", client = client())]
+        fn tagged(tags: &[&str]) -> usize {
+            TAGGED.fetch_add(1, Ordering::SeqCst);
+            tags.len()
+        }
+
+        #[tokio::test]
+        async fn debug_placeholders_key_by_value() {
+            let query = |ids: &[u64], sort: Sort| Query { ids: ids.to_vec(), sort };
+            assert_eq!(search(query(&[1, 2], Sort::Name)).await, vec![1, 2]);
+            assert_eq!(search(query(&[1, 2], Sort::Name)).await, vec![1, 2]);
+            assert_eq!(SEARCHES.load(Ordering::SeqCst), 1, "equal values share a key");
+            let age = Sort::Age { descending: true };
+            assert_eq!(search(query(&[1, 2], age.clone())).await, vec![2, 1]);
+            assert_eq!(search(query(&[1, 2, 3], Sort::Name)).await, vec![1, 2, 3]);
+            assert_eq!(search(query(&[12], Sort::Name)).await, vec![12]);
+            assert_eq!(SEARCHES.load(Ordering::SeqCst), 4, "different values do not");
+            search_reset(query(&[1, 2], Sort::Name)).await.unwrap();
+            assert_eq!(search(query(&[1, 2], Sort::Name)).await, vec![1, 2]);
+            assert_eq!(SEARCHES.load(Ordering::SeqCst), 5, "the sibling keys alike");
+        }
+
+        #[test]
+        fn debug_values_with_separators_stay_apart() {
+            // Debug output quotes and escapes strings; the key escapes again.
+            assert_eq!(tagged(&["a-b"]), 1);
+            assert_eq!(tagged(&["a", "b"]), 2);
+            assert_eq!(tagged(&["a\\", "\\b"]), 2);
+            assert_eq!(tagged(&["a\\\\", "b"]), 2);
+            assert_eq!(tagged(&["a-b"]), 1);
+            assert_eq!(TAGGED.load(Ordering::SeqCst), 4);
         }
 
         static NAMES: AtomicU32 = AtomicU32::new(0);

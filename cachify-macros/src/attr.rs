@@ -25,7 +25,7 @@ impl Kind {
 
     fn options(self) -> &'static [&'static str] {
         match self {
-            Kind::Cached => &["ttl", "unless", "lock", "client"],
+            Kind::Cached => &["ttl", "none_ttl", "unless", "lock", "client"],
             Kind::Once => &["ttl", "return_on_locked", "client"],
             Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
         }
@@ -44,6 +44,8 @@ pub(crate) enum Duration {
 pub(crate) struct Args {
     pub(crate) template: LitStr,
     pub(crate) ttl: Option<Duration>,
+    /// `none_ttl` on `#[cached]`: how long a `None` output is stored.
+    pub(crate) none_ttl: Option<Duration>,
     pub(crate) wait: Option<Duration>,
     pub(crate) unless: Option<Expr>,
     pub(crate) return_on_locked: Option<Expr>,
@@ -63,6 +65,7 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
     let mut args = Args {
         template,
         ttl: None,
+        none_ttl: None,
         wait: None,
         unless: None,
         return_on_locked: None,
@@ -91,13 +94,22 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
                 if args.ttl.is_some() {
                     return Err(duplicate());
                 }
-                args.ttl = Some(duration(value, false)?);
+                args.ttl = Some(duration(
+                    value,
+                    Some("omit it to use the client's default"),
+                )?);
+            }
+            "none_ttl" => {
+                if args.none_ttl.is_some() {
+                    return Err(duplicate());
+                }
+                args.none_ttl = Some(duration(value, Some("omit it to not store `None`"))?);
             }
             "wait" => {
                 if args.wait.is_some() {
                     return Err(duplicate());
                 }
-                args.wait = Some(duration(value, true)?);
+                args.wait = Some(duration(value, None)?);
             }
             "unless" => set_once(&mut args.unless, value, duplicate)?,
             "return_on_locked" => set_once(&mut args.return_on_locked, value, duplicate)?,
@@ -137,8 +149,8 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         "wait" => format!(
             "option `wait` is not valid for `#[{macro_name}]` (only `#[lock]` waits); valid options are: {list}"
         ),
-        "unless" => format!(
-            "option `unless` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
+        "unless" | "none_ttl" => format!(
+            "option `{option}` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
         ),
         "lock" => format!(
             "option `lock` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
@@ -163,8 +175,9 @@ fn set_once(
     Ok(())
 }
 
-/// Integer literals are seconds; anything else is left to the type checker as a `Duration`.
-fn duration(value: Expr, zero_allowed: bool) -> syn::Result<Duration> {
+/// Integer literals are seconds; anything else is left to the type checker
+/// as a `Duration`. A TTL (`zero`: how to say "none" instead) cannot be zero.
+fn duration(value: Expr, zero: Option<&str>) -> syn::Result<Duration> {
     // A literal passed through a `macro_rules!` `$ttl:expr` arrives wrapped in an invisible group.
     let mut inner = &value;
     while let Expr::Group(group) = inner {
@@ -177,10 +190,10 @@ fn duration(value: Expr, zero_allowed: bool) -> syn::Result<Duration> {
         return Ok(Duration::Expr(value));
     };
     let seconds: u64 = int.base10_parse()?;
-    if seconds == 0 && !zero_allowed {
+    if let (0, Some(instead)) = (seconds, zero) {
         return Err(syn::Error::new(
             int.span(),
-            "ttl must be at least 1 second; omit it to use the client's default",
+            format!("ttl must be at least 1 second; {instead}"),
         ));
     }
     let mut literal = Literal::u64_unsuffixed(seconds);

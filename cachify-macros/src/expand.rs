@@ -16,6 +16,7 @@ use syn::{
 
 use crate::attr::{self, Args, Duration, Kind};
 use crate::fmt::{self, Field, Piece};
+use crate::shape;
 use crate::valid;
 
 /// Expands one attribute. Errors become `compile_error!` next to the item
@@ -135,10 +136,17 @@ impl Key<'_> {
                 quote!(::cachify::__private::Piece::Value { stop: #stop })
             }
         });
-        let values = self
-            .values()
-            .into_iter()
-            .map(|value| quote_spanned!(span=> #value as &dyn ::core::fmt::Display));
+        let debug = self.pieces.iter().filter_map(|piece| match piece {
+            Piece::Value(placeholder) => Some(placeholder.debug),
+            Piece::Text(_) => None,
+        });
+        let values = self.values().into_iter().zip(debug).map(|(value, debug)| {
+            if debug {
+                quote_spanned!(span=> &::cachify::__private::DebugKey(#value) as &dyn ::core::fmt::Display)
+            } else {
+                quote_spanned!(span=> #value as &dyn ::core::fmt::Display)
+            }
+        });
         quote! {
             const #template_const: ::cachify::__private::KeyTemplate = ::cachify::__private::KeyTemplate {
                 text: #text,
@@ -178,7 +186,7 @@ impl Key<'_> {
             })
             .collect();
         let hit_call = quote_spanned! {bound_span=>
-            ::cachify::__private::typed_hit::<::cachify::__private::#policy, #ty, _>(
+            ::cachify::__private::typed_hit::<#policy, #ty, _>(
                 #client_var,
                 &#site,
                 &#typed,
@@ -347,11 +355,10 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
     };
     let dot_await = sig.asyncness.map(|_| quote!(.await));
     let (prelude, call) = if key.kind == Kind::Cached {
-        let (policy, stored) = if valid::is_result_like(&sig.output) {
-            (quote!(OkOnly), Some(0))
-        } else {
-            (quote!(Whole), None)
-        };
+        let shape::Shape {
+            policy,
+            stored_span,
+        } = shape::of(&sig.output);
         let runner = if sig.asyncness.is_some() {
             quote!(cached)
         } else {
@@ -369,7 +376,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             Some(fill_lock) => fill_lock.to_token_stream(),
             None => quote!(false),
         };
-        let fast = key.typed_fast_path(&policy, &ty.to_token_stream(), output.span(stored));
+        let fast = key.typed_fast_path(&policy, &ty.to_token_stream(), stored_span);
         let (client, key_binding) = (key.client_binding(), key.key_binding());
         let prelude = quote! {
             #client
@@ -378,13 +385,20 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         };
         let site = local("__CACHIFY_SITE");
         let typed = local("__cachify_typed");
-        let call = quote_spanned!(output.span(stored)=>
-            ::cachify::__private::#runner::<::cachify::__private::#policy, #ty, _, _, _>(
+        let none_ttl = match &key.args.none_ttl {
+            Some(none_ttl) => {
+                let none_ttl = duration(none_ttl);
+                quote!(::core::option::Option::Some(#none_ttl))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let call = quote_spanned!(stored_span=>
+            ::cachify::__private::#runner::<#policy, #ty, _, _, _>(
                 #client_var,
                 #key_var,
                 &#site,
                 #typed,
-                ::cachify::__private::CacheCall { ttl: #ttl, fill_lock: #fill_lock },
+                ::cachify::__private::CacheCall { ttl: #ttl, none_ttl: #none_ttl, fill_lock: #fill_lock },
                 #body,
                 #unless_var
             )
@@ -409,6 +423,22 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         // The refused arm runs instead of the body, so the user's expression may
         // still use the arguments the body would have moved.
         let refused = match &key.args.return_on_locked {
+            // A backend failure is an error when the output can say so.
+            Some(value) if output.nameable => {
+                let error = local("__cachify_error");
+                let converted = local("__cachify_converted");
+                let ty = &output.ty;
+                quote! {
+                    ::core::result::Result::Err(#error) => {
+                        #[allow(unused_imports)]
+                        use ::cachify::__private::{RefusalAsError as _, RefusalAsFallback as _};
+                        match ::cachify::__private::Refused::<#ty>::new(#error).into_output() {
+                            ::core::option::Option::Some(#converted) => #converted,
+                            ::core::option::Option::None => #value,
+                        }
+                    }
+                }
+            }
             Some(value) => quote!(::core::result::Result::Err(_) => #value),
             None => {
                 let error = local("__cachify_error");

@@ -24,6 +24,8 @@ pub(crate) struct Placeholder {
     pub(crate) root: String,
     /// Field accesses applied to the root, in order.
     pub(crate) fields: Vec<Field>,
+    /// `{name:?}`: formatted with `Debug` rather than `Display`.
+    pub(crate) debug: bool,
     /// First character of the literal text that follows, `None` at the end.
     pub(crate) stop: Option<char>,
 }
@@ -112,8 +114,18 @@ fn placeholder(written: &str, name: &str, open: char) -> Result<Placeholder, Str
     }
     let invalid = || {
         format!(
-            "invalid placeholder `{written}` in the key template: expected a parameter name, optionally followed by fields, e.g. `{{user_id}}`, `{{user.id}}` or `{{pair.0}}`"
+            "invalid placeholder `{written}` in the key template: expected a parameter name, optionally followed by fields and `:?`, e.g. `{{user_id}}`, `{{user.id}}`, `{{pair.0}}` or `{{ids:?}}`"
         )
+    };
+    let (name, debug) = match name.split_once(':') {
+        None => (name, false),
+        Some((name, "?")) => (name, true),
+        Some((_, spec)) => {
+            return Err(format!(
+                "unsupported format `:{spec}` in placeholder `{written}`: keys take `{open}name{close}` (`Display`) or `{open}name:?{close}` (`Debug`)",
+                close = if open == '{' { '}' } else { '>' },
+            ));
+        }
     };
     let mut segments = name.split('.');
     let root = match segments.next() {
@@ -133,6 +145,7 @@ fn placeholder(written: &str, name: &str, open: char) -> Result<Placeholder, Str
         written: written.to_owned(),
         root,
         fields,
+        debug,
         stop: None,
     })
 }
@@ -178,8 +191,25 @@ mod tests {
             written: written.to_owned(),
             root: root.to_owned(),
             fields,
+            debug: false,
             stop,
         })
+    }
+
+    #[test]
+    fn debug_placeholders() {
+        let pieces = parse("ids-{req.ids:?}-<n:?>").unwrap();
+        let debug: Vec<(bool, &str)> = pieces
+            .iter()
+            .filter_map(|piece| match piece {
+                Piece::Value(value) => Some((value.debug, value.root.as_str())),
+                Piece::Text(_) => None,
+            })
+            .collect();
+        assert_eq!(debug, [(true, "req"), (true, "n")]);
+        assert!(error("x-{id:x}").contains("unsupported format `:x`"));
+        assert!(error("x-{id:#?}").contains("unsupported format `:#?`"));
+        assert!(error("x-{:?}").contains("invalid placeholder"));
     }
 
     fn error(template: &str) -> String {
@@ -334,7 +364,7 @@ mod tests {
             assert_eq!(
                 message,
                 format!(
-                    "invalid placeholder `{template}` in the key template: expected a parameter name, optionally followed by fields, e.g. `{{user_id}}`, `{{user.id}}` or `{{pair.0}}`"
+                    "invalid placeholder `{template}` in the key template: expected a parameter name, optionally followed by fields and `:?`, e.g. `{{user_id}}`, `{{user.id}}`, `{{pair.0}}` or `{{ids:?}}`"
                 ),
                 "{template}"
             );

@@ -6,6 +6,7 @@
 mod attr;
 mod expand;
 mod fmt;
+mod shape;
 mod valid;
 
 use proc_macro::TokenStream;

@@ -99,8 +99,31 @@ pub(crate) fn placeholders(
 
 /// `#[once]` and `#[lock]` need a value for a refused lock: the user's
 /// `return_on_locked`, or an `Err` converted from `cachify::Error`.
+///
+/// `#[cached]` needs a return type it can name and store: an `impl Trait`
+/// (an axum handler's `impl IntoResponse`) is neither.
 pub(crate) fn return_type(kind: Kind, args: &Args, sig: &Signature) -> syn::Result<()> {
-    if kind == Kind::Cached || args.return_on_locked.is_some() || is_result_like(&sig.output) {
+    if kind == Kind::Cached {
+        return match &sig.output {
+            ReturnType::Type(_, ty) => {
+                if let Some(opaque) = opaque(ty) {
+                    return Err(syn::Error::new_spanned(
+                        opaque,
+                        format!("`#[cached]` cannot store an `impl Trait` output: {INSTEAD}"),
+                    ));
+                }
+                match response(ty) {
+                    Some(response) => Err(syn::Error::new_spanned(
+                        response,
+                        format!("`#[cached]` cannot store an HTTP response: {INSTEAD}"),
+                    )),
+                    None => Ok(()),
+                }
+            }
+            ReturnType::Default => Ok(()),
+        };
+    }
+    if args.return_on_locked.is_some() || is_result_like(&sig.output) {
         return Ok(());
     }
     let message = format!(
@@ -111,6 +134,63 @@ pub(crate) fn return_type(kind: Kind, args: &Args, sig: &Signature) -> syn::Resu
         ReturnType::Type(_, ty) => syn::Error::new_spanned(ty, message),
         ReturnType::Default => syn::Error::new(sig.ident.span(), message),
     })
+}
+
+/// What to do instead of caching a response-like output.
+const INSTEAD: &str = "cache an inner function that returns the data (e.g. `Result<User, E>` or axum's `Json<User>`), or cache whole responses with `cachify::http::CacheLayer`";
+
+/// The first part of `ty` that is an HTTP response rather than data: a
+/// tuple holding a status, headers or a body (`(StatusCode, Json<T>)`), or
+/// one of axum's response types. `Json<T>` alone is data: its `T` is stored.
+fn response(ty: &Type) -> Option<&Type> {
+    const RESPONSES: &[&str] = &["Response", "StatusCode", "HeaderMap", "Html", "Redirect"];
+    let named = |ty: &Type, names: &[&str]| {
+        last_segment(ty).is_some_and(|segment| names.iter().any(|name| segment.ident == name))
+    };
+    let ty = ungrouped(ty);
+    if let Type::Tuple(tuple) = ty
+        && tuple
+            .elems
+            .iter()
+            .any(|elem| named(elem, RESPONSES) || named(elem, &["Json"]))
+    {
+        return Some(ty);
+    }
+    if named(ty, RESPONSES) {
+        return Some(ty);
+    }
+    // Inside `Result<_, E>` (any `..Result`) or `Option`: the stored part.
+    let wrapper = last_segment(ty).is_some_and(|segment| {
+        segment.ident == "Option" || segment.ident.to_string().ends_with("Result")
+    });
+    if wrapper {
+        return type_argument(ty, 0).and_then(response);
+    }
+    None
+}
+
+/// `ty` without the invisible groups and parentheses around it.
+fn ungrouped(mut ty: &Type) -> &Type {
+    loop {
+        ty = match ty {
+            Type::Group(group) => &group.elem,
+            Type::Paren(paren) => &paren.elem,
+            _ => return ty,
+        };
+    }
+}
+
+/// The first `impl Trait` inside `ty`, if any.
+fn opaque(ty: &Type) -> Option<&syn::TypeImplTrait> {
+    struct Opaque<'a>(Option<&'a syn::TypeImplTrait>);
+    impl<'a> Visit<'a> for Opaque<'a> {
+        fn visit_type_impl_trait(&mut self, opaque: &'a syn::TypeImplTrait) {
+            self.0.get_or_insert(opaque);
+        }
+    }
+    let mut found = Opaque(None);
+    found.visit_type(ty);
+    found.0
 }
 
 /// Whether the return type is spelled like a `Result`: a path whose last
@@ -144,12 +224,9 @@ pub(crate) fn type_argument(ty: &Type, index: usize) -> Option<&Type> {
         .nth(index)
 }
 
-fn last_segment(mut ty: &Type) -> Option<&PathSegment> {
+pub(crate) fn last_segment(ty: &Type) -> Option<&PathSegment> {
     // Types passed through `macro_rules!` arrive in invisible groups.
-    while let Type::Group(group) = ty {
-        ty = &group.elem;
-    }
-    match ty {
+    match ungrouped(ty) {
         Type::Path(path) => path.path.segments.last(),
         _ => None,
     }

@@ -7,15 +7,17 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::client::Cachify;
 use crate::error::Error;
 use crate::mode::{Async, Blocking, Mode, drive};
 
-pub use crate::cache::{CacheCall, OkOnly, Policy, Whole};
+pub use crate::cache::CacheCall;
 pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
 pub use crate::locks::LockGuard;
+pub use crate::policy::{JsonBody, OkOnly, Optional, Policy, Whole};
 pub use crate::site::{Probe, ScalarKey, Site, TypedKey, TypedProbe, Untyped, UntypedProbe};
 
 /// The global client, or the fallback memory client if none was initialised.
@@ -33,6 +35,17 @@ pub fn key(
     values: &[&dyn Display],
 ) -> String {
     client.core().keys.render(kind, template, values)
+}
+
+/// A `{name:?}` placeholder's value: rendered with `Debug`, then escaped
+/// like every other value.
+pub struct DebugKey<'a, T: ?Sized>(pub &'a T);
+
+impl<T: std::fmt::Debug + ?Sized> Display for DebugKey<'_, T> {
+    #[inline]
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.0, formatter)
+    }
 }
 
 /// Integer seconds from an attribute, as a `Duration`.
@@ -157,6 +170,51 @@ pub fn run_locked_blocking<R>(guard: LockGuard, body: impl FnOnce() -> R) -> R {
     let output = body();
     drive(guard.release_after_run::<Blocking>());
     output
+}
+
+/// A refused lock of a function with `return_on_locked`: held elsewhere, or
+/// a backend failure. `Refused::<R>::new(error).into_output()` is the
+/// output for a failure when `R` is `Result<_, E>` with
+/// `E: From<cachify::Error>` (through [`RefusalAsError`]), and `None`, to
+/// use `return_on_locked`, otherwise (through [`RefusalAsFallback`]): busy
+/// is not broken, so a client is not told to retry an outage forever.
+pub struct Refused<R>(Error, PhantomData<fn() -> R>);
+
+impl<R> Refused<R> {
+    /// Wraps the acquire error.
+    #[inline]
+    pub fn new(error: Error) -> Self {
+        Self(error, PhantomData)
+    }
+}
+
+/// Chosen for outputs `Result<T, E>` with `E: From<cachify::Error>`.
+pub trait RefusalAsError<R> {
+    /// `None` when the lock is held elsewhere, else the error as `Err`.
+    fn into_output(self) -> Option<R>;
+}
+
+impl<T, E: From<Error>> RefusalAsError<Result<T, E>> for Refused<Result<T, E>> {
+    #[inline]
+    fn into_output(self) -> Option<Result<T, E>> {
+        match self.0 {
+            Error::Locked { .. } => None,
+            error => Some(Err(E::from(error))),
+        }
+    }
+}
+
+/// Chosen for every other output: `return_on_locked` answers both cases.
+pub trait RefusalAsFallback<R> {
+    /// Always `None`.
+    fn into_output(self) -> Option<R>;
+}
+
+impl<R> RefusalAsFallback<R> for &Refused<R> {
+    #[inline]
+    fn into_output(self) -> Option<R> {
+        None
+    }
 }
 
 /// Converts a refused lock (`Locked` or `Backend`) into the function's error type.

@@ -19,60 +19,18 @@ use crate::health::{Health, Stats};
 use crate::keyspace::Keyspace;
 use crate::locks::{LockGuard, Locks};
 use crate::mode::Mode;
+use crate::policy::Policy;
 use crate::site::{Forget, Index, Site, TypedKey, next_client_id};
 use crate::store::{StoreFuture, ValueStore};
 use crate::value::{AnyValue, CacheValue, ValueType, take};
-
-/// Which part of a function's output is cached. Chosen by the macro from the
-/// return type.
-pub trait Policy<R> {
-    /// The part that is stored.
-    type Stored: CacheValue;
-    /// The part to store, or `None` when this output must not be cached.
-    fn stored(output: &R) -> Option<&Self::Stored>;
-    /// Rebuilds an output from a stored value.
-    fn restore(stored: Self::Stored) -> R;
-}
-
-/// For `Result`: caches `Ok` values only, so errors are retried.
-pub struct OkOnly;
-
-impl<T: CacheValue, E> Policy<Result<T, E>> for OkOnly {
-    type Stored = T;
-
-    #[inline]
-    fn stored(output: &Result<T, E>) -> Option<&T> {
-        output.as_ref().ok()
-    }
-
-    #[inline]
-    fn restore(stored: T) -> Result<T, E> {
-        Ok(stored)
-    }
-}
-
-/// For everything else, `Option` included (`None` is cached too).
-pub struct Whole;
-
-impl<T: CacheValue> Policy<T> for Whole {
-    type Stored = T;
-
-    #[inline]
-    fn stored(output: &T) -> Option<&T> {
-        Some(output)
-    }
-
-    #[inline]
-    fn restore(stored: T) -> T {
-        stored
-    }
-}
 
 /// How a `#[cached]` call runs, from the attribute.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheCall {
     /// Time to live; `None`: the client's default.
     pub ttl: Option<Duration>,
+    /// How long an empty output (`None`) is stored; `None`: it is not.
+    pub none_ttl: Option<Duration>,
     /// `lock = true`: concurrent misses across processes run the function once.
     pub fill_lock: bool,
 }
@@ -83,8 +41,6 @@ const FILL_POLL: Duration = Duration::from_millis(20);
 /// One lookup through the core.
 pub(crate) struct Fetch<'a, A> {
     pub(crate) key: &'a str,
-    /// How long a computed value is stored (`None`: no expiry).
-    pub(crate) ttl: Option<Duration>,
     /// Take the cross-process fill lock before computing.
     pub(crate) fill_lock: bool,
     /// Look in the cache before the first join; `false` when the caller
@@ -105,6 +61,8 @@ pub(crate) struct Computed<R, T> {
     pub(crate) value: Option<Arc<T>>,
     /// Whether `value` is stored.
     pub(crate) store: bool,
+    /// How long it is stored (`None`: no expiry).
+    pub(crate) ttl: Option<Duration>,
 }
 
 /// A read under way (see [`Core::lookup`]).
@@ -414,7 +372,6 @@ impl Core {
     {
         let Fetch {
             key,
-            ttl,
             fill_lock,
             read,
             accept,
@@ -457,7 +414,8 @@ impl Core {
             });
         }
         if let (true, Some(value)) = (computed.store, &computed.value) {
-            self.write::<M, T>(key, Arc::clone(value), ttl).await;
+            self.write::<M, T>(key, Arc::clone(value), computed.ttl)
+                .await;
         }
         if let Some(guard) = fill_guard {
             guard.release_after_run::<M>().await;
@@ -545,19 +503,26 @@ impl Core {
         }
         let fetch = Fetch {
             key,
-            ttl: call.ttl.or(self.default_ttl),
             fill_lock: call.fill_lock,
             read: false,
             accept,
         };
         let compute = async {
             let output = body.await;
-            let value = P::stored(&output).map(|stored| Arc::new(stored.clone()));
-            let store = value.as_deref().is_some_and(|stored| !unless(stored));
+            let value = P::stored(&output).map(Arc::new);
+            let (store, ttl) = match value.as_deref() {
+                // An empty output is stored only for its own, usually shorter, TTL.
+                Some(stored) if P::is_empty(stored) => {
+                    (call.none_ttl.is_some() && !unless(stored), call.none_ttl)
+                }
+                Some(stored) => (!unless(stored), call.ttl.or(self.default_ttl)),
+                None => (false, None),
+            };
             Computed {
                 output,
                 value,
                 store,
+                ttl,
             }
         };
         // Boxed: the miss path's state (flight, fill lock, the body) is
@@ -592,6 +557,7 @@ fn accept_any<T>(_: &T) -> bool {
 mod tests {
     use super::*;
     use crate::mode::Async;
+    use crate::policy::Whole;
     use crate::store::memory::MemoryStore;
 
     fn is_send<F: Future + Send>(_: F) {}
@@ -613,6 +579,7 @@ mod tests {
         let core = Arc::new(Core::new(memory, locks, keys, None, Duration::ZERO, health));
         let call = CacheCall {
             ttl: None,
+            none_ttl: None,
             fill_lock: true,
         };
         is_send(async move {

@@ -45,6 +45,7 @@ mod io;
 mod keyspace;
 mod locks;
 mod mode;
+mod policy;
 mod site;
 mod store;
 mod value;

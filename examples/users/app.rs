@@ -174,7 +174,9 @@ async fn create_user(
 }
 
 /// One update per user at a time, across every process on the same Redis;
-/// a concurrent one gets 226 `{"status":"Update in progress"}`.
+/// a concurrent one gets 226 `{"status":"Update in progress"}`. While Redis
+/// is unreachable the lock fails closed as `AppError::Cache` (503), not 226:
+/// busy is not broken, so clients are not told to retry an outage.
 #[once("update-user-{id}", return_on_locked = Err(AppError::Busy))]
 async fn update_user(
     State(state): State<Arc<AppState>>,

@@ -209,6 +209,7 @@ where
             output,
             value,
             store,
+            ttl: Some(ttl),
         }
     };
     let served = if plan.refresh {
@@ -223,7 +224,6 @@ where
     } else {
         let fetch = Fetch {
             key: &plan.key,
-            ttl: Some(ttl),
             fill_lock: false,
             read: true,
             accept: &accept,
