@@ -84,9 +84,12 @@
 //! writes show in [`Cachify::stats`].
 
 mod body;
+mod control;
 mod entry;
+mod query;
 mod service;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +98,7 @@ use axum::http::request::Parts;
 use axum::http::{Request, Uri};
 use tower_layer::Layer;
 
+pub use self::control::CacheControl;
 pub use self::service::{CacheService, ResponseFuture};
 use crate::client::Cachify;
 use crate::error::Error;
@@ -116,6 +120,9 @@ struct Settings {
     max_body_size: usize,
     cache_authorized: bool,
     request_cache_control: bool,
+    cache_control: CacheControl,
+    /// Query parameter names left out of keys, as given (not encoded).
+    ignored_query_params: Vec<String>,
     key_fn: Option<Arc<KeyFn>>,
 }
 
@@ -128,6 +135,8 @@ impl Default for Settings {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             cache_authorized: false,
             request_cache_control: true,
+            cache_control: CacheControl::remaining_ttl(),
+            ignored_query_params: Vec::new(),
             key_fn: None,
         }
     }
@@ -142,6 +151,8 @@ impl fmt::Debug for Settings {
             .field("max_body_size", &self.max_body_size)
             .field("cache_authorized", &self.cache_authorized)
             .field("request_cache_control", &self.request_cache_control)
+            .field("cache_control", &self.cache_control)
+            .field("ignored_query_params", &self.ignored_query_params)
             .field("key_fn", &self.key_fn.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -157,6 +168,21 @@ impl Settings {
 
     fn ttl(&self, client: &Cachify) -> Duration {
         self.ttl.or(client.default_ttl()).unwrap_or(DEFAULT_TTL)
+    }
+
+    /// The request part of the key of `request`: `GET:{path}?{sorted
+    /// query}` or what the key function returns, the ignored query
+    /// parameters left out of both.
+    fn request_part(&self, request: &Parts) -> String {
+        let query = request
+            .uri
+            .query()
+            .map(|query| query::without(query, &self.ignored_query_params));
+        match (&self.key_fn, query) {
+            (None, query) => keyspace::http_request(request.uri.path(), query.as_deref()),
+            (Some(key_fn), Some(Cow::Owned(kept))) => key_fn(&query::with_query(request, &kept)),
+            (Some(key_fn), _) => key_fn(request),
+        }
     }
 }
 
@@ -243,9 +269,78 @@ impl CacheLayer {
         self
     }
 
+    /// The `Cache-Control` header of the responses this layer stores and
+    /// replays, when the handler did not set one. Default
+    /// [`CacheControl::remaining_ttl`]: `max-age=<seconds until the entry
+    /// expires>`.
+    ///
+    /// A handler's own `Cache-Control` on a response that is stored (so
+    /// not `no-store`, `private` or `no-cache`) is kept as it was, on the
+    /// `MISS` and on every `HIT`, which also carry `Age`: the seconds since
+    /// the response was stored, so downstream caches count its freshness
+    /// from when the handler produced it. Responses that are not stored
+    /// pass through with their headers untouched.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cachify::http::{CacheControl, CacheLayer};
+    ///
+    /// // Stored for 10 minutes here; browsers and CDNs may keep it 60 s.
+    /// let cache = CacheLayer::new()
+    ///     .ttl(Duration::from_secs(600))
+    ///     .cache_control(CacheControl::fixed("public, max-age=60")?);
+    /// // Cached here only: browsers revalidate with the ETag every time.
+    /// let server_side = CacheLayer::new().cache_control("no-cache".parse()?);
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn cache_control(mut self, cache_control: CacheControl) -> Self {
+        self.settings().cache_control = cache_control;
+        self
+    }
+
+    /// Leaves the named query parameters out of keys, so that
+    /// `/users?utm_source=mail` and `/users` share one entry (the handler
+    /// of the first request that fills it still sees its whole query).
+    ///
+    /// Names are compared exactly, case included, with the request's names
+    /// decoded (`utm%5Fsource` is `utm_source`); every occurrence is left
+    /// out. The parameters left are sorted by name as usual. Calling it
+    /// again adds to the names. [`CacheLayer::key`] and
+    /// [`CacheLayer::invalidate`] leave the same parameters out.
+    ///
+    /// With a [`key_fn`](Self::key_fn), the function is given the request
+    /// with these parameters taken out of its URI (the others as they
+    /// came, in their order).
+    ///
+    /// ```
+    /// use cachify::http::CacheLayer;
+    ///
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// let cache = CacheLayer::new()
+    ///     .client(client)
+    ///     .namespace("users")
+    ///     .ignore_query_params(["utm_source", "utm_medium", "fbclid"]);
+    /// assert_eq!(
+    ///     cache.key("/users?utm_source=mail&page=2&fbclid=x")?,
+    ///     cache.key("/users?page=2")?,
+    /// );
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn ignore_query_params<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.settings()
+            .ignored_query_params
+            .extend(names.into_iter().map(Into::into));
+        self
+    }
+
     /// Replaces the `GET:{path}?{query}` part of keys with what `key_fn`
     /// returns for the request. The prefix, namespace and credential digest
-    /// still come first.
+    /// still come first. The request's URI lacks the parameters named by
+    /// [`ignore_query_params`](Self::ignore_query_params).
     ///
     /// ```
     /// use cachify::http::CacheLayer;
@@ -270,8 +365,9 @@ impl CacheLayer {
 
     /// The backend key a plain (no credential) GET of `uri` is cached
     /// under, as `redis-cli` shows it. `uri` is a path with an optional
-    /// query, or an absolute URL. With a [`key_fn`](Self::key_fn), that
-    /// function is applied to a GET of `uri` with no headers.
+    /// query, or an absolute URL. Ignored query parameters are left out.
+    /// With a [`key_fn`](Self::key_fn), that function is applied to a GET
+    /// of `uri` with no headers.
     ///
     /// ```
     /// use cachify::http::CacheLayer;
@@ -285,17 +381,11 @@ impl CacheLayer {
         let uri: Uri = uri
             .parse()
             .map_err(|error| Error::Config(format!("invalid URI `{uri}`: {error}")))?;
-        let request = match &self.settings.key_fn {
-            Some(key_fn) => {
-                let (parts, ()) = Request::get(uri)
-                    .body(())
-                    .map_err(|error| Error::Config(error.to_string()))?
-                    .into_parts();
-                key_fn(&parts)
-            }
-            None => keyspace::http_request(uri.path(), uri.query()),
-        };
-        Ok(self.key_of(&request))
+        let (parts, ()) = Request::get(uri)
+            .body(())
+            .map_err(|error| Error::Config(error.to_string()))?
+            .into_parts();
+        Ok(self.key_of(&self.settings.request_part(&parts)))
     }
 
     fn key_of(&self, request: &str) -> String {
@@ -304,7 +394,7 @@ impl CacheLayer {
     }
 
     /// Deletes the entry of a plain GET of `uri` (see [`CacheLayer::key`]);
-    /// query order does not matter. Entries cached per credential are
+    /// query order and ignored query parameters do not matter. Entries cached per credential are
     /// cleared with [`CacheLayer::clear`].
     ///
     /// ```
