@@ -184,12 +184,19 @@ fn parse(text: &str) -> Result<Vec<&str>, String> {
                 ));
             }
             Some(value)
-                if SECONDS.iter().any(|wanted| name.eq_ignore_ascii_case(wanted))
+                if SECONDS
+                    .iter()
+                    .any(|wanted| name.eq_ignore_ascii_case(wanted))
                     && !value.bytes().all(|byte| byte.is_ascii_digit()) =>
             {
-                return Err(format!("`{name}` needs a whole number of seconds, not `{value}`"));
+                return Err(format!(
+                    "`{name}` needs a whole number of seconds, not `{value}`"
+                ));
             }
-            None if SECONDS.iter().any(|wanted| name.eq_ignore_ascii_case(wanted)) => {
+            None if SECONDS
+                .iter()
+                .any(|wanted| name.eq_ignore_ascii_case(wanted)) =>
+            {
                 return Err(format!("`{name}` needs a number of seconds"));
             }
             _ => {}
@@ -243,7 +250,8 @@ fn valid_value(value: &str) -> bool {
 fn private_form(directives: &[&str]) -> String {
     let name = |directive: &str| directive.split('=').next().unwrap_or_default().to_owned();
     let already_private = directives.iter().any(|directive| {
-        directive.eq_ignore_ascii_case("private") || name(directive).eq_ignore_ascii_case("no-store")
+        directive.eq_ignore_ascii_case("private")
+            || name(directive).eq_ignore_ascii_case("no-store")
     });
     let mut kept: Vec<&str> = Vec::with_capacity(directives.len() + 1);
     if !already_private {

@@ -20,10 +20,7 @@ pub(super) fn without<'a>(query: &'a str, ignored: &[String]) -> Cow<'a, str> {
     if ignored.is_empty() || !query.split('&').any(|pair| is_ignored(&pair)) {
         return Cow::Borrowed(query);
     }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !is_ignored(pair))
-        .collect();
+    let kept: Vec<&str> = query.split('&').filter(|pair| !is_ignored(pair)).collect();
     Cow::Owned(kept.join("&"))
 }
 
@@ -66,7 +63,10 @@ mod tests {
         assert_eq!(without("utm_source=x", &utm), "");
         assert_eq!(without("utm%5Fsource=x&utm+source=y", &utm), "utm+source=y");
         assert_eq!(without("utm_source&page=1", &utm), "page=1", "no value");
-        assert!(matches!(without("UTM_SOURCE=x&a=1", &utm), Cow::Borrowed("UTM_SOURCE=x&a=1")));
+        assert!(matches!(
+            without("UTM_SOURCE=x&a=1", &utm),
+            Cow::Borrowed("UTM_SOURCE=x&a=1")
+        ));
         assert!(matches!(without("utm_source=x", &[]), Cow::Borrowed(_)));
     }
 

@@ -174,12 +174,8 @@ where
     // from its headers afterwards.
     let request_headers = parts.headers.clone();
     let accept = |entry: &Entry| entry.answers(&request_headers, entry::now());
-    let hit = |entry: Entry| {
-        entry.respond(
-            &plan.reply(&settings, &request_headers, HIT),
-            entry::now(),
-        )
-    };
+    let hit =
+        |entry: Entry| entry.respond(&plan.reply(&settings, &request_headers, HIT), entry::now());
 
     // A HEAD response has no body to store: it is answered from the GET
     // entry, or passes through.
