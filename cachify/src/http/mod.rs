@@ -36,8 +36,9 @@
 //!   Nor are responses with `Cache-Control: no-store`, `private` or
 //!   `no-cache`, a `Set-Cookie` header, or `Vary: *`.
 //! - The status, the body and the headers are stored and replayed as they
-//!   were, less hop-by-hop headers, `Set-Cookie`, `Date`, `Age`, `Expires`,
-//!   `Cache-Control` and `Content-Length` (which is recomputed).
+//!   were, the handler's `Cache-Control` included, less hop-by-hop headers,
+//!   `Set-Cookie`, `Date`, `Age`, `Expires` and `Content-Length` (which is
+//!   recomputed).
 //! - Bodies over [`CacheLayer::max_body_size`] pass through and are not
 //!   stored. A body is read up to the limit while deciding; one that goes
 //!   over it is sent on as read so far followed by the rest of the stream,
@@ -46,7 +47,8 @@
 //! - Requests with an `Authorization` header pass through, unless
 //!   [`CacheLayer::cache_authorized`] allows them: then each credential has
 //!   its own entry, keyed by a SHA-256 digest of the header (never the
-//!   header itself), and replies say `Cache-Control: private`.
+//!   header itself), and replies say `Cache-Control: private` (unless the
+//!   handler set its own).
 //! - A request with `Cache-Control: no-cache` skips the read and refreshes
 //!   the entry; one with `no-store` bypasses the cache, neither reading nor
 //!   writing. Requests with a `Range` header bypass it too.
@@ -58,9 +60,13 @@
 //! # What replies carry
 //!
 //! - `x-cachify: HIT` or `MISS` (requests that bypass the cache get none).
-//! - `Cache-Control: max-age=<seconds left>`, counted from the expiry time
-//!   stored in the entry, so it decreases as the entry ages, in every
-//!   process. It replaces the handler's own `Cache-Control`.
+//! - The handler's own `Cache-Control`, as it was, when it set one; hits
+//!   then also carry `Age`, the seconds since the response was stored.
+//! - Otherwise the layer's [`CacheLayer::cache_control`]. By default that
+//!   is `max-age=<seconds left>`, counted from the expiry time stored in the
+//!   entry, so it decreases as the entry ages, in every process. Replies
+//!   cached per credential say `private` and nothing meant for shared
+//!   caches.
 //! - An `ETag`: the handler's, or else the quoted SHA-256 of the body, the
 //!   same in every process and across restarts.
 //! - A request whose `If-None-Match` matches gets `304 Not Modified`, on
@@ -71,9 +77,12 @@
 //! `{prefix}http:{namespace}:GET:{path}?{query}`, for example
 //! `cachify:http:users:GET:/users?page=2&sort=name`. Query parameters are
 //! decoded, sorted by name and encoded again, so `?b=2&a=1` and `?a=1&b=2`
-//! share an entry. The `http:` tag keeps responses apart from `#[cached]`
-//! values and locks. With a credential, `auth.<digest>:` comes before
-//! `GET`. [`CacheLayer::key_fn`] replaces the `GET:{path}?{query}` part.
+//! share an entry. Parameters named by [`CacheLayer::ignore_query_params`]
+//! (`utm_source`, say) are left out. The `http:` tag keeps responses apart
+//! from `#[cached]` values and locks. With a credential, `auth.<digest>:`
+//! comes before `GET`. [`CacheLayer::key_fn`] replaces the
+//! `GET:{path}?{query}` part, and is given the URI without the ignored
+//! parameters.
 //!
 //! # Failures
 //!
@@ -194,7 +203,7 @@ impl Settings {
 /// ```
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
-/// use cachify::http::CacheLayer;
+/// use cachify::http::{CacheControl, CacheLayer};
 ///
 /// let client = cachify::Cachify::builder().memory().build_blocking()?;
 /// let cache = CacheLayer::new()
@@ -202,7 +211,9 @@ impl Settings {
 ///     .namespace("catalog")                // default "default"
 ///     .ttl(Duration::from_secs(300))       // default: the client's, else 60 s
 ///     .max_body_size(256 * 1024)           // default 1 MiB
-///     .cache_authorized(false);            // the default
+///     .cache_authorized(false)             // the default
+///     .cache_control(CacheControl::fixed("public, max-age=60")?) // default: seconds left
+///     .ignore_query_params(["utm_source"]); // default: none
 /// let app: Router = Router::new()
 ///     .route("/items", get(|| async { "[]" }))
 ///     .layer(cache);
@@ -217,7 +228,8 @@ pub struct CacheLayer {
 impl CacheLayer {
     /// A layer with the defaults: the global client, namespace `"default"`,
     /// the client's default TTL (else 60 s), bodies up to 1 MiB, requests
-    /// with `Authorization` not cached.
+    /// with `Authorization` not cached, `Cache-Control: max-age=<seconds
+    /// left>`, every query parameter in the key.
     pub fn new() -> Self {
         Self::default()
     }
