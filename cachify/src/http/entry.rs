@@ -255,7 +255,8 @@ impl Entry {
         let mut response = Response::new(Body::empty());
         let headers = response.headers_mut();
         for (name, value) in &self.headers {
-            // A 304 carries only what describes the representation's identity.
+            // A 304 carries the validator, `Vary`, `Content-Location` and the
+            // caching directives (RFC 9110, 15.4.5), nothing else stored.
             if not_modified
                 && !matches!(
                     name.as_str(),
