@@ -15,7 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 use cachify::Cachify;
-use cachify::http::{CacheLayer, clear_namespace};
+use cachify::http::{CacheControl, CacheLayer, clear_namespace};
 use tokio::sync::oneshot;
 
 /// Per request, headers and body: a broken test fails instead of hanging.
@@ -80,6 +80,10 @@ on_every_backend!(
     namespace_and_exact_invalidation,
     layer_and_route_layer,
     cold_url_runs_the_handler_once,
+    layer_cache_control_is_sent_on_misses_and_hits,
+    handler_cache_control_is_kept_with_its_age,
+    ignored_query_params_share_an_entry,
+    ignored_query_params_reach_the_key_fn_removed,
 );
 
 /// How many times a handler ran.
@@ -1169,4 +1173,291 @@ async fn a_dead_backend_fails_open() {
     let stats = client.stats();
     assert!(stats.errors > 0, "{stats:?}");
     assert!(stats.bypassed > 0, "the breaker opened: {stats:?}");
+}
+
+/// A route that echoes its query after the run number, with `headers`.
+fn echoing(
+    calls: &Calls,
+    headers: &'static [(&'static str, &'static str)],
+) -> axum::routing::MethodRouter {
+    let calls = calls.clone();
+    get(move |uri: axum::http::Uri| {
+        let run = calls.bump();
+        async move {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(*name, header::HeaderValue::from_static(value));
+            }
+            (map, format!("{run} {}", uri.query().unwrap_or_default()))
+        }
+    })
+}
+
+async fn layer_cache_control_is_sent_on_misses_and_hits(store: Store) {
+    let client = store.client("layer-cache-control").await;
+    let calls = Calls::default();
+    let fixed = CacheControl::fixed("public, s-maxage=600, max-age=30").expect("valid directives");
+    let app = serve(
+        Router::new()
+            .route("/fixed", echoing(&calls, &[]))
+            .route_layer(
+                CacheLayer::new()
+                    .client(client.clone())
+                    .namespace("fixed")
+                    .cache_authorized(true)
+                    .cache_control(fixed),
+            )
+            .merge(
+                Router::new()
+                    .route("/omitted", echoing(&calls, &[]))
+                    .route_layer(
+                        CacheLayer::new()
+                            .client(client)
+                            .namespace("omitted")
+                            .cache_authorized(true)
+                            .cache_control(CacheControl::omitted()),
+                    ),
+            ),
+    )
+    .await;
+
+    for outcome in ["MISS", "HIT"] {
+        let shared = app.get("/fixed").await;
+        assert_eq!(shared.cache(), Some(outcome));
+        assert_eq!(
+            shared.header("cache-control"),
+            Some("public, s-maxage=600, max-age=30"),
+            "the layer's directives, as given, on a {outcome}"
+        );
+        assert_eq!(shared.header("age"), None, "the layer's header is fresh");
+        let own = app
+            .get_with("/fixed", "authorization", "Bearer alice")
+            .await;
+        assert_eq!(own.cache(), Some(outcome));
+        assert_eq!(
+            own.header("cache-control"),
+            Some("private, max-age=30"),
+            "per credential: private, nothing for shared caches"
+        );
+        let etag = shared.header("etag").expect("an ETag");
+        let unchanged = app.get_with("/fixed", "if-none-match", etag).await;
+        assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            unchanged.header("cache-control"),
+            Some("public, s-maxage=600, max-age=30")
+        );
+
+        let omitted = app.get("/omitted").await;
+        assert_eq!(omitted.cache(), Some(outcome));
+        assert_eq!(omitted.header("cache-control"), None);
+        let own = app
+            .get_with("/omitted", "authorization", "Bearer alice")
+            .await;
+        assert_eq!(own.header("cache-control"), Some("private"));
+    }
+    assert_eq!(calls.get(), 4, "each path and credential ran once");
+}
+
+async fn handler_cache_control_is_kept_with_its_age(store: Store) {
+    let client = store.client("handler-cache-control").await;
+    let calls = Calls::default();
+    const OWN: &str = "public, max-age=5, stale-while-revalidate=10";
+    let layer = |namespace: &str, client: &Cachify| {
+        CacheLayer::new()
+            .client(client.clone())
+            .namespace(namespace)
+            .ttl(Duration::from_secs(60))
+    };
+    let app = serve(
+        Router::new()
+            .route("/default", echoing(&calls, &[("cache-control", OWN)]))
+            .route_layer(layer("default", &client))
+            .merge(
+                Router::new()
+                    .route("/configured", echoing(&calls, &[("cache-control", OWN)]))
+                    .route_layer(
+                        layer("configured", &client)
+                            .cache_control("no-cache".parse().expect("valid directives")),
+                    ),
+            )
+            .merge(
+                Router::new()
+                    .route(
+                        "/private",
+                        echoing(&calls, &[("cache-control", "private, max-age=5")]),
+                    )
+                    .route_layer(layer("private", &client).cache_control(
+                        CacheControl::fixed("public, max-age=1").expect("valid directives"),
+                    )),
+            ),
+    )
+    .await;
+
+    for path in ["/default", "/configured"] {
+        let miss = app.get(path).await;
+        assert_eq!(miss.cache(), Some("MISS"));
+        assert_eq!(
+            miss.header("cache-control"),
+            Some(OWN),
+            "{path}: the handler's, kept"
+        );
+        assert_eq!(miss.header("age"), None, "{path}: fresh from the handler");
+        assert_eq!(
+            miss.headers.get_all("cache-control").iter().count(),
+            1,
+            "{path}: one header, not the layer's as well"
+        );
+    }
+    // Whole seconds: wait until at least one has passed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for path in ["/default", "/configured"] {
+        let hit = app.get(path).await;
+        assert_eq!(hit.cache(), Some("HIT"));
+        assert_eq!(
+            hit.header("cache-control"),
+            Some(OWN),
+            "{path}: still the handler's"
+        );
+        let age: u64 = hit.header("age").expect("an Age").parse().expect("seconds");
+        assert!(
+            (1..60).contains(&age),
+            "{path}: Age counts from the store: {age}"
+        );
+        let etag = hit.header("etag").expect("an ETag");
+        let unchanged = app.get_with(path, "if-none-match", etag).await;
+        assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(unchanged.header("cache-control"), Some(OWN));
+    }
+    // `private` is never stored, and passes through as the handler sent it.
+    for _ in 0..2 {
+        let private = app.get("/private").await;
+        assert_eq!(private.cache(), Some("MISS"));
+        assert_eq!(private.header("cache-control"), Some("private, max-age=5"));
+    }
+    assert_eq!(calls.get(), 4);
+}
+
+async fn ignored_query_params_share_an_entry(store: Store) {
+    let client = store.client("ignored-params").await;
+    let calls = Calls::default();
+    let layer = CacheLayer::new()
+        .client(client.clone())
+        .namespace("users")
+        .ignore_query_params(["utm_source"])
+        .ignore_query_params(vec!["fbclid".to_owned()]);
+    let app = serve(
+        Router::new()
+            .route("/users", echoing(&calls, &[]))
+            .route_layer(layer.clone()),
+    )
+    .await;
+
+    let first = app.get("/users?utm_source=mail").await;
+    assert_eq!(
+        (first.cache(), first.text()),
+        (Some("MISS"), "1 utm_source=mail"),
+        "the handler sees the whole query"
+    );
+    for same in [
+        "/users",
+        "/users?fbclid=abc",
+        "/users?utm_source=x&fbclid=y&utm_source=z",
+        "/users?utm%5Fsource=encoded",
+    ] {
+        let reply = app.get(same).await;
+        assert_eq!(
+            (reply.cache(), reply.text()),
+            (Some("HIT"), "1 utm_source=mail"),
+            "{same}"
+        );
+    }
+    // The other parameters still count, in any order.
+    let paged = app.get("/users?utm_source=a&page=2&sort=name").await;
+    assert_eq!(
+        (paged.cache(), paged.text()),
+        (Some("MISS"), "2 utm_source=a&page=2&sort=name")
+    );
+    assert_eq!(
+        app.get("/users?sort=name&page=2").await.cache(),
+        Some("HIT")
+    );
+    // Exact names: case and near names are other parameters.
+    assert_eq!(app.get("/users?UTM_SOURCE=x").await.cache(), Some("MISS"));
+    assert_eq!(app.get("/users?utm_source_x=1").await.cache(), Some("MISS"));
+    assert_eq!(calls.get(), 4);
+
+    let key = layer.key("/users?fbclid=1&utm_source=2").unwrap();
+    assert_eq!(key, format!("{}http:users:GET:/users", client.prefix()));
+    assert_eq!(
+        layer.key("/users?page=2&utm_source=q&sort=name").unwrap(),
+        format!("{}http:users:GET:/users?page=2&sort=name", client.prefix())
+    );
+    if let Store::Redis = store {
+        let mut raw = support::shared_server().connection();
+        let exists: bool = ::redis::cmd("EXISTS").arg(&key).query(&mut raw).unwrap();
+        assert!(exists, "`{key}` is the key the layer wrote");
+    }
+    // Invalidation agrees with the key the layer uses.
+    layer
+        .invalidate("/users?utm_source=elsewhere")
+        .await
+        .unwrap();
+    assert_eq!(app.get("/users?fbclid=q").await.text(), "5 fbclid=q");
+    layer
+        .invalidate("/users?sort=name&utm_source=x&page=2")
+        .await
+        .unwrap();
+    assert_eq!(
+        app.get("/users?page=2&sort=name").await.cache(),
+        Some("MISS")
+    );
+    assert_eq!(calls.get(), 6);
+}
+
+async fn ignored_query_params_reach_the_key_fn_removed(store: Store) {
+    let client = store.client("ignored-key-fn").await;
+    let calls = Calls::default();
+    // The query as the key function sees it, order kept.
+    let layer = CacheLayer::new()
+        .client(client.clone())
+        .namespace("items")
+        .ignore_query_params(["utm_source"])
+        .key_fn(|request| format!("item:{}", request.uri));
+    let app = serve(
+        Router::new()
+            .route("/items", echoing(&calls, &[]))
+            .route_layer(layer.clone()),
+    )
+    .await;
+
+    let first = app.get("/items?b=2&utm_source=x&a=1").await;
+    assert_eq!(
+        (first.cache(), first.text()),
+        (Some("MISS"), "1 b=2&utm_source=x&a=1")
+    );
+    assert_eq!(app.get("/items?b=2&a=1").await.cache(), Some("HIT"));
+    assert_eq!(
+        app.get("/items?a=1&b=2").await.cache(),
+        Some("MISS"),
+        "the key function's own order"
+    );
+    assert_eq!(
+        app.get("/items?utm_source=only").await.cache(),
+        Some("MISS")
+    );
+    assert_eq!(
+        app.get("/items").await.cache(),
+        Some("HIT"),
+        "no query left: no `?`"
+    );
+    assert_eq!(
+        layer.key("/items?utm_source=z&b=2&a=1").unwrap(),
+        format!("{}http:items:item:/items?b=2&a=1", client.prefix())
+    );
+    layer
+        .invalidate("/items?b=2&a=1&utm_source=y")
+        .await
+        .unwrap();
+    assert_eq!(app.get("/items?b=2&a=1").await.text(), "4 b=2&a=1");
+    assert_eq!(calls.get(), 4);
 }

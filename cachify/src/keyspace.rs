@@ -351,7 +351,7 @@ fn sorted_query(query: &str) -> String {
 
 #[cfg(feature = "axum")]
 /// Form decoding: `+` is a space, `%XX` a byte; a stray `%` stays as it is.
-fn form_decode(text: &str) -> Vec<u8> {
+pub(crate) fn form_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut at = 0;

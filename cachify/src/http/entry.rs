@@ -4,11 +4,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::http::header::{
-    CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, ETAG, HeaderName, IF_NONE_MATCH, SET_COOKIE, VARY,
+    AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, ETAG, HeaderName, IF_NONE_MATCH, SET_COOKIE,
+    VARY,
 };
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::CacheControl;
 
 /// The header that says whether a response came from the cache.
 pub(super) const X_CACHIFY: HeaderName = HeaderName::from_static("x-cachify");
@@ -17,8 +20,9 @@ pub(super) const MISS: HeaderValue = HeaderValue::from_static("MISS");
 
 /// Response headers that are never stored: hop-by-hop headers, headers
 /// that belong to one response only (`Date`, `Set-Cookie`), and the ones
-/// the cache writes itself on every reply.
-const NOT_STORED: [&str; 16] = [
+/// the cache writes itself on every reply. A handler's `Cache-Control` is
+/// stored: it is replayed instead of the layer's.
+const NOT_STORED: [&str; 15] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -32,7 +36,6 @@ const NOT_STORED: [&str; 16] = [
     "date",
     "age",
     "expires",
-    "cache-control",
     "content-length",
     "x-cachify",
 ];
@@ -46,6 +49,9 @@ pub(super) struct Entry {
     /// Lower-case names, raw values, in the handler's order.
     headers: Vec<(String, Bytes)>,
     body: Bytes,
+    /// When the response was stored, in milliseconds since the Unix epoch:
+    /// the `Age` of a replayed handler `Cache-Control` counts from it.
+    stored_at: u64,
     /// When the entry expires, in milliseconds since the Unix epoch: kept in
     /// the entry so that every process reports the same remaining max-age.
     expires_at: u64,
@@ -162,6 +168,8 @@ pub(super) struct Reply<'a> {
     pub(super) head: bool,
     /// The request carried credentials: downstream caches must not share it.
     pub(super) private: bool,
+    /// What to say when the handler set no `Cache-Control`.
+    pub(super) cache_control: &'a CacheControl,
     /// `HIT` or `MISS`.
     pub(super) outcome: HeaderValue,
 }
@@ -172,6 +180,7 @@ impl Entry {
         parts: &response::Parts,
         body: Bytes,
         request: &HeaderMap,
+        stored_at: u64,
         expires_at: u64,
     ) -> Self {
         // Headers named by `Connection` are hop-by-hop too.
@@ -211,6 +220,7 @@ impl Entry {
             status: parts.status.as_u16(),
             headers,
             body,
+            stored_at,
             expires_at,
             vary,
         }
@@ -236,7 +246,8 @@ impl Entry {
 
     /// The response: a `304 Not Modified` when the request's
     /// `If-None-Match` matches, else the stored status, headers and body.
-    /// Both carry `Cache-Control: max-age=<seconds left>` and `x-cachify`.
+    /// Both carry `x-cachify`, and the handler's `Cache-Control` with an
+    /// `Age` on hits, or else the layer's.
     pub(super) fn respond(&self, reply: &Reply<'_>, now: u64) -> Response<Body> {
         let not_modified = self
             .header(&ETAG)
@@ -244,8 +255,14 @@ impl Entry {
         let mut response = Response::new(Body::empty());
         let headers = response.headers_mut();
         for (name, value) in &self.headers {
-            // A 304 carries only what describes the representation's identity.
-            if not_modified && !matches!(name.as_str(), "etag" | "vary" | "content-location") {
+            // A 304 carries the validator, `Vary`, `Content-Location` and the
+            // caching directives (RFC 9110, 15.4.5), nothing else stored.
+            if not_modified
+                && !matches!(
+                    name.as_str(),
+                    "etag" | "vary" | "content-location" | "cache-control"
+                )
+            {
                 continue;
             }
             if let (Ok(name), Ok(value)) = (
@@ -255,14 +272,17 @@ impl Entry {
                 headers.append(name, value);
             }
         }
-        let max_age = Duration::from_millis(self.expires_at.saturating_sub(now)).as_secs();
-        let cache_control = if reply.private {
-            format!("private, max-age={max_age}")
+        if headers.contains_key(CACHE_CONTROL) {
+            // The handler's freshness counts from when it answered.
+            if reply.outcome == HIT {
+                let age = Duration::from_millis(now.saturating_sub(self.stored_at)).as_secs();
+                headers.insert(AGE, HeaderValue::from(age));
+            }
         } else {
-            format!("max-age={max_age}")
-        };
-        if let Ok(value) = HeaderValue::from_str(&cache_control) {
-            headers.insert(CACHE_CONTROL, value);
+            let max_age = Duration::from_millis(self.expires_at.saturating_sub(now)).as_secs();
+            if let Some(value) = reply.cache_control.header(reply.private, max_age) {
+                headers.insert(CACHE_CONTROL, value);
+            }
         }
         headers.insert(X_CACHIFY, reply.outcome.clone());
         if not_modified {
@@ -336,13 +356,19 @@ mod tests {
                 ("cache-control", "public"),
             ],
         );
-        let entry = Entry::new(&response, Bytes::from_static(b"hi"), &HeaderMap::new(), 1);
+        let entry = Entry::new(
+            &response,
+            Bytes::from_static(b"hi"),
+            &HeaderMap::new(),
+            0,
+            1,
+        );
         let names: Vec<&str> = entry
             .headers
             .iter()
             .map(|(name, _)| name.as_str())
             .collect();
-        assert_eq!(names, ["content-type", "x-custom", "etag"]);
+        assert_eq!(names, ["content-type", "x-custom", "cache-control", "etag"]);
     }
 
     #[test]
@@ -375,7 +401,7 @@ mod tests {
     fn vary_headers_must_agree() {
         let response = parts(200, &[("vary", "Accept-Language")]);
         let stored_for = request(&[("accept-language", "fr")]);
-        let entry = Entry::new(&response, Bytes::new(), &stored_for, u64::MAX);
+        let entry = Entry::new(&response, Bytes::new(), &stored_for, 0, u64::MAX);
         assert!(entry.answers(&stored_for, 0));
         assert!(!entry.answers(&request(&[("accept-language", "de")]), 0));
         assert!(!entry.answers(&request(&[]), 0));

@@ -36,8 +36,9 @@
 //!   Nor are responses with `Cache-Control: no-store`, `private` or
 //!   `no-cache`, a `Set-Cookie` header, or `Vary: *`.
 //! - The status, the body and the headers are stored and replayed as they
-//!   were, less hop-by-hop headers, `Set-Cookie`, `Date`, `Age`, `Expires`,
-//!   `Cache-Control` and `Content-Length` (which is recomputed).
+//!   were, the handler's `Cache-Control` included, less hop-by-hop headers,
+//!   `Set-Cookie`, `Date`, `Age`, `Expires` and `Content-Length` (which is
+//!   recomputed).
 //! - Bodies over [`CacheLayer::max_body_size`] pass through and are not
 //!   stored. A body is read up to the limit while deciding; one that goes
 //!   over it is sent on as read so far followed by the rest of the stream,
@@ -46,7 +47,8 @@
 //! - Requests with an `Authorization` header pass through, unless
 //!   [`CacheLayer::cache_authorized`] allows them: then each credential has
 //!   its own entry, keyed by a SHA-256 digest of the header (never the
-//!   header itself), and replies say `Cache-Control: private`.
+//!   header itself), and replies say `Cache-Control: private` (unless the
+//!   handler set its own).
 //! - A request with `Cache-Control: no-cache` skips the read and refreshes
 //!   the entry; one with `no-store` bypasses the cache, neither reading nor
 //!   writing. Requests with a `Range` header bypass it too.
@@ -58,9 +60,13 @@
 //! # What replies carry
 //!
 //! - `x-cachify: HIT` or `MISS` (requests that bypass the cache get none).
-//! - `Cache-Control: max-age=<seconds left>`, counted from the expiry time
-//!   stored in the entry, so it decreases as the entry ages, in every
-//!   process. It replaces the handler's own `Cache-Control`.
+//! - The handler's own `Cache-Control`, as it was, when it set one; hits
+//!   then also carry `Age`, the seconds since the response was stored.
+//! - Otherwise the layer's [`CacheLayer::cache_control`]. By default that
+//!   is `max-age=<seconds left>`, counted from the expiry time stored in the
+//!   entry, so it decreases as the entry ages, in every process. Replies
+//!   cached per credential say `private` and nothing meant for shared
+//!   caches.
 //! - An `ETag`: the handler's, or else the quoted SHA-256 of the body, the
 //!   same in every process and across restarts.
 //! - A request whose `If-None-Match` matches gets `304 Not Modified`, on
@@ -71,9 +77,12 @@
 //! `{prefix}http:{namespace}:GET:{path}?{query}`, for example
 //! `cachify:http:users:GET:/users?page=2&sort=name`. Query parameters are
 //! decoded, sorted by name and encoded again, so `?b=2&a=1` and `?a=1&b=2`
-//! share an entry. The `http:` tag keeps responses apart from `#[cached]`
-//! values and locks. With a credential, `auth.<digest>:` comes before
-//! `GET`. [`CacheLayer::key_fn`] replaces the `GET:{path}?{query}` part.
+//! share an entry. Parameters named by [`CacheLayer::ignore_query_params`]
+//! (`utm_source`, say) are left out. The `http:` tag keeps responses apart
+//! from `#[cached]` values and locks. With a credential, `auth.<digest>:`
+//! comes before `GET`. [`CacheLayer::key_fn`] replaces the
+//! `GET:{path}?{query}` part, and is given the URI without the ignored
+//! parameters.
 //!
 //! # Failures
 //!
@@ -84,9 +93,12 @@
 //! writes show in [`Cachify::stats`].
 
 mod body;
+mod control;
 mod entry;
+mod query;
 mod service;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +107,7 @@ use axum::http::request::Parts;
 use axum::http::{Request, Uri};
 use tower_layer::Layer;
 
+pub use self::control::CacheControl;
 pub use self::service::{CacheService, ResponseFuture};
 use crate::client::Cachify;
 use crate::error::Error;
@@ -116,6 +129,9 @@ struct Settings {
     max_body_size: usize,
     cache_authorized: bool,
     request_cache_control: bool,
+    cache_control: CacheControl,
+    /// Query parameter names left out of keys, as given (not encoded).
+    ignored_query_params: Vec<String>,
     key_fn: Option<Arc<KeyFn>>,
 }
 
@@ -128,6 +144,8 @@ impl Default for Settings {
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             cache_authorized: false,
             request_cache_control: true,
+            cache_control: CacheControl::remaining_ttl(),
+            ignored_query_params: Vec::new(),
             key_fn: None,
         }
     }
@@ -142,6 +160,8 @@ impl fmt::Debug for Settings {
             .field("max_body_size", &self.max_body_size)
             .field("cache_authorized", &self.cache_authorized)
             .field("request_cache_control", &self.request_cache_control)
+            .field("cache_control", &self.cache_control)
+            .field("ignored_query_params", &self.ignored_query_params)
             .field("key_fn", &self.key_fn.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -158,6 +178,21 @@ impl Settings {
     fn ttl(&self, client: &Cachify) -> Duration {
         self.ttl.or(client.default_ttl()).unwrap_or(DEFAULT_TTL)
     }
+
+    /// The request part of the key of `request`: `GET:{path}?{sorted
+    /// query}` or what the key function returns, the ignored query
+    /// parameters left out of both.
+    fn request_part(&self, request: &Parts) -> String {
+        let query = request
+            .uri
+            .query()
+            .map(|query| query::without(query, &self.ignored_query_params));
+        match (&self.key_fn, query) {
+            (None, query) => keyspace::http_request(request.uri.path(), query.as_deref()),
+            (Some(key_fn), Some(Cow::Owned(kept))) => key_fn(&query::with_query(request, &kept)),
+            (Some(key_fn), _) => key_fn(request),
+        }
+    }
 }
 
 /// A tower [`Layer`] that caches whole HTTP responses. See the
@@ -168,7 +203,7 @@ impl Settings {
 /// ```
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
-/// use cachify::http::CacheLayer;
+/// use cachify::http::{CacheControl, CacheLayer};
 ///
 /// let client = cachify::Cachify::builder().memory().build_blocking()?;
 /// let cache = CacheLayer::new()
@@ -176,7 +211,9 @@ impl Settings {
 ///     .namespace("catalog")                // default "default"
 ///     .ttl(Duration::from_secs(300))       // default: the client's, else 60 s
 ///     .max_body_size(256 * 1024)           // default 1 MiB
-///     .cache_authorized(false);            // the default
+///     .cache_authorized(false)             // the default
+///     .cache_control(CacheControl::fixed("public, max-age=60")?) // default: seconds left
+///     .ignore_query_params(["utm_source"]); // default: none
 /// let app: Router = Router::new()
 ///     .route("/items", get(|| async { "[]" }))
 ///     .layer(cache);
@@ -191,7 +228,8 @@ pub struct CacheLayer {
 impl CacheLayer {
     /// A layer with the defaults: the global client, namespace `"default"`,
     /// the client's default TTL (else 60 s), bodies up to 1 MiB, requests
-    /// with `Authorization` not cached.
+    /// with `Authorization` not cached, `Cache-Control: max-age=<seconds
+    /// left>`, every query parameter in the key.
     pub fn new() -> Self {
         Self::default()
     }
@@ -243,9 +281,78 @@ impl CacheLayer {
         self
     }
 
+    /// The `Cache-Control` header of the responses this layer stores and
+    /// replays, when the handler did not set one. Default
+    /// [`CacheControl::remaining_ttl`]: `max-age=<seconds until the entry
+    /// expires>`.
+    ///
+    /// A handler's own `Cache-Control` on a response that is stored (so
+    /// not `no-store`, `private` or `no-cache`) is kept as it was, on the
+    /// `MISS` and on every `HIT`, which also carry `Age`: the seconds since
+    /// the response was stored, so downstream caches count its freshness
+    /// from when the handler produced it. Responses that are not stored
+    /// pass through with their headers untouched.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cachify::http::{CacheControl, CacheLayer};
+    ///
+    /// // Stored for 10 minutes here; browsers and CDNs may keep it 60 s.
+    /// let cache = CacheLayer::new()
+    ///     .ttl(Duration::from_secs(600))
+    ///     .cache_control(CacheControl::fixed("public, max-age=60")?);
+    /// // Cached here only: browsers revalidate with the ETag every time.
+    /// let server_side = CacheLayer::new().cache_control("no-cache".parse()?);
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn cache_control(mut self, cache_control: CacheControl) -> Self {
+        self.settings().cache_control = cache_control;
+        self
+    }
+
+    /// Leaves the named query parameters out of keys, so that
+    /// `/users?utm_source=mail` and `/users` share one entry (the handler
+    /// of the first request that fills it still sees its whole query).
+    ///
+    /// Names are compared exactly, case included, with the request's names
+    /// decoded (`utm%5Fsource` is `utm_source`); every occurrence is left
+    /// out. The parameters left are sorted by name as usual. Calling it
+    /// again adds to the names. [`CacheLayer::key`] and
+    /// [`CacheLayer::invalidate`] leave the same parameters out.
+    ///
+    /// With a [`key_fn`](Self::key_fn), the function is given the request
+    /// with these parameters taken out of its URI (the others as they
+    /// came, in their order).
+    ///
+    /// ```
+    /// use cachify::http::CacheLayer;
+    ///
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// let cache = CacheLayer::new()
+    ///     .client(client)
+    ///     .namespace("users")
+    ///     .ignore_query_params(["utm_source", "utm_medium", "fbclid"]);
+    /// assert_eq!(
+    ///     cache.key("/users?utm_source=mail&page=2&fbclid=x")?,
+    ///     cache.key("/users?page=2")?,
+    /// );
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn ignore_query_params<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.settings()
+            .ignored_query_params
+            .extend(names.into_iter().map(Into::into));
+        self
+    }
+
     /// Replaces the `GET:{path}?{query}` part of keys with what `key_fn`
     /// returns for the request. The prefix, namespace and credential digest
-    /// still come first.
+    /// still come first. The request's URI lacks the parameters named by
+    /// [`ignore_query_params`](Self::ignore_query_params).
     ///
     /// ```
     /// use cachify::http::CacheLayer;
@@ -270,8 +377,9 @@ impl CacheLayer {
 
     /// The backend key a plain (no credential) GET of `uri` is cached
     /// under, as `redis-cli` shows it. `uri` is a path with an optional
-    /// query, or an absolute URL. With a [`key_fn`](Self::key_fn), that
-    /// function is applied to a GET of `uri` with no headers.
+    /// query, or an absolute URL. Ignored query parameters are left out.
+    /// With a [`key_fn`](Self::key_fn), that function is applied to a GET
+    /// of `uri` with no headers.
     ///
     /// ```
     /// use cachify::http::CacheLayer;
@@ -285,17 +393,11 @@ impl CacheLayer {
         let uri: Uri = uri
             .parse()
             .map_err(|error| Error::Config(format!("invalid URI `{uri}`: {error}")))?;
-        let request = match &self.settings.key_fn {
-            Some(key_fn) => {
-                let (parts, ()) = Request::get(uri)
-                    .body(())
-                    .map_err(|error| Error::Config(error.to_string()))?
-                    .into_parts();
-                key_fn(&parts)
-            }
-            None => keyspace::http_request(uri.path(), uri.query()),
-        };
-        Ok(self.key_of(&request))
+        let (parts, ()) = Request::get(uri)
+            .body(())
+            .map_err(|error| Error::Config(error.to_string()))?
+            .into_parts();
+        Ok(self.key_of(&self.settings.request_part(&parts)))
     }
 
     fn key_of(&self, request: &str) -> String {
@@ -304,7 +406,7 @@ impl CacheLayer {
     }
 
     /// Deletes the entry of a plain GET of `uri` (see [`CacheLayer::key`]);
-    /// query order does not matter. Entries cached per credential are
+    /// query order and ignored query parameters do not matter. Entries cached per credential are
     /// cleared with [`CacheLayer::clear`].
     ///
     /// ```

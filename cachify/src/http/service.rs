@@ -19,7 +19,6 @@ use super::Settings;
 use super::body::{self, Buffered};
 use super::entry::{self, Entry, HIT, MISS, Reply, X_CACHIFY};
 use crate::cache::{Computed, Core, Fetch, Served};
-use crate::keyspace;
 use crate::mode::Async;
 use crate::store::clamp_ttl;
 
@@ -117,10 +116,7 @@ impl Plan {
             return None;
         }
         let scope = core.keys.http_scope(&settings.namespace);
-        let request = match &settings.key_fn {
-            Some(key_fn) => key_fn(parts),
-            None => keyspace::http_request(parts.uri.path(), parts.uri.query()),
-        };
+        let request = settings.request_part(parts);
         Some(Plan {
             key: core
                 .keys
@@ -131,11 +127,17 @@ impl Plan {
         })
     }
 
-    fn reply<'a>(&self, request: &'a HeaderMap, outcome: HeaderValue) -> Reply<'a> {
+    fn reply<'a>(
+        &self,
+        settings: &'a Settings,
+        request: &'a HeaderMap,
+        outcome: HeaderValue,
+    ) -> Reply<'a> {
         Reply {
             request,
             head: self.head,
             private: self.private,
+            cache_control: &settings.cache_control,
             outcome,
         }
     }
@@ -172,7 +174,8 @@ where
     // from its headers afterwards.
     let request_headers = parts.headers.clone();
     let accept = |entry: &Entry| entry.answers(&request_headers, entry::now());
-    let hit = |entry: Entry| entry.respond(&plan.reply(&request_headers, HIT), entry::now());
+    let hit =
+        |entry: Entry| entry.respond(&plan.reply(&settings, &request_headers, HIT), entry::now());
 
     // A HEAD response has no body to store: it is answered from the GET
     // entry, or passes through.
@@ -199,7 +202,8 @@ where
             Ok(Handled::Passed(response)) => (Ok(response), None),
             Ok(Handled::Storable(entry, extensions, now)) => {
                 // Built from the entry, so a miss and the hits after it look the same.
-                let mut response = entry.respond(&plan.reply(&request_headers, MISS), now);
+                let reply = plan.reply(&settings, &request_headers, MISS);
+                let mut response = entry.respond(&reply, now);
                 *response.extensions_mut() = extensions;
                 (Ok(response), Some(Arc::new(entry)))
             }
@@ -279,6 +283,6 @@ where
     };
     let now = entry::now();
     let expires_at = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-    let entry = Entry::new(&head, bytes, &request_headers, expires_at);
+    let entry = Entry::new(&head, bytes, &request_headers, now, expires_at);
     Ok(Handled::Storable(entry, head.extensions, now))
 }
