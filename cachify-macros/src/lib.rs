@@ -80,7 +80,7 @@ use crate::attr::Kind;
 /// inherent `impl` of the type.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Cached, args.into(), item.into()).into()
+    expand_function(Kind::Cached, args, item)
 }
 
 /// Runs a function at most once at a time per key, across every process
@@ -129,7 +129,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// [`macro@cached`], and they are `async` when the function is.
 #[proc_macro_attribute]
 pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Once, args.into(), item.into()).into()
+    expand_function(Kind::Once, args, item)
 }
 
 /// Runs a function while holding a lock on a key built from its arguments,
@@ -169,7 +169,15 @@ pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
 /// work as for [`macro@once`]; `#[lock]` keys live in their own key space.
 #[proc_macro_attribute]
 pub fn lock(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Lock, args.into(), item.into()).into()
+    expand_function(Kind::Lock, args, item)
+}
+
+fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = args.into();
+    if trait_impl::already_expanded(&args) {
+        return item;
+    }
+    expand::expand(kind, args, item.into()).into()
 }
 
 /// Lets `#[cached]`, `#[once]` and `#[lock]` work on the methods of an

@@ -9,6 +9,19 @@ use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, Meta, Path, Ty
 use crate::attr::{self, Kind};
 use crate::expand::{self, Expansion};
 
+/// The argument of a `#[cached]`, `#[once]` or `#[lock]` that `#[trait_impl]`
+/// has already expanded: the attribute then returns the method as it is.
+const EXPANDED: &str = "__cachify_expanded_by_trait_impl";
+
+/// Whether these are the arguments `#[trait_impl]` leaves on a method it expanded.
+pub(crate) fn already_expanded(args: &TokenStream) -> bool {
+    let mut tokens = args.clone().into_iter();
+    matches!(
+        (tokens.next(), tokens.next()),
+        (Some(proc_macro2::TokenTree::Ident(ident)), None) if ident == EXPANDED
+    )
+}
+
 /// Expands `#[trait_impl]`. An error about the whole block comes out beside
 /// the block untouched; an error about one method replaces only that
 /// method's attribute, so the error is the only one the user sees.
@@ -69,7 +82,10 @@ fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                 function,
                 siblings: more,
             }) => {
-                *item = ImplItem::Verbatim(function);
+                // The attribute stays, inert, so that the user's `use cachify::cached` is used.
+                let path = attribute.path();
+                let marker = Ident::new(EXPANDED, Span::call_site());
+                *item = ImplItem::Verbatim(quote!(#[#path(#marker)] #function));
                 siblings.extend(more);
             }
             Err(error) => errors.extend(error.to_compile_error()),
