@@ -22,22 +22,47 @@ pub(crate) fn already_expanded(args: &TokenStream) -> bool {
     )
 }
 
-/// Expands `#[trait_impl]`. An error about the whole block comes out beside
-/// the block untouched; an error about one method replaces only that
-/// method's attribute, so the error is the only one the user sees.
+/// Expands `#[trait_impl]`. Errors come out as `compile_error!` beside the
+/// block, with the methods' attributes made inert, so that they are the
+/// only errors the user sees; an inherent `impl` is left as it is, since the
+/// attributes work there.
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
-    match try_expand(args, item.clone()) {
+    let with_error = |error: syn::Error, item: &dyn ToTokens| {
+        let error = error.to_compile_error();
+        quote!(#error #item)
+    };
+    let block = match trait_impl_block(item.clone()) {
+        Ok(block) => block,
+        Err(error) => return with_error(error, &item),
+    };
+    let expanded = parse_args(args).and_then(|sibling_vis| expand_block(block.clone(), &sibling_vis));
+    match expanded {
         Ok(tokens) => tokens,
         Err(error) => {
-            let error = error.to_compile_error();
-            quote!(#error #item)
+            let mut block = block;
+            for item in &mut block.items {
+                if let ImplItem::Fn(method) = item {
+                    for attribute in &mut method.attrs {
+                        if macro_kind(attribute.path()).is_some() {
+                            *attribute = inert(attribute);
+                        }
+                    }
+                }
+            }
+            with_error(error, &block)
         }
     }
 }
 
-fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let sibling_vis = parse_args(args)?;
-    let mut block = trait_impl_block(item)?;
+/// The attribute as `#[trait_impl]` leaves it on a method it has expanded:
+/// kept, so that the user's `use cachify::cached` counts as used, but inert.
+fn inert(attribute: &Attribute) -> Attribute {
+    let path = attribute.path();
+    let marker = Ident::new(EXPANDED, Span::call_site());
+    syn::parse_quote!(#[#path(#marker)])
+}
+
+fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<TokenStream> {
     let trait_path = match &block.trait_ {
         Some((_, path, _)) => path.clone(),
         None => unreachable!("checked by trait_impl_block"),
@@ -77,18 +102,19 @@ fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             associated_types: &associated_types,
         }
         .visit_signature_mut(&mut method.sig);
-        match expand_method(kind, &attribute, method, &sibling_vis) {
+        match expand_method(kind, &attribute, method, sibling_vis) {
             Ok(Expansion {
                 function,
                 siblings: more,
             }) => {
-                // The attribute stays, inert, so that the user's `use cachify::cached` is used.
-                let path = attribute.path();
-                let marker = Ident::new(EXPANDED, Span::call_site());
-                *item = ImplItem::Verbatim(quote!(#[#path(#marker)] #function));
+                let inert = inert(&attribute);
+                *item = ImplItem::Verbatim(quote!(#inert #function));
                 siblings.extend(more);
             }
-            Err(error) => errors.extend(error.to_compile_error()),
+            Err(error) => {
+                errors.extend(error.to_compile_error());
+                method.attrs.push(inert(&attribute));
+            }
         }
     }
 
@@ -97,7 +123,25 @@ fn try_expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     }
     // Only the impl's parameters that the type names: an inherent impl
     // cannot have parameters that only the trait uses.
-    let generics = expand::sibling_generics(&block.generics, &expand::mentions(&block.self_ty));
+    let named = expand::mentions(&block.self_ty);
+    for param in block.generics.type_params() {
+        let name = param.ident.to_string();
+        if !named.contains(&name)
+            && siblings
+                .iter()
+                .any(|sibling| expand::mentions(sibling).contains(&name))
+        {
+            return Err(syn::Error::new(
+                param.ident.span(),
+                format!(
+                    "a sibling would take a parameter whose type uses `{name}`, which the trait \
+                     names but the type does not, so the inherent `impl` that holds the siblings \
+                     cannot declare it; leave that parameter out of the key template"
+                ),
+            ));
+        }
+    }
+    let generics = expand::sibling_generics(&block.generics, &named);
     let (impl_generics, _, where_clause) = generics.split_for_impl();
     let self_ty = &block.self_ty;
     let cfgs = block.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
