@@ -106,7 +106,11 @@ async fn native_async_method_caches_and_its_sibling_resets() {
     let store = PgStore::new("acme");
     let first = store.find(7).await.unwrap();
     assert_eq!(store.find(7).await.unwrap(), first);
-    assert_eq!(store.finds.load(Ordering::SeqCst), 1, "second call is a hit");
+    assert_eq!(
+        store.finds.load(Ordering::SeqCst),
+        1,
+        "second call is a hit"
+    );
     assert_eq!(find_through_generic(&store, 7).await.unwrap(), first);
     assert_eq!(
         store.finds.load(Ordering::SeqCst),
@@ -116,7 +120,11 @@ async fn native_async_method_caches_and_its_sibling_resets() {
 
     store.find_reset(7).await.unwrap();
     store.find(7).await.unwrap();
-    assert_eq!(store.finds.load(Ordering::SeqCst), 2, "reset deletes the entry");
+    assert_eq!(
+        store.finds.load(Ordering::SeqCst),
+        2,
+        "reset deletes the entry"
+    );
     PgStore::find_reset(&store, 7).await.unwrap();
     store.find(7).await.unwrap();
     assert_eq!(
@@ -146,7 +154,11 @@ async fn native_async_method_future_is_send() {
             .unwrap();
         assert_eq!(user.tenant, "spawned");
     }
-    assert_eq!(store.finds.load(Ordering::SeqCst), 1, "one fill for four tasks");
+    assert_eq!(
+        store.finds.load(Ordering::SeqCst),
+        1,
+        "one fill for four tasks"
+    );
 }
 
 #[test]
@@ -202,7 +214,11 @@ fn generic_impl_through_dyn_trait() {
     let shape: &dyn Shape = &square;
     assert_eq!(shape.area(2), 18);
     assert_eq!(shape.area(2), 18);
-    assert_eq!(square.calls.load(Ordering::SeqCst), 1, "a call through `dyn Shape` hits");
+    assert_eq!(
+        square.calls.load(Ordering::SeqCst),
+        1,
+        "a call through `dyn Shape` hits"
+    );
     square.area_reset(2).unwrap();
     assert_eq!(shape.area(2), 18);
     assert_eq!(square.calls.load(Ordering::SeqCst), 2);
@@ -278,10 +294,18 @@ async fn async_trait_cached_through_spawned_dyn_calls() {
         .unwrap();
         assert_eq!(user.id, 5, "round {round}");
     }
-    assert_eq!(concrete.loads.load(Ordering::SeqCst), 1, "second call is a hit");
+    assert_eq!(
+        concrete.loads.load(Ordering::SeqCst),
+        1,
+        "second call is a hit"
+    );
     RedisJobs::load_reset(&concrete, 5).await.unwrap();
     shared.load(5).await.unwrap();
-    assert_eq!(concrete.loads.load(Ordering::SeqCst), 2, "reset deletes the entry");
+    assert_eq!(
+        concrete.loads.load(Ordering::SeqCst),
+        2,
+        "reset deletes the entry"
+    );
 }
 
 /// Polls `$check` (an `is_locked` sibling call) until it is true, for at most 5 s.

@@ -35,7 +35,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(block) => block,
         Err(error) => return with_error(error, &item),
     };
-    let expanded = parse_args(args).and_then(|sibling_vis| expand_block(block.clone(), &sibling_vis));
+    let expanded =
+        parse_args(args).and_then(|sibling_vis| expand_block(block.clone(), &sibling_vis));
     match expanded {
         Ok(tokens) => tokens,
         Err(error) => {
@@ -144,7 +145,10 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
     let generics = expand::sibling_generics(&block.generics, &named);
     let (impl_generics, _, where_clause) = generics.split_for_impl();
     let self_ty = &block.self_ty;
-    let cfgs = block.attrs.iter().filter(|attr| attr.path().is_ident("cfg"));
+    let cfgs = block
+        .attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg"));
     Ok(quote! {
         #errors
         #block
