@@ -183,27 +183,35 @@ fn sync_methods_and_associated_types() {
 
 // ---- `dyn Trait` and a generic impl.
 
-pub trait Shape {
-    fn area(&self, scale: u64) -> u64;
-}
+/// In a module of its own, so the tests show the siblings' visibility.
+mod shapes {
+    use super::*;
 
-pub struct Square<T> {
-    side: T,
-    calls: AtomicU32,
-}
+    pub trait Shape {
+        fn area(&self, scale: u64) -> u64;
+    }
 
-#[cachify::trait_impl]
-impl<T> Shape for Square<T>
-where
-    T: Display + Into<u64> + Copy,
-{
-    #[cached("square-{self.side}-{scale}", client = memory())]
-    fn area(&self, scale: u64) -> u64 {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let side: u64 = self.side.into();
-        side * side * scale
+    pub struct Square<T> {
+        pub(crate) side: T,
+        pub(crate) calls: AtomicU32,
+    }
+
+    // The siblings are called from outside this module: `pub(crate)` reaches there.
+    #[cachify::trait_impl(pub(crate))]
+    impl<T> Shape for Square<T>
+    where
+        T: Display + Into<u64> + Copy,
+    {
+        #[cached("square-{self.side}-{scale}", client = memory())]
+        fn area(&self, scale: u64) -> u64 {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let side: u64 = self.side.into();
+            side * side * scale
+        }
     }
 }
+
+use shapes::{Shape, Square};
 
 #[test]
 fn generic_impl_through_dyn_trait() {
@@ -236,38 +244,45 @@ pub trait Jobs: Send + Sync {
     async fn run_locked(&self, id: i64, hold: Duration) -> Result<u32, cachify::Error>;
 }
 
-pub struct RedisJobs {
-    tenant: String,
-    loads: AtomicU32,
-    runs: AtomicU32,
+mod jobs {
+    use super::*;
+
+    pub struct RedisJobs {
+        pub(crate) tenant: String,
+        pub(crate) loads: AtomicU32,
+        pub(crate) runs: AtomicU32,
+    }
+
+    // The siblings are `pub` by default: the tests call them from outside this module.
+    #[cachify::trait_impl]
+    #[async_trait]
+    impl Jobs for RedisJobs {
+        #[cached("jobs-{self.tenant}-{id}", client = redis())]
+        async fn load(&self, id: i64) -> Result<User, String> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            Ok(User {
+                id,
+                tenant: self.tenant.clone(),
+            })
+        }
+
+        #[once("jobs-once-{id}", return_on_locked = 0, client = redis())]
+        async fn run_once(&self, id: i64, hold: Duration) -> u32 {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(hold).await;
+            1
+        }
+
+        #[lock("jobs-lock-{id}", client = redis())]
+        async fn run_locked(&self, id: i64, hold: Duration) -> Result<u32, cachify::Error> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(hold).await;
+            Ok(2)
+        }
+    }
 }
 
-#[cachify::trait_impl]
-#[async_trait]
-impl Jobs for RedisJobs {
-    #[cached("jobs-{self.tenant}-{id}", client = redis())]
-    async fn load(&self, id: i64) -> Result<User, String> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        Ok(User {
-            id,
-            tenant: self.tenant.clone(),
-        })
-    }
-
-    #[once("jobs-once-{id}", return_on_locked = 0, client = redis())]
-    async fn run_once(&self, id: i64, hold: Duration) -> u32 {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(hold).await;
-        1
-    }
-
-    #[lock("jobs-lock-{id}", client = redis())]
-    async fn run_locked(&self, id: i64, hold: Duration) -> Result<u32, cachify::Error> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(hold).await;
-        Ok(2)
-    }
-}
+use jobs::RedisJobs;
 
 fn jobs(tenant: &str) -> Arc<RedisJobs> {
     Arc::new(RedisJobs {
