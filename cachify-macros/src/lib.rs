@@ -219,6 +219,12 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
 /// then boxes the wrapped bodies. Below it, the methods are already
 /// rewritten and this is a compile error that says so.
 ///
+/// A trait's own default methods need no attribute: `#[cached]` written in
+/// the trait makes the siblings provided methods of the trait. Every
+/// implementor then shares the key unless the template tells them apart
+/// (say `{self.name}`), and a sibling without `&self` makes the trait
+/// not `dyn`-compatible.
+///
 /// `impl Trait for Type` where `Type` cannot have an inherent impl in this
 /// crate (a foreign type, a reference, `dyn Trait`) has nowhere to put the
 /// siblings: rustc rejects the generated `impl`.

@@ -64,9 +64,9 @@ fn inert(attribute: &Attribute) -> Attribute {
 }
 
 fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<TokenStream> {
-    let trait_path = match &block.trait_ {
-        Some((_, path, _)) => path.clone(),
-        None => unreachable!("checked by trait_impl_block"),
+    let Some((_, trait_path, _)) = block.trait_.clone() else {
+        // `trait_impl_block` lets only trait impls through.
+        return Ok(block.into_token_stream());
     };
     let associated_types: Vec<Ident> = block
         .items
@@ -164,14 +164,14 @@ fn parse_args(args: TokenStream) -> syn::Result<Visibility> {
     if args.is_empty() {
         return Ok(syn::parse_quote!(pub));
     }
-    match syn::parse2::<Visibility>(args.clone()) {
-        Ok(vis) if !matches!(vis, Visibility::Inherited) => Ok(vis),
-        _ => Err(syn::Error::new_spanned(
+    // Tokens that are not a visibility parse as none, then fail as left over.
+    syn::parse2::<Visibility>(args.clone()).map_err(|_| {
+        syn::Error::new_spanned(
             args,
             "`#[cachify::trait_impl]` takes nothing, or the siblings' visibility, \
              e.g. `#[cachify::trait_impl(pub(crate))]`",
-        )),
-    }
+        )
+    })
 }
 
 /// The annotated item, which must be `impl Trait for Type`.
