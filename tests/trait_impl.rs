@@ -242,6 +242,7 @@ pub trait Jobs: Send + Sync {
     async fn load(&self, id: i64) -> Result<User, String>;
     async fn run_once(&self, id: i64, hold: Duration) -> u32;
     async fn run_locked(&self, id: i64, hold: Duration) -> Result<u32, cachify::Error>;
+    async fn count(&self, n: u32) -> u32;
 }
 
 mod jobs {
@@ -251,6 +252,7 @@ mod jobs {
         pub(crate) tenant: String,
         pub(crate) loads: AtomicU32,
         pub(crate) runs: AtomicU32,
+        pub(crate) cache: &'static Cachify,
     }
 
     // The siblings are `pub` by default: the tests call them from outside this module.
@@ -279,6 +281,13 @@ mod jobs {
             tokio::time::sleep(hold).await;
             Ok(2)
         }
+
+        // The client comes from `self`, which `#[async_trait]` renames in the body.
+        #[cached("jobs-count-{n}", client = self.cache)]
+        async fn count(&self, n: u32) -> u32 {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            n + 1
+        }
     }
 }
 
@@ -289,6 +298,7 @@ fn jobs(tenant: &str) -> Arc<RedisJobs> {
         tenant: tenant.into(),
         loads: AtomicU32::new(0),
         runs: AtomicU32::new(0),
+        cache: redis(),
     })
 }
 
@@ -336,6 +346,28 @@ macro_rules! until_locked {
         }
         held
     }};
+}
+
+#[tokio::test]
+async fn async_trait_client_from_self() {
+    let concrete = jobs("count");
+    let shared: Arc<dyn Jobs> = concrete.clone();
+    concrete.count_reset(4).await.unwrap();
+    assert_eq!(shared.count(4).await, 5);
+    assert_eq!(shared.count(4).await, 5);
+    assert_eq!(
+        concrete.runs.load(Ordering::SeqCst),
+        1,
+        "second call is a hit"
+    );
+    // The key uses no `self` but the client does, so the sibling takes `&self`.
+    RedisJobs::count_reset(&concrete, 4).await.unwrap();
+    assert_eq!(shared.count(4).await, 5);
+    assert_eq!(
+        concrete.runs.load(Ordering::SeqCst),
+        2,
+        "reset deletes the entry"
+    );
 }
 
 #[tokio::test]
