@@ -11,7 +11,7 @@ use syn::visit::Visit;
 use syn::visit_mut::{self, VisitMut};
 use syn::{
     AttrStyle, Attribute, FnArg, GenericParam, Generics, Ident, ItemFn, LitStr, Pat, ReturnType,
-    Token, WherePredicate,
+    Token, Visibility, WherePredicate,
 };
 
 use crate::attr::{self, Args, Duration, Kind};
@@ -22,8 +22,8 @@ use crate::valid;
 /// Expands one attribute. Errors become `compile_error!` next to the item
 /// left untouched, so the error is the only one the user sees.
 pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
-    match try_expand(kind, args, item.clone()) {
-        Ok(tokens) => tokens,
+    match try_expand(kind, args, item.clone(), None) {
+        Ok(Expansion { function, siblings }) => quote!(#function #(#siblings)*),
         Err(error) => {
             let error = error.to_compile_error();
             quote!(#error #item)
@@ -31,7 +31,21 @@ pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenS
     }
 }
 
-fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+/// One attribute's output, apart, so `#[trait_impl]` can put the siblings in another `impl`.
+pub(crate) struct Expansion {
+    /// The function with its body wrapped.
+    pub(crate) function: TokenStream,
+    /// `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
+    pub(crate) siblings: Vec<TokenStream>,
+}
+
+/// Expands one attribute; the siblings get `sibling_vis` if given, else the function's visibility.
+pub(crate) fn try_expand(
+    kind: Kind,
+    args: TokenStream,
+    item: TokenStream,
+    sibling_vis: Option<&Visibility>,
+) -> syn::Result<Expansion> {
     let args = attr::parse(kind, args)?;
     let function = valid::function(kind, item)?;
     let pieces = fmt::parse(&args.template.value())
@@ -45,9 +59,10 @@ fn try_expand(kind: Kind, args: TokenStream, item: TokenStream) -> syn::Result<T
         pieces: &pieces,
         roots: &roots,
     };
-    let main = wrap(&key, &function);
-    let siblings = siblings(&key, &function);
-    Ok(quote!(#main #(#siblings)*))
+    Ok(Expansion {
+        function: wrap(&key, &function),
+        siblings: siblings(&key, &function, sibling_vis.unwrap_or(&function.vis)),
+    })
 }
 
 /// Everything needed to render the key, shared by the function and its siblings.
@@ -251,7 +266,7 @@ fn mentioned(tokens: TokenStream, out: &mut HashSet<String>) {
     }
 }
 
-fn mentions(tokens: &impl ToTokens) -> HashSet<String> {
+pub(crate) fn mentions(tokens: &impl ToTokens) -> HashSet<String> {
     let mut names = HashSet::new();
     mentioned(tokens.to_token_stream(), &mut names);
     names
@@ -491,7 +506,7 @@ fn duration(duration: &Duration) -> TokenStream {
 }
 
 /// `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
-fn siblings(key: &Key, function: &ItemFn) -> Vec<TokenStream> {
+fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> {
     let sig = &function.sig;
     let name = &sig.ident;
     let shown = name.unraw();
@@ -537,7 +552,6 @@ fn siblings(key: &Key, function: &ItemFn) -> Vec<TokenStream> {
         .filter(|attr| matches!(attr.style, AttrStyle::Outer))
         .filter(|attr| is_cfg(attr) || attr.path().is_ident("allow"))
         .collect();
-    let vis = &function.vis;
     let asyncness = &sig.asyncness;
     let prelude = key.prelude();
     let client_var = local("__cachify_client");
@@ -637,7 +651,7 @@ impl VisitMut for Prune<'_> {
 /// The generic parameters the kept parameter types (and the client) mention,
 /// with every bound and predicate that mentions a dropped one removed, so
 /// each kept parameter is inferred from the arguments.
-fn sibling_generics(generics: &Generics, mentioned: &HashSet<String>) -> Generics {
+pub(crate) fn sibling_generics(generics: &Generics, mentioned: &HashSet<String>) -> Generics {
     let name = |param: &GenericParam| match param {
         GenericParam::Type(param) => param.ident.to_string(),
         GenericParam::Lifetime(param) => param.lifetime.to_string(),

@@ -1,4 +1,5 @@
-//! Attribute macros for [cachify](https://docs.rs/cachify): `#[cached]`, `#[once]` and `#[lock]`.
+//! Attribute macros for [cachify](https://docs.rs/cachify): `#[cached]`, `#[once]` and `#[lock]`,
+//! and `#[trait_impl]`, which lets them work on the methods of a trait implementation.
 //!
 //! Use them through the `cachify` crate, which re-exports them; the code they
 //! generate calls into `cachify` and does nothing on its own.
@@ -7,6 +8,7 @@ mod attr;
 mod expand;
 mod fmt;
 mod shape;
+mod trait_impl;
 mod valid;
 
 use proc_macro::TokenStream;
@@ -74,11 +76,12 @@ use crate::attr::Kind;
 /// It takes only the parameters the key template (and the `client`
 /// expression) use, plus `&self` if they use `self`, and returns
 /// `Result<(), cachify::Error>`. It is `async` when the function is. Because
-/// it is an extra item, these macros cannot be used on methods of a trait
-/// implementation.
+/// it is an extra item, a method of a trait implementation needs
+/// [`macro@trait_impl`] on its `impl` block, which moves the siblings to an
+/// inherent `impl` of the type.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Cached, args.into(), item.into()).into()
+    expand_function(Kind::Cached, args, item)
 }
 
 /// Runs a function at most once at a time per key, across every process
@@ -127,7 +130,7 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// [`macro@cached`], and they are `async` when the function is.
 #[proc_macro_attribute]
 pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Once, args.into(), item.into()).into()
+    expand_function(Kind::Once, args, item)
 }
 
 /// Runs a function while holding a lock on a key built from its arguments,
@@ -167,5 +170,66 @@ pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
 /// work as for [`macro@once`]; `#[lock]` keys live in their own key space.
 #[proc_macro_attribute]
 pub fn lock(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::expand(Kind::Lock, args.into(), item.into()).into()
+    expand_function(Kind::Lock, args, item)
+}
+
+fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = args.into();
+    if trait_impl::already_expanded(&args) {
+        return item;
+    }
+    expand::expand(kind, args, item.into()).into()
+}
+
+/// Lets `#[cached]`, `#[once]` and `#[lock]` work on the methods of an
+/// `impl Trait for Type` block.
+///
+/// ```ignore
+/// use cachify::cached;
+///
+/// #[cachify::trait_impl]
+/// impl UserStore for PgStore {
+///     #[cached("user-{id}", ttl = 300)]
+///     async fn find(&self, id: i64) -> Result<User, AppError> {
+///         self.load(id).await
+///     }
+/// }
+///
+/// // The sibling lives in an inherent `impl PgStore`:
+/// PgStore::find_reset(7).await?; // or `store.find_reset(7)` when the key uses `self`
+/// ```
+///
+/// A sibling such as `find_reset` is not a member of the trait, so it cannot
+/// sit beside the method as it does in an inherent `impl`. This attribute
+/// expands each method's `#[cached]`, `#[once]` or `#[lock]` (written bare,
+/// as `cachify::cached` or as `::cachify::cached`; a renamed import is not
+/// recognised) exactly as on a function, keeps the wrapped method in the trait
+/// impl and puts its siblings in `impl<..> Type { .. }`, with the impl's
+/// generic parameters that `Type` names and their bounds. The siblings
+/// follow the usual rules: only the parameters the key uses, `&self` when it
+/// uses `self`, `async` when the method is. A parameter type written
+/// `Self::Id`, for an associated type of this impl, is spelled
+/// `<Self as Trait>::Id` in the method and its siblings.
+///
+/// The siblings are `pub` (they reach as far as the trait's methods do, and
+/// no farther than `Type`); give another visibility as the argument, e.g.
+/// `#[cachify::trait_impl(pub(crate))]`.
+///
+/// With `#[async_trait]`, write `#[cachify::trait_impl]` above it, so the
+/// methods are expanded while they are still `async fn`s; `#[async_trait]`
+/// then boxes the wrapped bodies. Below it, the methods are already
+/// rewritten and this is a compile error that says so.
+///
+/// A trait's own default methods need no attribute: `#[cached]` written in
+/// the trait makes the siblings provided methods of the trait. Every
+/// implementor then shares the key unless the template tells them apart
+/// (say `{self.name}`), and a sibling without `&self` makes the trait
+/// not `dyn`-compatible.
+///
+/// `impl Trait for Type` where `Type` cannot have an inherent impl in this
+/// crate (a foreign type, a reference, `dyn Trait`) has nowhere to put the
+/// siblings: rustc rejects the generated `impl`.
+#[proc_macro_attribute]
+pub fn trait_impl(args: TokenStream, item: TokenStream) -> TokenStream {
+    trait_impl::expand(args.into(), item.into()).into()
 }

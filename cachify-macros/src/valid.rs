@@ -36,7 +36,30 @@ pub(crate) fn function(kind: Kind, item: TokenStream) -> syn::Result<ItemFn> {
             ),
         ));
     }
+    rewritten_by_async_trait(kind.name(), &function.sig)?;
     Ok(function)
+}
+
+/// `#[async_trait]` on the enclosing `impl` has already turned the `async fn`
+/// into a plain `fn` returning a boxed future (with an `'async_trait`
+/// lifetime), which cannot be cached as it stands; the fix is to expand the
+/// attribute first, through `#[cachify::trait_impl]` above `#[async_trait]`.
+fn rewritten_by_async_trait(macro_name: &str, sig: &Signature) -> syn::Result<()> {
+    if !sig
+        .generics
+        .lifetimes()
+        .any(|param| param.lifetime.ident == "async_trait")
+    {
+        return Ok(());
+    }
+    Err(syn::Error::new(
+        sig.ident.span(),
+        format!(
+            "`#[{macro_name}]` on a method of an `#[async_trait]` impl needs `#[cachify::trait_impl]` \
+             on the impl block, written above `#[async_trait]`, so it sees the `async fn` before \
+             `#[async_trait]` rewrites it"
+        ),
+    ))
 }
 
 fn not_a_function(kind: Kind, keyword: impl ToTokens, name: impl ToTokens) -> syn::Error {

@@ -53,7 +53,7 @@ mod value;
 #[doc(hidden)]
 pub mod __private;
 
-pub use cachify_macros::{cached, lock, once};
+pub use cachify_macros::{cached, lock, once, trait_impl};
 
 pub use crate::client::{Cachify, CachifyBuilder};
 pub use crate::codec::Codec;

@@ -1,0 +1,6 @@
+#[cachify::trait_impl]
+struct PgStore {
+    id: i64,
+}
+
+fn main() {}
