@@ -14,16 +14,39 @@ use crate::attr::Kind;
 
 /// Caches the result of a function under a key built from its arguments.
 ///
-/// ```ignore
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
 /// use cachify::cached;
 ///
-/// #[cached("user-{user_id}", ttl = 300)]
-/// async fn read_user(user_id: i64, db: &Db) -> Result<User, AppError> {
-///     db.load_user(user_id).await
+/// #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct User {
+///     id: i64,
+///     name: String,
 /// }
 ///
+/// #[derive(Debug)]
+/// struct NotFound;
+///
+/// static QUERIES: AtomicU32 = AtomicU32::new(0);
+///
+/// #[cached("user-{user_id}", ttl = 300)]
+/// async fn read_user(user_id: i64) -> Result<User, NotFound> {
+///     QUERIES.fetch_add(1, Ordering::Relaxed); // stands for a database query
+///     Ok(User { id: user_id, name: format!("user {user_id}") })
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// let first = read_user(42).await.unwrap(); // runs the body, stores the `Ok`
+/// let again = read_user(42).await.unwrap(); // answered from the cache
+/// assert_eq!(first, again);
+/// assert_eq!(QUERIES.load(Ordering::Relaxed), 1);
+///
 /// // Generated beside it: drop the cached value after a write.
-/// read_user_reset(user_id).await?;
+/// read_user_reset(42).await?;
+/// read_user(42).await.unwrap();
+/// assert_eq!(QUERIES.load(Ordering::Relaxed), 2);
+/// # Ok(()) }
 /// ```
 ///
 /// The first call with a given key runs the body and stores its result; later
@@ -66,6 +89,29 @@ use crate::attr::Kind;
 ///   while the body runs, so it must not borrow a parameter that the body
 ///   moves or mutates (use a `&'static` client there).
 ///
+/// With Redis, every process that shares it shares the entries. Here a
+/// `Duration` TTL and `lock = true`, so a miss runs the body once across
+/// all processes:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cachify::{Cachify, cached};
+///
+/// #[cached("rate-{currency}", ttl = Duration::from_secs(30), lock = true)]
+/// async fn exchange_rate(currency: String) -> Result<f64, std::io::Error> {
+///     Ok(1.08) // stands for a slow call to a rates service
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let client = Cachify::builder().redis("redis://127.0.0.1:6379/0").build().await?;
+///     cachify::init(client)?;
+///     let rate = exchange_rate("EUR".to_owned()).await?;
+///     println!("EUR: {rate}");
+///     Ok(())
+/// }
+/// ```
+///
 /// # Generated `<fn>_reset`
 ///
 /// A sibling function named `<fn>_reset` is generated right after the
@@ -83,17 +129,38 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Runs a function at most once at a time per key, across every process
 /// sharing the backend; a call made while another holds the lock does not run.
 ///
-/// ```ignore
+/// ```
 /// use cachify::once;
 ///
-/// #[once("update-user-{user_id}", return_on_locked = Err(AppError::Busy))]
-/// async fn update_user(user_id: i64, new: NewUser, db: &Db) -> Result<User, AppError> {
-///     db.update_user(user_id, new).await
+/// #[derive(Debug)]
+/// enum AppError {
+///     Busy,
+///     Cache(cachify::Error),
 /// }
 ///
+/// impl From<cachify::Error> for AppError {
+///     fn from(error: cachify::Error) -> Self {
+///         AppError::Cache(error)
+///     }
+/// }
+///
+/// #[once("update-user-{user_id}", return_on_locked = Err(AppError::Busy))]
+/// async fn update_user(user_id: i64, name: String) -> Result<String, AppError> {
+///     // While the body runs the lock is held: the same call made now, in
+///     // this process or another, returns `Err(AppError::Busy)`.
+///     assert!(update_user_is_locked(user_id).await?);
+///     Ok(name)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// assert_eq!(update_user(7, "ada".to_owned()).await.unwrap(), "ada");
+///
 /// // Generated beside it:
-/// let busy: bool = update_user_is_locked(user_id).await?;
-/// update_user_release(user_id).await?; // frees a lock left by a crashed process
+/// let busy: bool = update_user_is_locked(7).await?; // released when the body returned
+/// assert!(!busy);
+/// update_user_release(7).await?; // frees a lock left by a crashed process
+/// # Ok(()) }
 /// ```
 ///
 /// The lock is taken before the body runs and released when it finishes.
@@ -132,17 +199,32 @@ pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Runs a function while holding a lock on a key built from its arguments,
 /// waiting up to `wait` for the lock when another call holds it.
 ///
-/// ```ignore
+/// ```
 /// use cachify::lock;
 ///
-/// #[lock("report-{id}", wait = 10, ttl = 30)]
-/// fn build_report(id: u64) -> Result<Report, AppError> {
-///     render(id)
+/// #[derive(Debug)]
+/// enum AppError {
+///     Cache(cachify::Error),
 /// }
 ///
+/// impl From<cachify::Error> for AppError {
+///     fn from(error: cachify::Error) -> Self {
+///         AppError::Cache(error)
+///     }
+/// }
+///
+/// #[lock("report-{id}", wait = 10, ttl = 30)]
+/// fn build_report(id: u64) -> Result<String, AppError> {
+///     Ok(format!("report {id}")) // runs under the lock
+/// }
+///
+/// assert_eq!(build_report(7).unwrap(), "report 7");
+///
 /// // Generated beside it (plain functions here, because `build_report` is one):
-/// let busy = build_report_is_locked(id)?;
-/// build_report_release(id)?;
+/// let busy = build_report_is_locked(7)?;
+/// assert!(!busy);
+/// build_report_release(7)?;
+/// # Ok::<(), cachify::Error>(())
 /// ```
 ///
 /// Calls with the same key run one after another; calls with different keys
