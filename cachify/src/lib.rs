@@ -132,7 +132,6 @@
     not(feature = "axum"),
     doc = "[http-module]: https://docs.rs/cachify/latest/cachify/http/index.html"
 )]
-
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
