@@ -145,6 +145,12 @@ impl Cachify {
     }
 
     /// Blocking twin of [`Cachify::clear`].
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// assert_eq!(client.clear_blocking()?, 0);
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn clear_blocking(&self) -> Result<u64, Error> {
         let core = &self.inner.core;
         drive(core.delete_prefix::<Blocking>(&core.keys.cached_scope()))
