@@ -17,30 +17,58 @@ use crate::attr::Kind;
 
 /// Caches the result of a function under a key built from its arguments.
 ///
-/// ```ignore
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
 /// use cachify::cached;
 ///
-/// #[cached("user-{user_id}", ttl = 300)]
-/// async fn read_user(user_id: i64, db: &Db) -> Result<User, AppError> {
-///     db.load_user(user_id).await
+/// #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct User {
+///     id: i64,
+///     name: String,
 /// }
 ///
+/// #[derive(Debug)]
+/// struct NotFound;
+///
+/// static QUERIES: AtomicU32 = AtomicU32::new(0);
+///
+/// #[cached("user-{user_id}", ttl = 300)]
+/// async fn read_user(user_id: i64) -> Result<User, NotFound> {
+///     QUERIES.fetch_add(1, Ordering::Relaxed); // stands for a database query
+///     Ok(User { id: user_id, name: format!("user {user_id}") })
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// let first = read_user(42).await.unwrap(); // runs the body, stores the `Ok`
+/// let again = read_user(42).await.unwrap(); // answered from the cache
+/// assert_eq!(first, again);
+/// assert_eq!(QUERIES.load(Ordering::Relaxed), 1);
+///
 /// // Generated beside it: drop the cached value after a write.
-/// read_user_reset(user_id).await?;
+/// read_user_reset(42).await?;
+/// read_user(42).await.unwrap();
+/// assert_eq!(QUERIES.load(Ordering::Relaxed), 2);
+/// # Ok(()) }
 /// ```
 ///
 /// The first call with a given key runs the body and stores its result; later
 /// calls return the stored copy until it expires. What is stored depends on
 /// the return type: for a `Result` (any type spelled `Result`, `io::Result`,
 /// `AppResult`, ...) only `Ok` values are cached and errors always run again;
-/// any other type, `Option` included, is cached whole. The value must
-/// serialize and clone (see the `cachify` docs for the exact bounds).
+/// for an `Option` (also inside `Ok`) only `Some` is cached, unless
+/// `none_ttl` is given; with feature `axum`, `Json<T>` stores its `T`; any
+/// other type is cached whole. The value must serialize and clone (see the
+/// `cachify` docs for the exact bounds). An `impl Trait` output or an HTTP
+/// response (`(StatusCode, Json<T>)`) cannot be stored: the error says to
+/// cache an inner function or use `cachify::http::CacheLayer`.
 ///
 /// # Key template
 ///
 /// The first argument is a string such as `"user-{user_id}"`. Each `{name}`
 /// placeholder (or `<name>`, the same thing) is replaced by the value of the
-/// parameter `name`, formatted with `Display`. It may also read fields:
+/// parameter `name`, formatted with `Display`; `{name:?}` formats it with
+/// `Debug` instead (escaped alike). It may also read fields:
 /// `{user.id}`, `{pair.0}`, `{self.tenant}`. Parameters bound by patterns
 /// count too: with `Path(id): Path<i64>`, write `{id}`. `{{`, `}}`, `<<` and
 /// `>>` stand for a literal `{`, `}`, `<` and `>`. Two placeholders need some
@@ -55,6 +83,9 @@ use crate::attr::Kind;
 ///   number of seconds (at least 1); anything else must be an expression of
 ///   type `core::time::Duration`, e.g. `ttl = Duration::from_millis(500)`.
 ///   Without it the client's `default_ttl` applies (no expiry unless set).
+/// - `none_ttl = 5`: store a `None` output (or `Ok(None)`) too, for this
+///   long (seconds or a `Duration`); without it `None` is never stored, so a
+///   row created after a miss is seen at once.
 /// - `unless = <expr>`: a predicate `Fn(&T) -> bool` on the value that would
 ///   be stored (the `Ok` value for a `Result`); when it returns `true` the
 ///   value is returned but not cached, e.g. `unless = |user: &User| user.is_admin`.
@@ -68,6 +99,29 @@ use crate::attr::Kind;
 ///   parameters; it is evaluated before the body runs and stays borrowed
 ///   while the body runs, so it must not borrow a parameter that the body
 ///   moves or mutates (use a `&'static` client there).
+///
+/// With Redis, every process that shares it shares the entries. Here a
+/// `Duration` TTL and `lock = true`, so a miss runs the body once across
+/// all processes:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cachify::{Cachify, cached};
+///
+/// #[cached("rate-{currency}", ttl = Duration::from_secs(30), lock = true)]
+/// async fn exchange_rate(currency: String) -> Result<f64, std::io::Error> {
+///     Ok(1.08) // stands for a slow call to a rates service
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let client = Cachify::builder().redis("redis://127.0.0.1:6379/0").build().await?;
+///     cachify::init(client)?;
+///     let rate = exchange_rate("EUR".to_owned()).await?;
+///     println!("EUR: {rate}");
+///     Ok(())
+/// }
+/// ```
 ///
 /// # Generated `<fn>_reset`
 ///
@@ -87,26 +141,49 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Runs a function at most once at a time per key, across every process
 /// sharing the backend; a call made while another holds the lock does not run.
 ///
-/// ```ignore
+/// ```
 /// use cachify::once;
 ///
-/// #[once("update-user-{user_id}", return_on_locked = Err(AppError::Busy))]
-/// async fn update_user(user_id: i64, new: NewUser, db: &Db) -> Result<User, AppError> {
-///     db.update_user(user_id, new).await
+/// #[derive(Debug)]
+/// enum AppError {
+///     Busy,
+///     Cache(cachify::Error),
 /// }
 ///
+/// impl From<cachify::Error> for AppError {
+///     fn from(error: cachify::Error) -> Self {
+///         AppError::Cache(error)
+///     }
+/// }
+///
+/// #[once("update-user-{user_id}", return_on_locked = Err(AppError::Busy))]
+/// async fn update_user(user_id: i64, name: String) -> Result<String, AppError> {
+///     // While the body runs the lock is held: the same call made now, in
+///     // this process or another, returns `Err(AppError::Busy)`.
+///     assert!(update_user_is_locked(user_id).await?);
+///     Ok(name)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// assert_eq!(update_user(7, "ada".to_owned()).await.unwrap(), "ada");
+///
 /// // Generated beside it:
-/// let busy: bool = update_user_is_locked(user_id).await?;
-/// update_user_release(user_id).await?; // frees a lock left by a crashed process
+/// let busy: bool = update_user_is_locked(7).await?; // released when the body returned
+/// assert!(!busy);
+/// update_user_release(7).await?; // frees a lock left by a crashed process
+/// # Ok(()) }
 /// ```
 ///
 /// The lock is taken before the body runs and released when it finishes.
 /// When it cannot be taken (another call holds it, or the backend failed:
 /// locks never run unprotected), the function returns at once without
-/// running the body: `return_on_locked` if given, otherwise
-/// `Err(E::from(error))` where `error` is the `cachify::Error` that refused
-/// the lock; the latter needs a return type `Result<_, E>` with
-/// `E: From<cachify::Error>`.
+/// running the body: `return_on_locked` if given and the lock is held
+/// elsewhere, otherwise `Err(E::from(error))` where `error` is the
+/// `cachify::Error` that refused the lock; the latter needs a return type
+/// `Result<_, E>` with `E: From<cachify::Error>`. Busy is not broken: with
+/// `return_on_locked`, a backend failure is still `Err(E::from(error))`
+/// when the return type allows it, and `return_on_locked` only otherwise.
 ///
 /// The key template is written as for [`macro@cached`]; `#[once]` keys live
 /// in their own key space.
@@ -118,7 +195,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 ///   releasing it. Integer seconds (at least 1) or a `core::time::Duration`
 ///   expression; without it the client's `lock_ttl` applies.
 /// - `return_on_locked = <expr>`: the value returned when the lock is held
-///   elsewhere or the backend fails. It may use the function's parameters.
+///   elsewhere (and when the backend fails, if the return type cannot carry
+///   a `cachify::Error`). It may use the function's parameters.
 /// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global client.
 ///
 /// # Generated siblings
@@ -136,17 +214,32 @@ pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Runs a function while holding a lock on a key built from its arguments,
 /// waiting up to `wait` for the lock when another call holds it.
 ///
-/// ```ignore
+/// ```
 /// use cachify::lock;
 ///
-/// #[lock("report-{id}", wait = 10, ttl = 30)]
-/// fn build_report(id: u64) -> Result<Report, AppError> {
-///     render(id)
+/// #[derive(Debug)]
+/// enum AppError {
+///     Cache(cachify::Error),
 /// }
 ///
+/// impl From<cachify::Error> for AppError {
+///     fn from(error: cachify::Error) -> Self {
+///         AppError::Cache(error)
+///     }
+/// }
+///
+/// #[lock("report-{id}", wait = 10, ttl = 30)]
+/// fn build_report(id: u64) -> Result<String, AppError> {
+///     Ok(format!("report {id}")) // runs under the lock
+/// }
+///
+/// assert_eq!(build_report(7).unwrap(), "report 7");
+///
 /// // Generated beside it (plain functions here, because `build_report` is one):
-/// let busy = build_report_is_locked(id)?;
-/// build_report_release(id)?;
+/// let busy = build_report_is_locked(7)?;
+/// assert!(!busy);
+/// build_report_release(7)?;
+/// # Ok::<(), cachify::Error>(())
 /// ```
 ///
 /// Calls with the same key run one after another; calls with different keys
@@ -162,8 +255,8 @@ pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
 /// - `wait = 10`: how long to wait for the lock. Integer seconds (`0` means
 ///   do not wait) or a `core::time::Duration` expression; default zero.
 /// - `return_on_locked = <expr>`: the value returned when the lock could not
-///   be taken in time. Without it the return type must be `Result<_, E>` with
-///   `E: From<cachify::Error>`.
+///   be taken in time, as for [`macro@once`]. Without it the return type must
+///   be `Result<_, E>` with `E: From<cachify::Error>`.
 /// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global client.
 ///
 /// The key template and the generated `<fn>_is_locked` and `<fn>_release`

@@ -3,7 +3,7 @@
 //! Nothing here is public API: names and signatures may change in any release.
 //! The macros reach these items through the absolute path `::cachify::__private`.
 //! Each async helper and its blocking twin call the same core operation,
-//! in [`Async`] or [`Blocking`] mode.
+//! in `Async` or `Blocking` mode.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -61,7 +61,7 @@ pub fn store_all<T: ?Sized>(_: &T) -> bool {
 }
 
 /// A `#[cached]` call's typed fast path: the output on a hit, with no key
-/// rendered (see [`crate::site`]). `None` when the call has no typed key.
+/// rendered (see the `site` module). `None` when the call has no typed key.
 #[inline]
 pub fn typed_hit<P, R, K>(client: &Cachify, site: &Site, typed: &Option<K>) -> Option<R>
 where

@@ -71,11 +71,25 @@ impl fmt::Debug for Cachify {
 
 impl Cachify {
     /// Starts configuring a client. See [`CachifyBuilder`].
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().build_blocking()?; // memory, all defaults
+    /// assert_eq!(client.prefix(), "cachify:");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn builder() -> CachifyBuilder {
         CachifyBuilder::default()
     }
 
     /// Starts building a lock on this client; see [`crate::lock()`].
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// let guard = client.lock("nightly-import").acquire_blocking()?;
+    /// assert_eq!(guard.key(), "cachify:lock:nightly-import");
+    /// guard.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn lock(&self, name: impl Into<String>) -> LockBuilder<'_> {
         self.inner.core.locks.builder(name.into())
     }
@@ -131,6 +145,12 @@ impl Cachify {
     }
 
     /// Blocking twin of [`Cachify::clear`].
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// assert_eq!(client.clear_blocking()?, 0);
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn clear_blocking(&self) -> Result<u64, Error> {
         let core = &self.inner.core;
         drive(core.delete_prefix::<Blocking>(&core.keys.cached_scope()))
@@ -266,6 +286,15 @@ impl CachifyBuilder {
     /// Uses Redis at `url`: `redis://[user:password@]host[:port][/db]`, or
     /// `rediss://` for TLS (with the `tls` feature). A server in cluster
     /// mode is refused at `build()`: use [`CachifyBuilder::redis_cluster`].
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cachify::Error> {
+    /// let client = cachify::Cachify::builder()
+    ///     .redis("redis://:secret@127.0.0.1:6379/2") // password, database 2
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.target = Target::Redis(url.into());
         self
@@ -295,24 +324,57 @@ impl CachifyBuilder {
 
     /// Keeps everything in this process (the default): bounded, per-entry
     /// TTLs, no Redis needed. Locks then only exclude callers in this process.
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// assert!(format!("{client:?}").contains("memory"));
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn memory(mut self) -> Self {
         self.target = Target::Memory;
         self
     }
 
     /// Put in front of every key. Default `"cachify:"`.
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().prefix("myapp:").build_blocking()?;
+    /// assert_eq!(client.prefix(), "myapp:");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
     /// TTL of entries whose `#[cached]` sets none. Default: no expiry.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let client = cachify::Cachify::builder()
+    ///     .default_ttl(Duration::from_secs(60))
+    ///     .build_blocking()?;
+    /// assert_eq!(client.default_ttl(), Some(Duration::from_secs(60)));
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = Some(ttl);
         self
     }
 
     /// Lease of locks whose attribute sets no `ttl`. Default 30 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let client = cachify::Cachify::builder()
+    ///     .lock_ttl(Duration::from_secs(10))
+    ///     .build_blocking()?;
+    /// assert_eq!(client.lock_ttl(), Duration::from_secs(10));
+    /// assert_eq!(client.fill_wait(), Duration::from_secs(20)); // twice lock_ttl by default
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self
@@ -322,6 +384,16 @@ impl CachifyBuilder {
     /// that is filling the same key, before computing it themselves.
     /// Default: twice `lock_ttl`, so that a crashed filler (whose lock
     /// expires after one `lock_ttl`) is replaced by a waiter first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let client = cachify::Cachify::builder()
+    ///     .fill_wait(Duration::from_secs(5))
+    ///     .build_blocking()?;
+    /// assert_eq!(client.fill_wait(), Duration::from_secs(5));
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn fill_wait(mut self, wait: Duration) -> Self {
         self.fill_wait = Some(wait);
         self
@@ -331,24 +403,67 @@ impl CachifyBuilder {
     /// granted. Default one day. Tokens keep increasing after a counter
     /// expired (see [`crate::LockGuard::fencing_token`]); this only bounds
     /// how many counters Redis keeps.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let client = cachify::Cachify::builder()
+    ///     .fence_idle(Duration::from_secs(7 * 24 * 3600)) // a week
+    ///     .build_blocking()?;
+    /// assert_eq!(client.fence_idle(), Duration::from_secs(7 * 24 * 3600));
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn fence_idle(mut self, idle: Duration) -> Self {
         self.fence_idle = idle;
         self
     }
 
     /// Capacity of the memory backend, in entries. Default 10,000.
+    ///
+    /// ```
+    /// use cachify::{Cachify, Error};
+    ///
+    /// let client = Cachify::builder().memory().max_entries(100_000).build_blocking()?;
+    /// // A capacity of zero is refused when the client is built.
+    /// let empty = Cachify::builder().memory().max_entries(0).build_blocking();
+    /// assert!(matches!(empty, Err(Error::Config(_))));
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn max_entries(mut self, max_entries: u64) -> Self {
         self.max_entries = max_entries;
         self
     }
 
     /// The format of values stored in Redis. Default MessagePack.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cachify::Error> {
+    /// use cachify::{Cachify, Codec};
+    ///
+    /// let client = Cachify::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .codec(Codec::MessagePack) // or Codec::Json with the `json` feature
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
         self
     }
 
     /// How long connecting to Redis may take. Default 2 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// // Nothing listens on port 1: `build` gives up within the timeout.
+    /// let unreachable = cachify::Cachify::builder()
+    ///     .redis("redis://127.0.0.1:1")
+    ///     .connect_timeout(Duration::from_millis(300))
+    ///     .build_blocking();
+    /// assert!(matches!(unreachable, Err(cachify::Error::Backend(_))));
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -359,6 +474,18 @@ impl CachifyBuilder {
     /// on a single server are cut when their connection has answered
     /// nothing for this long, rather than each by its own timer, so a read
     /// behind a long but moving queue may take longer.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cachify::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let client = cachify::Cachify::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .command_timeout(Duration::from_millis(100))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self
@@ -367,6 +494,16 @@ impl CachifyBuilder {
     /// Largest encoded value written to Redis, in bytes; larger values are
     /// returned to the caller but not stored (with a warning). Default 1 MiB.
     /// The memory backend stores values without encoding and has no limit.
+    ///
+    /// ```no_run
+    /// # async fn start() -> Result<(), cachify::Error> {
+    /// let client = cachify::Cachify::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .max_value_size(64 * 1024) // values over 64 KiB are not stored
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_value_size(mut self, bytes: usize) -> Self {
         self.max_value_size = bytes;
         self
@@ -376,6 +513,19 @@ impl CachifyBuilder {
     /// backend failures, cached functions run without the backend for
     /// `cool_down`, then one call probes it. Default 5 failures, 5 s.
     /// Locks never skip the backend: they keep failing closed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cachify::{BreakerState, Cachify};
+    ///
+    /// let client = Cachify::builder()
+    ///     .circuit_breaker(3, Duration::from_secs(10))
+    ///     .build_blocking()?;
+    /// assert_eq!(client.stats().breaker, BreakerState::Closed);
+    /// // A threshold of zero is refused when the client is built.
+    /// assert!(Cachify::builder().circuit_breaker(0, Duration::from_secs(1)).build_blocking().is_err());
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn circuit_breaker(mut self, threshold: u32, cool_down: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cool_down = cool_down;
@@ -418,6 +568,17 @@ impl CachifyBuilder {
     /// made in the background on first use. Until it is up, cached functions
     /// run without the cache and locks return `Err(Error::Backend)`. A
     /// malformed URL is still an error.
+    ///
+    /// ```
+    /// // Nothing listens on port 1, yet the client is built; it keeps trying in
+    /// // the background, and cached functions run uncached meanwhile.
+    /// let client = cachify::Cachify::builder()
+    ///     .redis("redis://127.0.0.1:1")
+    ///     .lazy()
+    ///     .build_blocking()?;
+    /// assert!(client.lock("job").acquire_blocking().is_err()); // locks fail closed
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn lazy(mut self) -> Self {
         self.lazy = true;
         self
@@ -473,12 +634,28 @@ impl CachifyBuilder {
     /// Builds the client; with Redis, connects and PINGs first, so a bad
     /// URL, an unreachable server, a wrong password or database is an error
     /// here. Needs a Tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let client = cachify::Cachify::builder().memory().build().await?;
+    /// cachify::init(client)?;
+    /// # Ok(()) }
+    /// ```
     pub async fn build(self) -> Result<Cachify, Error> {
         self.build_in::<Async>().await
     }
 
     /// Blocking twin of [`CachifyBuilder::build`], for programs without a
     /// runtime (it also works inside one).
+    ///
+    /// ```
+    /// fn main() -> Result<(), cachify::Error> {
+    ///     let client = cachify::Cachify::builder().memory().build_blocking()?;
+    ///     cachify::init(client)?;
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn build_blocking(self) -> Result<Cachify, Error> {
         drive(self.build_in::<Blocking>())
     }

@@ -28,11 +28,13 @@ pub enum Codec {
     MessagePack,
     /// JSON (serde_json): readable in `redis-cli`. Needs the `json` feature.
     #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     Json,
     /// bincode 2 with its standard configuration. Needs the `bincode`
     /// feature. bincode is unmaintained and not self-describing (no
     /// `skip_serializing_if`, `flatten` or untagged enums); prefer MessagePack.
     #[cfg(feature = "bincode")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "bincode")))]
     Bincode,
 }
 

@@ -206,6 +206,16 @@ impl<'a> LockBuilder<'a> {
     /// The lease: how long the lock outlives a holder that crashed. While
     /// the holder is alive a watchdog renews it every `ttl / 3`. Defaults to
     /// the client's `lock_ttl`; below one millisecond rounds up to 1 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let guard = cachify::lock("nightly-import")
+    ///     .ttl(Duration::from_secs(60))
+    ///     .acquire_blocking()?;
+    /// guard.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -213,6 +223,19 @@ impl<'a> LockBuilder<'a> {
 
     /// How long to wait for a held lock before giving up with
     /// [`Error::Locked`]. Defaults to zero: a held lock is refused at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let held = cachify::lock("report-7").acquire_blocking()?;
+    /// // Held above: this one waits 50 ms, then gives up.
+    /// let second = cachify::lock("report-7")
+    ///     .wait(Duration::from_millis(50))
+    ///     .acquire_blocking();
+    /// assert!(matches!(second, Err(cachify::Error::Locked { .. })));
+    /// held.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
         self
@@ -228,12 +251,27 @@ impl<'a> LockBuilder<'a> {
     }
 
     /// Takes the lock, waiting up to `wait` if it is held.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let guard = cachify::lock("nightly-import").acquire().await?;
+    /// // ... the work that must not run twice at once ...
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn acquire(self) -> Result<LockGuard, Error> {
         self.acquire_in::<Async>().await
     }
 
     /// Blocking twin of [`LockBuilder::acquire`], for code without a runtime
     /// (it also works inside one, blocking only the calling thread).
+    ///
+    /// ```
+    /// let guard = cachify::lock("nightly-import").acquire_blocking()?;
+    /// guard.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn acquire_blocking(self) -> Result<LockGuard, Error> {
         drive(self.acquire_in::<Blocking>())
     }
@@ -278,6 +316,12 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     /// The full backend key of this lock.
+    ///
+    /// ```
+    /// let guard = cachify::lock("report-7").acquire_blocking()?;
+    /// assert_eq!(guard.key(), "cachify:lock:report-7");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -292,12 +336,27 @@ impl LockGuard {
     /// every write to the resource the lock protects, and have that store
     /// reject a token lower than the highest it has seen: then a stale
     /// holder's late writes are refused.
+    ///
+    /// ```
+    /// let first = cachify::lock("ledger").acquire_blocking()?;
+    /// let token = first.fencing_token();
+    /// first.release_blocking()?;
+    /// let second = cachify::lock("ledger").acquire_blocking()?;
+    /// assert!(second.fencing_token() > token);
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn fencing_token(&self) -> u64 {
         self.fencing_token
     }
 
     /// Whether the watchdog found the lock taken away (its key deleted or
     /// overwritten, or its lease expired while renewals failed).
+    ///
+    /// ```
+    /// let guard = cachify::lock("import").acquire_blocking()?;
+    /// assert!(!guard.is_lost());
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.lost.flag.load(Ordering::Acquire)
     }
@@ -330,11 +389,26 @@ impl LockGuard {
 
     /// Releases the lock. `Err(Error::NotOwner)` means it was no longer
     /// ours: the lease ran out or someone deleted or took the key.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let guard = cachify::lock("import").acquire().await?;
+    /// guard.release().await?;
+    /// assert!(cachify::lock("import").acquire().await.is_ok()); // free again
+    /// # Ok(()) }
+    /// ```
     pub async fn release(self) -> Result<(), Error> {
         self.release_in::<Async>().await
     }
 
     /// Blocking twin of [`LockGuard::release`].
+    ///
+    /// ```
+    /// let guard = cachify::lock("import").acquire_blocking()?;
+    /// guard.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn release_blocking(self) -> Result<(), Error> {
         drive(self.release_in::<Blocking>())
     }

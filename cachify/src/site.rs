@@ -132,7 +132,7 @@ typed_probes!((A 0), (A 0, B 1), (A 0, B 1, C 2), (A 0, B 1, C 2, D 3));
 const CLAIMS: usize = 4;
 
 /// One `#[cached]` function's place for its indexes, one per client, for
-/// the first [`CLAIMS`] clients it is called with.
+/// the first `CLAIMS` clients it is called with.
 pub struct Site {
     claims: [OnceLock<(u64, Arc<dyn Any + Send + Sync>)>; CLAIMS],
 }

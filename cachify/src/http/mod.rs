@@ -230,6 +230,12 @@ impl CacheLayer {
     /// the client's default TTL (else 60 s), bodies up to 1 MiB, requests
     /// with `Authorization` not cached, `Cache-Control: max-age=<seconds
     /// left>`, every query parameter in the key.
+    ///
+    /// ```
+    /// let cache = cachify::http::CacheLayer::new(); // the defaults
+    /// assert_eq!(cache.key("/users")?, "cachify:http:default:GET:/users");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -240,6 +246,13 @@ impl CacheLayer {
 
     /// Uses `client` instead of [`crate::global()`] (which is otherwise
     /// looked up at each request, so `cachify::init` may come later).
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().prefix("shop:").build_blocking()?;
+    /// let cache = cachify::http::CacheLayer::new().client(client);
+    /// assert_eq!(cache.key("/items")?, "shop:http:default:GET:/items");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn client(mut self, client: Cachify) -> Self {
         self.settings().client = Some(client);
         self
@@ -247,12 +260,25 @@ impl CacheLayer {
 
     /// The namespace of this layer's entries, cleared together by
     /// [`clear_namespace`] or [`CacheLayer::clear`]. Default `"default"`.
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().build_blocking()?;
+    /// let cache = cachify::http::CacheLayer::new().client(client).namespace("users");
+    /// assert_eq!(cache.key("/users/42")?, "cachify:http:users:GET:/users/42");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.settings().namespace = namespace.into();
         self
     }
 
     /// How long entries live. Default: the client's `default_ttl`, else 60 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let cache = cachify::http::CacheLayer::new().ttl(Duration::from_secs(300));
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.settings().ttl = Some(ttl);
         self
@@ -261,6 +287,10 @@ impl CacheLayer {
     /// Largest body stored, in bytes; larger ones pass through. Default
     /// 1 MiB. With Redis, the client's `max_value_size` also applies to the
     /// whole encoded entry.
+    ///
+    /// ```
+    /// let cache = cachify::http::CacheLayer::new().max_body_size(256 * 1024); // 256 KiB
+    /// ```
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.settings().max_body_size = bytes;
         self
@@ -268,6 +298,11 @@ impl CacheLayer {
 
     /// Whether requests with an `Authorization` header are cached, each
     /// credential under its own key. Default `false`: they pass through.
+    ///
+    /// ```
+    /// // Per-user pages: each `Authorization` value gets its own entries.
+    /// let cache = cachify::http::CacheLayer::new().namespace("me").cache_authorized(true);
+    /// ```
     pub fn cache_authorized(mut self, cache: bool) -> Self {
         self.settings().cache_authorized = cache;
         self
@@ -276,6 +311,11 @@ impl CacheLayer {
     /// Whether a request's `Cache-Control: no-cache` (refresh) and
     /// `no-store` (bypass) are obeyed. Default `true`; `false` stops clients
     /// from forcing the handler to run.
+    ///
+    /// ```
+    /// // Clients cannot force the handler to run with `Cache-Control: no-cache`.
+    /// let cache = cachify::http::CacheLayer::new().request_cache_control(false);
+    /// ```
     pub fn request_cache_control(mut self, obey: bool) -> Self {
         self.settings().request_cache_control = obey;
         self
@@ -439,6 +479,15 @@ impl CacheLayer {
     }
 
     /// Deletes every entry of this layer's namespace; see [`clear_namespace`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let client = cachify::Cachify::builder().build().await?;
+    /// let cache = cachify::http::CacheLayer::new().client(client).namespace("users");
+    /// assert_eq!(cache.clear().await?, 0); // nothing cached yet
+    /// # Ok(()) }
+    /// ```
     pub async fn clear(&self) -> Result<u64, Error> {
         clear_namespace(self.settings.client(), &self.settings.namespace).await
     }
