@@ -277,19 +277,44 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
 /// Lets `#[cached]`, `#[once]` and `#[lock]` work on the methods of an
 /// `impl Trait for Type` block.
 ///
-/// ```ignore
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
 /// use cachify::cached;
+///
+/// #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct User {
+///     id: i64,
+/// }
+///
+/// trait UserStore {
+///     async fn find(&self, id: i64) -> Result<User, cachify::Error>;
+/// }
+///
+/// struct PgStore;
+/// static QUERIES: AtomicU32 = AtomicU32::new(0);
 ///
 /// #[cachify::trait_impl]
 /// impl UserStore for PgStore {
 ///     #[cached("user-{id}", ttl = 300)]
-///     async fn find(&self, id: i64) -> Result<User, AppError> {
-///         self.load(id).await
+///     async fn find(&self, id: i64) -> Result<User, cachify::Error> {
+///         QUERIES.fetch_add(1, Ordering::Relaxed); // stands for a query
+///         Ok(User { id })
 ///     }
 /// }
 ///
-/// // The sibling lives in an inherent `impl PgStore`:
-/// PgStore::find_reset(7).await?; // or `store.find_reset(7)` when the key uses `self`
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// let store = PgStore;
+/// assert_eq!(store.find(7).await?, User { id: 7 });
+/// assert_eq!(store.find(7).await?, User { id: 7 });
+/// assert_eq!(QUERIES.load(Ordering::Relaxed), 1);
+///
+/// // The sibling lives in an inherent `impl PgStore`. This key does not use
+/// // `self`, so neither does the sibling (one that did would be `store.find_reset(7)`).
+/// PgStore::find_reset(7).await?;
+/// store.find(7).await?;
+/// assert_eq!(QUERIES.load(Ordering::Relaxed), 2);
+/// # Ok(()) }
 /// ```
 ///
 /// A sibling such as `find_reset` is not a member of the trait, so it cannot
