@@ -22,7 +22,9 @@
 //! ```
 //!
 //! Everything goes through one global client, set with [`init`] at startup
-//! (an in-memory client is used if `init` was never called). Sync functions
+//! (an in-memory client is used if `init` was never called); [`scope`] and
+//! [`scope_blocking`] put another client in its place for a stretch of
+//! code, such as one test. Sync functions
 //! work with no runtime and inside any Tokio runtime; async functions need
 //! Tokio.
 //!
@@ -57,7 +59,7 @@ pub use cachify_macros::{cached, lock, once};
 pub use crate::client::{Cachify, CachifyBuilder};
 pub use crate::codec::Codec;
 pub use crate::error::{BackendError, CodecError, Error};
-pub use crate::global::{global, init, lock};
+pub use crate::global::{Scoped, global, init, lock, scope, scope_blocking};
 pub use crate::health::{BreakerState, Stats};
 pub use crate::locks::{LockBuilder, LockGuard};
 pub use crate::value::CacheValue;
