@@ -75,7 +75,11 @@ async fn own_values_only(who: &'static str) {
     })
     .await;
     let stats = client.stats();
-    assert_eq!((stats.misses, stats.hits), (2, 6), "all on the scoped client");
+    assert_eq!(
+        (stats.misses, stats.hits),
+        (2, 6),
+        "all on the scoped client"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
