@@ -58,14 +58,20 @@ pub fn init(client: Cachify) -> Result<(), Error> {
 /// ```
 #[inline]
 pub fn global() -> &'static Cachify {
-    match SCOPED.with(Cell::get) {
-        Some(scoped) => scoped,
-        None => unscoped(),
+    if let Some(scoped) = SCOPED.with(Cell::get) {
+        return scoped;
+    }
+    match GLOBAL.get() {
+        Some(global) => global,
+        None => fallback(),
     }
 }
 
-/// The process-wide client, made on first use if `init` was never called.
-fn unscoped() -> &'static Cachify {
+/// The global client on its first use: the fallback memory client if
+/// `init` was never called. Kept out of line, off the hit path.
+#[cold]
+#[inline(never)]
+fn fallback() -> &'static Cachify {
     GLOBAL.get_or_init(|| {
         tracing::warn!(
             "cachify was used before `cachify::init`; falling back to an in-process memory client"
