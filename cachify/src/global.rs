@@ -259,7 +259,6 @@ fn kept(client: &Cachify) -> &'static Cachify {
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    *kept
-        .entry(core)
+    kept.entry(core)
         .or_insert_with(|| Box::leak(Box::new(client.clone())))
 }
