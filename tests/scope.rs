@@ -226,9 +226,10 @@ fn a_panic_inside_scope_blocking_restores_the_outer_scope() {
     assert_eq!(in_force(), "cachify:");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spawned_task_is_outside_the_scope_unless_scoped_itself() {
-    let client = memory("spawner:");
+/// A task spawned inside a scope sees the global client, a scoped one
+/// its own scope's.
+async fn spawned_tasks_keep_out_of_the_scope(prefix: &str) {
+    let client = memory(prefix);
     let (plain, scoped) = cachify::scope(&client, {
         let client = client.clone();
         async move {
@@ -239,7 +240,19 @@ async fn a_spawned_task_is_outside_the_scope_unless_scoped_itself() {
     })
     .await;
     assert_eq!(plain, "cachify:");
-    assert_eq!(scoped, "spawner:");
+    assert_eq!(scoped, prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_task_is_outside_the_scope_on_a_multi_thread_runtime() {
+    spawned_tasks_keep_out_of_the_scope("spawner-multi:").await;
+}
+
+/// Here the spawned tasks run on the scoped future's own thread, while it
+/// waits for them: the scope is in force only while its future is polled.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spawned_task_is_outside_the_scope_on_a_current_thread_runtime() {
+    spawned_tasks_keep_out_of_the_scope("spawner-current:").await;
 }
 
 /// Records the client in force when it is dropped.
