@@ -20,7 +20,8 @@ pub use crate::locks::LockGuard;
 pub use crate::policy::{JsonBody, OkOnly, Optional, Policy, Whole};
 pub use crate::site::{Probe, ScalarKey, Site, TypedKey, TypedProbe, Untyped, UntypedProbe};
 
-/// The global client, or the fallback memory client if none was initialised.
+/// The client in force: the innermost scope's, else the global client, else
+/// the fallback memory client (see [`crate::global()`]).
 #[inline]
 pub fn global() -> &'static Cachify {
     crate::global::global()

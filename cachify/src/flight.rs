@@ -57,7 +57,8 @@ impl Flight {
     /// otherwise.
     pub(crate) async fn wait<M: Mode>(&self) -> Outcome {
         if M::BLOCKING {
-            self.wait_blocking()
+            // On a multi-thread runtime's worker, its other tasks move on.
+            crate::mode::wait_here(|| self.wait_blocking())
         } else {
             self.wait_async().await
         }

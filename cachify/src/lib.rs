@@ -102,6 +102,8 @@
 //! - The macros' pages: key templates, options and generated siblings.
 //! - [`LockGuard`]: fencing tokens and lost-lock detection.
 //! - [`Cachify::stats`]: hits, misses, errors and the breaker's state.
+//! - [`scope`] and [`scope_blocking`]: another client in place of the global
+//!   one for a stretch of code, such as one test.
 //!
 //! # Failure behaviour
 //!
@@ -162,7 +164,7 @@ pub use cachify_macros::{cached, lock, once, trait_impl};
 pub use crate::client::{Cachify, CachifyBuilder};
 pub use crate::codec::Codec;
 pub use crate::error::{BackendError, CodecError, Error};
-pub use crate::global::{global, init, lock};
+pub use crate::global::{Scoped, global, init, lock, scope, scope_blocking};
 pub use crate::health::{BreakerState, Stats};
 pub use crate::locks::{LockBuilder, LockGuard};
 pub use crate::value::CacheValue;

@@ -8,7 +8,10 @@
 //! whole operation on the caller's thread. Store I/O in blocking mode runs
 //! on cachify's background runtime (see [`crate::io`]), which is what lets
 //! a sync function work with no runtime, and inside a multi-thread or a
-//! current-thread runtime alike.
+//! current-thread runtime alike. A wait that blocks a worker thread of a
+//! multi-thread runtime first hands that worker's other tasks to another
+//! thread (see [`wait_here`]), so a sync call made straight from async code
+//! stalls only its own task.
 
 use std::future::{Future, Ready, ready};
 use std::pin::pin;
@@ -16,6 +19,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::Duration;
+
+use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::error::Error;
 use crate::io;
@@ -65,20 +70,51 @@ impl Mode for Blocking {
     type Sleep = Ready<()>;
 
     /// Runs the operation now (its I/O on the background runtime), so the
-    /// returned future is ready.
+    /// returned future is ready. An in-process answer (`Ready`) never
+    /// waits, so it skips [`wait_here`] and its cost.
     fn io<T: Unpin + Send + 'static>(operation: StoreFuture<T>) -> Ready<Result<T, Error>> {
         ready(match operation {
-            StoreFuture::Io(operation) => io::block_on(operation),
-            StoreFuture::Fetch(fetch, Some(decode)) => io::block_on(fetch).and_then(decode),
+            StoreFuture::Io(operation) => wait_here(|| io::block_on(operation)),
+            StoreFuture::Fetch(fetch, Some(decode)) => {
+                wait_here(|| io::block_on(fetch)).and_then(decode)
+            }
             StoreFuture::Fetch(_, None) => Err(taken()),
             StoreFuture::Ready(result) => result.unwrap_or_else(|| Err(taken())),
         })
     }
 
     fn sleep(duration: Duration) -> Ready<()> {
-        thread::sleep(duration);
+        wait_here(|| thread::sleep(duration));
         ready(())
     }
+}
+
+/// Runs `wait`, which blocks this thread, without stalling the runtime it
+/// may be running on.
+///
+/// On a worker thread of a multi-thread Tokio runtime, blocking would hold
+/// up every task queued on that worker until the wait ends, so the worker's
+/// queue is first handed to another thread (`block_in_place`). Anywhere
+/// else `wait` just runs: with no runtime, or on a thread that is not a
+/// worker (`spawn_blocking`, the thread inside `Runtime::block_on`) nothing
+/// else is held up, and on a current-thread runtime there is no other
+/// thread to hand the work to (`block_in_place` would panic there).
+pub(crate) fn wait_here<R>(wait: impl FnOnce() -> R) -> R {
+    if on_a_multi_thread_task() {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
+    }
+}
+
+/// Whether this thread is running a task of a multi-thread runtime: a
+/// worker, or a `spawn_blocking` thread, where `block_in_place` only runs
+/// its closure. A current-thread runtime's tasks and the future given to
+/// `block_on` (which is not a task) answer no.
+fn on_a_multi_thread_task() -> bool {
+    tokio::task::try_id().is_some()
+        && Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
 /// Runs a [`Blocking`]-mode operation to the end on this thread.
