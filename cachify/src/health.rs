@@ -16,6 +16,7 @@ use crate::observe::{CallKind, Tallies, Tally, TemplateStats};
 /// let stats = client.stats();
 /// assert_eq!(stats.hits, 0);
 /// assert_eq!(stats.breaker, cachify::BreakerState::Closed);
+/// # Ok::<(), cachify::Error>(())
 /// ```
 ///
 /// It serializes with serde, the breaker as `"closed"`, `"open"` or
