@@ -1,13 +1,13 @@
 //! How the backend is doing: counters users can read, the circuit breaker
 //! of the cache path, and rate-limited failure logs.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::observe::{CallKind, Tallies, Tally, TemplateStats};
+use crate::observe::{CELLS, CallKind, Tallies, Tally, TemplateStats, cell};
 
 /// Counters of one client, from [`crate::Cachify::stats`].
 ///
@@ -76,9 +76,6 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-/// How many cells a [`Counter`] spreads over.
-pub(crate) const CELLS: usize = 16;
-
 /// One cell on its own cache line, so threads counting in different cells
 /// never write the same line.
 #[derive(Default)]
@@ -90,20 +87,6 @@ struct Cell(AtomicU64);
 #[derive(Default)]
 pub(crate) struct Counter {
     cells: [Cell; CELLS],
-}
-
-thread_local! {
-    /// This thread's cell in every [`Counter`].
-    static CELL: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed) % CELLS
-    };
-}
-
-/// The calling thread's cell, below [`CELLS`].
-#[inline]
-pub(crate) fn cell() -> usize {
-    CELL.try_with(|cell| *cell).unwrap_or(0)
 }
 
 impl Counter {

@@ -34,11 +34,29 @@
 //! counter and looks nothing up.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use crate::health::{CELLS, cell};
+/// How many cells a striped counter spreads over (a [`Tally`], and
+/// `health::Counter`).
+pub(crate) const CELLS: usize = 16;
+
+thread_local! {
+    /// This thread's cell in every striped counter.
+    static CELL: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % CELLS
+    };
+}
+
+/// The calling thread's cell, below [`CELLS`]: threads take cells in turn,
+/// so threads counting at once rarely write the same cache line.
+#[inline]
+pub(crate) fn cell() -> usize {
+    CELL.try_with(|cell| *cell).unwrap_or(0)
+}
 
 /// Which macro or API a call came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -131,7 +149,7 @@ const FIELDS: usize = 6;
 struct TallyCell([AtomicU64; FIELDS]);
 
 /// The counters of one (kind, template) on one client, striped per thread
-/// like [`crate::health::Counter`], and the source of its metrics.
+/// like `health::Counter`, and the source of its metrics.
 pub(crate) struct Tally {
     /// The metric labels.
     #[cfg(feature = "metrics")]
@@ -222,7 +240,13 @@ impl Tally {
 /// gets its tally the first time a client calls it.
 #[derive(Default)]
 pub(crate) struct Tallies {
-    by_template: BTreeMap<(CallKind, String), (std::sync::Arc<Tally>, Vec<&'static str>)>,
+    by_template: BTreeMap<(CallKind, String), Tallied>,
+}
+
+/// One template's tally and the functions seen using it.
+struct Tallied {
+    tally: Arc<Tally>,
+    functions: Vec<&'static str>,
 }
 
 impl Tallies {
@@ -233,23 +257,26 @@ impl Tallies {
         kind: CallKind,
         template: &str,
         function: Option<&'static str>,
-    ) -> std::sync::Arc<Tally> {
-        let (tally, functions) = self
+    ) -> Arc<Tally> {
+        let tallied = self
             .by_template
             .entry((kind, template.to_owned()))
-            .or_insert_with(|| (std::sync::Arc::new(Tally::new(kind, template)), Vec::new()));
+            .or_insert_with(|| Tallied {
+                tally: Arc::new(Tally::new(kind, template)),
+                functions: Vec::new(),
+            });
         if let Some(function) = function
-            && !functions.contains(&function)
+            && !tallied.functions.contains(&function)
         {
-            functions.push(function);
+            tallied.functions.push(function);
         }
-        std::sync::Arc::clone(tally)
+        Arc::clone(&tallied.tally)
     }
 
     pub(crate) fn snapshot(&self) -> Vec<TemplateStats> {
         self.by_template
             .iter()
-            .map(|((kind, template), (tally, functions))| {
+            .map(|((kind, template), Tallied { tally, functions })| {
                 let mut functions: Vec<String> =
                     functions.iter().map(|&path| path.to_owned()).collect();
                 functions.sort();
