@@ -217,7 +217,7 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.health.counters.snapshot(self.health.breaker.state())
+        self.health.stats()
     }
 
     /// What a client tracks about its backend and its calls.
@@ -243,7 +243,6 @@ impl Core {
             Ok(_) | Err(Error::Codec(_)) => health.breaker.record_success(),
             Err(error) => {
                 health.breaker.record_failure();
-                health.counters.errors.add();
                 tally.error();
                 if let Some(suppressed) = health.cache_log.admit() {
                     tracing::warn!(
@@ -268,7 +267,6 @@ impl Core {
         accept: &impl Fn(&T) -> bool,
     ) -> Lookup<T> {
         if !self.health.breaker.allows() {
-            self.health.counters.bypassed.add();
             tally.bypass();
             return Lookup::Bypassed;
         }
@@ -339,12 +337,9 @@ impl Core {
             // Already counted and logged by `observe`.
             Err(_) => None,
         };
-        let counters = &self.health.counters;
         if value.is_some() {
-            counters.hits.add();
             tally.hit();
         } else {
-            counters.misses.add();
             tally.miss();
         }
         value
@@ -498,11 +493,9 @@ impl Core {
     ) -> Option<(T, CallOutcome)> {
         let (index, tally) = site.index::<K, T>(self.id())?;
         let value = index.get(key)?;
-        let counters = &self.health.counters;
-        counters.hits.add();
         tally.hit();
         if index.near {
-            counters.near_hits.add();
+            self.health.counters.near_hits.add();
             return Some((value, CallOutcome::Near));
         }
         Some((value, CallOutcome::Hit))

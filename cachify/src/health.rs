@@ -103,6 +103,8 @@ impl Counter {
     }
 }
 
+/// Counts with no template behind them (near-cache counts, oversized
+/// values, fill locks); `Health::stats` adds the templates' counts.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) hits: Counter,
@@ -314,6 +316,21 @@ impl Health {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .tally(kind, template, function)
+    }
+
+    /// The client's counters: its own, plus every template's (a call
+    /// counts in one place only, so a hit bumps one counter).
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self.counters.snapshot(self.breaker.state());
+        for row in self.stats_by_template() {
+            stats.hits = stats.hits.wrapping_add(row.hits);
+            stats.misses = stats.misses.wrapping_add(row.misses);
+            stats.errors = stats.errors.wrapping_add(row.errors);
+            stats.bypassed = stats.bypassed.wrapping_add(row.bypassed);
+            stats.locks_acquired = stats.locks_acquired.wrapping_add(row.locks_acquired);
+            stats.lock_contention = stats.lock_contention.wrapping_add(row.lock_contention);
+        }
+        stats
     }
 
     pub(crate) fn stats_by_template(&self) -> Vec<TemplateStats> {

@@ -76,7 +76,8 @@ impl Locks {
 
     /// Takes the lock `key`, waiting up to `wait` if it is held. `fenced`:
     /// draw a fencing token (fill locks don't). `tally`: the counters of
-    /// the caller's template (fill locks count in the client's only).
+    /// the caller's template, which `stats()` sums; without one (fill
+    /// locks) the client's own counters count.
     pub(crate) async fn acquire<M: Mode>(
         &self,
         key: String,
@@ -111,9 +112,9 @@ impl Locks {
                 }
                 Ok(None) => attempt.settle(),
                 Err(error) => {
-                    counters.errors.add();
-                    if let Some(tally) = tally {
-                        tally.error();
+                    match tally {
+                        Some(tally) => tally.error(),
+                        None => counters.errors.add(),
                     }
                     if let Some(suppressed) = self.health.lock_log.admit() {
                         tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
@@ -126,9 +127,9 @@ impl Locks {
             let now = Instant::now();
             let pause_now = match deadline {
                 Some(deadline) if now >= deadline => {
-                    counters.lock_contention.add();
-                    if let Some(tally) = tally {
-                        tally.lock_contended();
+                    match tally {
+                        Some(tally) => tally.lock_contended(),
+                        None => counters.lock_contention.add(),
                     }
                     tracing::debug!(
                         target: "cachify::lock",
@@ -145,9 +146,9 @@ impl Locks {
             M::sleep(pause_now).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         };
-        counters.locks_acquired.add();
-        if let Some(tally) = tally {
-            tally.lock_acquired();
+        match tally {
+            Some(tally) => tally.lock_acquired(),
+            None => counters.locks_acquired.add(),
         }
         tracing::debug!(
             target: "cachify::lock",
