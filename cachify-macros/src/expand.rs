@@ -176,8 +176,30 @@ impl Key<'_> {
         }
     }
 
-    /// For `#[cached]`: binds the call site as `__CACHIFY_SITE` and the
-    /// typed key as `__cachify_typed`, and returns at once on a typed hit.
+    /// Binds the static description of the function, `__CACHIFY_SITE`: its
+    /// kind, its template and its path, where the runtime keeps per-client
+    /// counters (and, for `#[cached]`, typed indexes).
+    fn site(&self, name: &Ident) -> TokenStream {
+        let site = local("__CACHIFY_SITE");
+        let kind = match self.kind {
+            Kind::Cached => quote!(Cached),
+            Kind::Once => quote!(Once),
+            Kind::Lock => quote!(Lock),
+        };
+        let template = &self.args.template;
+        let text = LitStr::new(&template.value(), template.span());
+        let name = LitStr::new(&name.unraw().to_string(), name.span());
+        quote! {
+            static #site: ::cachify::__private::Site = ::cachify::__private::Site::new(
+                ::cachify::__private::CallKind::#kind,
+                #text,
+                ::core::concat!(::core::module_path!(), "::", #name),
+            );
+        }
+    }
+
+    /// For `#[cached]`: binds the typed key as `__cachify_typed`, and
+    /// returns at once on a typed hit (the site must be bound).
     /// The hit is spanned at `bound_span`, as the cached call is, so that
     /// an unmet `Policy` bound is reported once, there.
     fn typed_fast_path(
@@ -208,7 +230,6 @@ impl Key<'_> {
             )
         };
         quote_spanned! {span=>
-            static #site: ::cachify::__private::Site = ::cachify::__private::Site::new();
             let #typed = {
                 #[allow(unused_imports)]
                 use ::cachify::__private::{TypedProbe as _, UntypedProbe as _};
@@ -393,8 +414,10 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         };
         let fast = key.typed_fast_path(&policy, &ty.to_token_stream(), stored_span);
         let (client, key_binding) = (key.client_binding(), key.key_binding());
+        let site = key.site(&sig.ident);
         let prelude = quote! {
             #client
+            #site
             #fast
             #key_binding
         };
@@ -465,8 +488,11 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
                 }
             }
         };
+        let site_var = local("__CACHIFY_SITE");
+        let site = key.site(&sig.ident);
         let call = quote! {
-            match ::cachify::__private::#acquire(#client_var, #key_var, #ttl, #wait) #dot_await {
+            #site
+            match ::cachify::__private::#acquire(#client_var, &#site_var, #key_var, #ttl, #wait) #dot_await {
                 ::core::result::Result::Ok(#guard) =>
                     ::cachify::__private::#run(#guard, #body) #dot_await,
                 #refused,

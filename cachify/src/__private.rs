@@ -13,10 +13,12 @@ use std::time::Duration;
 use crate::client::Cachify;
 use crate::error::Error;
 use crate::mode::{Async, Blocking, Mode, drive};
+use crate::observe::{self, CallOutcome, Clock};
 
 pub use crate::cache::CacheCall;
 pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
 pub use crate::locks::LockGuard;
+pub use crate::observe::CallKind;
 pub use crate::policy::{JsonBody, OkOnly, Optional, Policy, Whole};
 pub use crate::site::{Probe, ScalarKey, Site, TypedKey, TypedProbe, Untyped, UntypedProbe};
 
@@ -62,19 +64,45 @@ pub fn store_all<T: ?Sized>(_: &T) -> bool {
 }
 
 /// A `#[cached]` call's typed fast path: the output on a hit, with no key
-/// rendered (see the `site` module). `None` when the call has no typed key.
+/// rendered (see the `site` module). `None` when the call has no typed key,
+/// and when call spans are wanted: a span shows the key, so the call then
+/// takes the rendered-key path.
 #[inline]
-pub fn typed_hit<P, R, K>(client: &Cachify, site: &Site, typed: &Option<K>) -> Option<R>
+pub fn typed_hit<P, R, K>(client: &Cachify, site: &'static Site, typed: &Option<K>) -> Option<R>
 where
     P: Policy<R>,
     P::Stored: crate::value::CacheValue,
     K: TypedKey,
 {
     let typed = typed.as_ref()?;
-    client
-        .core()
-        .typed_hit::<K, P::Stored>(site, typed)
-        .map(P::restore)
+    if observe::spans_enabled() {
+        return None;
+    }
+    let clock = Clock::start();
+    let (stored, outcome) = client.core().typed_hit::<K, P::Stored>(site, typed)?;
+    finished(client, site, outcome, clock);
+    Some(P::restore(stored))
+}
+
+/// Records the latency of a finished `#[cached]` call (with `metrics`).
+#[inline]
+fn finished(
+    #[cfg_attr(not(feature = "metrics"), allow(unused))] client: &Cachify,
+    #[cfg_attr(not(feature = "metrics"), allow(unused))] site: &'static Site,
+    #[cfg_attr(not(feature = "metrics"), allow(unused))] outcome: CallOutcome,
+    #[cfg_attr(not(feature = "metrics"), allow(unused))] clock: Clock,
+) {
+    #[cfg(feature = "metrics")]
+    site.tally(client.core().health()).finished(outcome, clock);
+}
+
+/// How an in-process hit was answered, when anything will show it.
+#[inline]
+fn local_hit(client: &Cachify, span: &tracing::Span) -> CallOutcome {
+    if span.is_disabled() && !cfg!(feature = "metrics") {
+        return CallOutcome::Hit;
+    }
+    client.core().local_hit()
 }
 
 /// `#[cached]` on an `async fn`.
@@ -93,14 +121,26 @@ where
     U: Fn(&P::Stored) -> bool,
     K: TypedKey,
 {
+    use tracing::Instrument;
+
     let core = client.core();
-    match core.cached_now::<P, R, K>(&key, site, typed) {
-        Ok(hit) => hit,
+    let clock = Clock::start();
+    let span = observe::call_span(site.kind(), site.template(), site.function(), &key);
+    let tally = site.tally(core.health());
+    let (output, outcome) = match core.cached_now::<P, R, K>(&key, site, &tally, typed) {
+        Ok(hit) => (hit, local_hit(client, &span)),
         Err(lookup) => {
-            core.cached::<Async, P, R, F, U>(&key, lookup, call, body, unless)
-                .await
+            let run = core.cached::<Async, P, R, F, U>(&key, &tally, lookup, call, body, unless);
+            if span.is_disabled() {
+                run.await
+            } else {
+                run.instrument(span.clone()).await
+            }
         }
-    }
+    };
+    observe::record_outcome(&span, outcome);
+    tally.finished(outcome, clock);
+    output
 }
 
 /// `#[cached]` on a plain `fn`.
@@ -121,42 +161,56 @@ where
 {
     // An in-process hit returns here, before any future is made.
     let core = client.core();
-    match core.cached_now::<P, R, K>(&key, site, typed) {
-        Ok(hit) => hit,
+    let clock = Clock::start();
+    let span = observe::call_span(site.kind(), site.template(), site.function(), &key);
+    let tally = site.tally(core.health());
+    let (output, outcome) = match core.cached_now::<P, R, K>(&key, site, &tally, typed) {
+        Ok(hit) => (hit, local_hit(client, &span)),
         Err(lookup) => {
+            let _entered = span.enter();
             let body = async move { body() };
-            drive(core.cached::<Blocking, P, R, _, U>(&key, lookup, call, body, unless))
+            drive(core.cached::<Blocking, P, R, _, U>(&key, &tally, lookup, call, body, unless))
         }
-    }
+    };
+    observe::record_outcome(&span, outcome);
+    tally.finished(outcome, clock);
+    output
 }
 
 async fn acquire_in<M: Mode>(
     client: &Cachify,
+    site: &'static Site,
     key: String,
     ttl: Option<Duration>,
     wait: Duration,
 ) -> Result<LockGuard, Error> {
-    client.core().locks.acquire::<M>(key, ttl, wait, true).await
+    let core = client.core();
+    let tally = site.tally(core.health());
+    core.locks
+        .acquire::<M>(key, ttl, wait, true, Some(&tally))
+        .await
 }
 
 /// Acquires the lock of a `#[once]`/`#[lock]` call (`wait` is zero for `once`).
 pub async fn acquire(
     client: &Cachify,
+    site: &'static Site,
     key: String,
     ttl: Option<Duration>,
     wait: Duration,
 ) -> Result<LockGuard, Error> {
-    acquire_in::<Async>(client, key, ttl, wait).await
+    acquire_in::<Async>(client, site, key, ttl, wait).await
 }
 
 /// Blocking twin of [`acquire`].
 pub fn acquire_blocking(
     client: &Cachify,
+    site: &'static Site,
     key: String,
     ttl: Option<Duration>,
     wait: Duration,
 ) -> Result<LockGuard, Error> {
-    drive(acquire_in::<Blocking>(client, key, ttl, wait))
+    drive(acquire_in::<Blocking>(client, site, key, ttl, wait))
 }
 
 /// Runs an async body while holding `guard`, then releases it.

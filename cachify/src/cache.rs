@@ -19,8 +19,9 @@ use crate::health::{Health, Stats};
 use crate::keyspace::Keyspace;
 use crate::locks::{LockGuard, Locks};
 use crate::mode::Mode;
+use crate::observe::{CallOutcome, Tally};
 use crate::policy::Policy;
-use crate::site::{Forget, Index, Site, TypedKey, next_client_id};
+use crate::site::{Forget, Index, Site, TypedKey};
 use crate::store::{StoreFuture, ValueStore};
 use crate::value::{AnyValue, CacheValue, ValueType, take};
 
@@ -41,6 +42,8 @@ const FILL_POLL: Duration = Duration::from_millis(20);
 /// One lookup through the core.
 pub(crate) struct Fetch<'a, A> {
     pub(crate) key: &'a str,
+    /// The counters of the caller's kind and template.
+    pub(crate) tally: &'a Tally,
     /// Take the cross-process fill lock before computing.
     pub(crate) fill_lock: bool,
     /// Look in the cache before the first join; `false` when the caller
@@ -129,8 +132,6 @@ enum Fill<T> {
 /// The stores, keys, settings and health of one client: everything the
 /// cache path and the locks share. The client is a thin facade over it.
 pub(crate) struct Core {
-    /// Tells this client apart at a `#[cached]` function's [`Site`].
-    id: u64,
     /// The typed indexes this client claimed, emptied when it goes.
     indexes: Mutex<Vec<Arc<dyn Forget>>>,
     values: Arc<dyn ValueStore>,
@@ -152,7 +153,6 @@ impl Core {
         health: Arc<Health>,
     ) -> Self {
         Self {
-            id: next_client_id(),
             indexes: Mutex::new(Vec::new()),
             values,
             locks,
@@ -175,7 +175,17 @@ impl Core {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.health.counters.snapshot(self.health.breaker.state())
+        self.health.stats()
+    }
+
+    /// What a client tracks about its backend and its calls.
+    pub(crate) fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Tells this client apart at a generated function's [`Site`].
+    fn id(&self) -> u64 {
+        self.health.client
     }
 
     /// Counts a value the caller declined to store because of its size.
@@ -185,13 +195,13 @@ impl Core {
 
     /// Records the outcome of a cache-path store call: feeds the breaker
     /// and the counters, and logs failures (at most one line per period).
-    fn observe<T>(&self, operation: &str, key: &str, outcome: &Result<T, Error>) {
+    fn observe<T>(&self, tally: &Tally, operation: &str, key: &str, outcome: &Result<T, Error>) {
         let health = &self.health;
         match outcome {
             Ok(_) | Err(Error::Codec(_)) => health.breaker.record_success(),
             Err(error) => {
                 health.breaker.record_failure();
-                health.counters.errors.add();
+                tally.error();
                 if let Some(suppressed) = health.cache_log.admit() {
                     tracing::warn!(
                         operation,
@@ -211,10 +221,11 @@ impl Core {
     pub(crate) fn lookup<T: CacheValue>(
         &self,
         key: &str,
+        tally: &Tally,
         accept: &impl Fn(&T) -> bool,
     ) -> Lookup<T> {
         if !self.health.breaker.allows() {
-            self.health.counters.bypassed.add();
+            tally.bypass();
             return Lookup::Bypassed;
         }
         if let Some((pending, codec)) = self.values.get_encoded(key) {
@@ -222,7 +233,8 @@ impl Core {
         }
         match self.values.get(key, ValueType::of::<T>()) {
             StoreFuture::Ready(Some(found)) => {
-                Lookup::Now(self.found(key, found.map(|found| found.and_then(take)), accept))
+                let found = found.map(|found| found.and_then(take));
+                Lookup::Now(self.found(key, tally, found, accept))
             }
             pending => Lookup::Later(pending),
         }
@@ -232,6 +244,7 @@ impl Core {
     async fn finish<M: Mode, T: CacheValue>(
         &self,
         key: &str,
+        tally: &Tally,
         lookup: Lookup<T>,
         accept: &impl Fn(&T) -> bool,
     ) -> Option<T> {
@@ -240,14 +253,14 @@ impl Core {
             Lookup::Now(value) => value,
             Lookup::Later(pending) => {
                 let found = M::io(pending).await;
-                self.found(key, found.map(|found| found.and_then(take)), accept)
+                self.found(key, tally, found.map(|found| found.and_then(take)), accept)
             }
             Lookup::Encoded(pending, codec) => {
                 let found = M::io(pending).await.and_then(|bytes| match bytes {
                     Some(bytes) => Ok(Some(codec.decode::<T>(&bytes)?)),
                     None => Ok(None),
                 });
-                self.found(key, found, accept)
+                self.found(key, tally, found, accept)
             }
         }
     }
@@ -256,10 +269,11 @@ impl Core {
     pub(crate) async fn read<M: Mode, T: CacheValue>(
         &self,
         key: &str,
+        tally: &Tally,
         accept: &impl Fn(&T) -> bool,
     ) -> Option<T> {
-        let lookup = self.lookup(key, accept);
-        self.finish::<M, T>(key, lookup, accept).await
+        let lookup = self.lookup(key, tally, accept);
+        self.finish::<M, T>(key, tally, lookup, accept).await
     }
 
     /// Counts and logs what a read found (a stored value of another type
@@ -267,10 +281,11 @@ impl Core {
     fn found<T: CacheValue>(
         &self,
         key: &str,
+        tally: &Tally,
         found: Result<Option<T>, Error>,
         accept: &impl Fn(&T) -> bool,
     ) -> Option<T> {
-        self.observe("read", key, &found);
+        self.observe(tally, "read", key, &found);
         let value = match found {
             Ok(found) => found.filter(|value| accept(value)),
             Err(Error::Codec(error)) => {
@@ -280,11 +295,10 @@ impl Core {
             // Already counted and logged by `observe`.
             Err(_) => None,
         };
-        let counters = &self.health.counters;
         if value.is_some() {
-            counters.hits.add();
+            tally.hit();
         } else {
-            counters.misses.add();
+            tally.miss();
         }
         value
     }
@@ -293,6 +307,7 @@ impl Core {
     pub(crate) async fn write<M: Mode, T: CacheValue>(
         &self,
         key: &str,
+        tally: &Tally,
         value: Arc<T>,
         ttl: Option<Duration>,
     ) {
@@ -303,7 +318,7 @@ impl Core {
             .values
             .set(key, AnyValue::new(value), ValueType::of::<T>(), ttl);
         let written = M::io(set).await;
-        self.observe("write", key, &written);
+        self.observe(tally, "write", key, &written);
         if let Ok(false) = written {
             self.count_oversized();
         }
@@ -328,6 +343,7 @@ impl Core {
     async fn fill<M: Mode, T: CacheValue>(
         &self,
         key: &str,
+        tally: &Tally,
         accept: &impl Fn(&T) -> bool,
     ) -> Fill<T> {
         let fill_key = self.keys.fill(key);
@@ -335,12 +351,12 @@ impl Core {
         loop {
             match self
                 .locks
-                .acquire::<M>(fill_key.clone(), None, Duration::ZERO, false)
+                .acquire::<M>(fill_key.clone(), None, Duration::ZERO, false, None)
                 .await
             {
                 Ok(guard) => {
                     // The previous holder may have stored it just before releasing.
-                    return match self.read::<M, T>(key, accept).await {
+                    return match self.read::<M, T>(key, tally, accept).await {
                         Some(value) => Fill::Filled(value),
                         None => Fill::Run(Some(Box::new(guard))),
                     };
@@ -351,7 +367,7 @@ impl Core {
                         return Fill::Run(None);
                     }
                     M::sleep(FILL_POLL).await;
-                    if let Some(value) = self.read::<M, T>(key, accept).await {
+                    if let Some(value) = self.read::<M, T>(key, tally, accept).await {
                         return Fill::Filled(value);
                     }
                 }
@@ -372,13 +388,14 @@ impl Core {
     {
         let Fetch {
             key,
+            tally,
             fill_lock,
             read,
             accept,
         } = fetch;
         let mut look = read;
         let leader = loop {
-            if look && let Some(value) = self.read::<M, T>(key, &accept).await {
+            if look && let Some(value) = self.read::<M, T>(key, tally, &accept).await {
                 return Served::Cached(value);
             }
             look = true;
@@ -397,7 +414,7 @@ impl Core {
             }
         };
         let fill_guard = match (&leader, fill_lock) {
-            (Some(leader), true) => match self.fill::<M, T>(key, &accept).await {
+            (Some(leader), true) => match self.fill::<M, T>(key, tally, &accept).await {
                 Fill::Filled(value) => {
                     leader.publish(Outcome::Value(AnyValue::new(Arc::new(value.clone()))));
                     return Served::Cached(value);
@@ -414,7 +431,7 @@ impl Core {
             });
         }
         if let (true, Some(value)) = (computed.store, &computed.value) {
-            self.write::<M, T>(key, Arc::clone(value), computed.ttl)
+            self.write::<M, T>(key, tally, Arc::clone(value), computed.ttl)
                 .await;
         }
         if let Some(guard) = fill_guard {
@@ -425,16 +442,30 @@ impl Core {
     }
 
     /// A typed hit at `site` (see [`crate::site`]): no key rendered.
+    /// The hit comes with how it was answered.
     #[inline]
-    pub(crate) fn typed_hit<K: TypedKey, T: CacheValue>(&self, site: &Site, key: &K) -> Option<T> {
-        let index = site.index::<K, T>(self.id)?;
+    pub(crate) fn typed_hit<K: TypedKey, T: CacheValue>(
+        &self,
+        site: &Site,
+        key: &K,
+    ) -> Option<(T, CallOutcome)> {
+        let (index, tally) = site.index::<K, T>(self.id())?;
         let value = index.get(key)?;
-        let counters = &self.health.counters;
-        counters.hits.add();
+        tally.hit();
         if index.near {
-            counters.near_hits.add();
+            self.health.counters.near_hits.add();
+            return Some((value, CallOutcome::Near));
         }
-        Some(value)
+        Some((value, CallOutcome::Hit))
+    }
+
+    /// How an in-process hit through the rendered key was answered: from
+    /// the near cache's copies, or from the memory store.
+    pub(crate) fn local_hit(&self) -> CallOutcome {
+        match self.values.local() {
+            Some(local) if local.near => CallOutcome::Near,
+            _ => CallOutcome::Hit,
+        }
     }
 
     /// After a hit through the rendered key `rendered`: indexes the entry
@@ -443,9 +474,12 @@ impl Core {
         let Some(local) = self.values.local() else {
             return;
         };
-        // Claimed first: a client without a slot at this site looks
+        // The slot first: a client without one at this site looks
         // nothing up again.
-        let index = site.claim::<K, T>(self.id, || {
+        let Some(claim) = site.slot(self.id()) else {
+            return;
+        };
+        let index = claim.index::<K, T>(|| {
             let index = Arc::new(Index::new(local.values.capacity(), local.near));
             self.indexes
                 .lock()
@@ -467,9 +501,10 @@ impl Core {
         &self,
         key: &str,
         site: &Site,
+        tally: &Tally,
         typed: Option<K>,
     ) -> Result<R, Lookup<P::Stored>> {
-        match self.lookup(key, &accept_any::<P::Stored>) {
+        match self.lookup(key, tally, &accept_any::<P::Stored>) {
             Lookup::Now(Some(stored)) => {
                 if let Some(typed) = typed {
                     self.index_typed::<K, P::Stored>(site, typed, key);
@@ -482,15 +517,17 @@ impl Core {
 
     /// A `#[cached]` call: the stored part of the output chosen by `P`,
     /// not stored when `unless` says so (but still shared). `lookup` is the
-    /// read [`Core::cached_now`] began.
+    /// read [`Core::cached_now`] began. The output comes with how the call
+    /// was answered.
     pub(crate) async fn cached<M, P, R, F, U>(
         &self,
         key: &str,
+        tally: &Tally,
         lookup: Lookup<P::Stored>,
         call: CacheCall,
         body: F,
         unless: U,
-    ) -> R
+    ) -> (R, CallOutcome)
     where
         M: Mode,
         P: Policy<R>,
@@ -498,11 +535,19 @@ impl Core {
         U: Fn(&P::Stored) -> bool,
     {
         let accept = accept_any::<P::Stored>;
-        if let Some(stored) = self.finish::<M, P::Stored>(key, lookup, &accept).await {
-            return P::restore(stored);
+        let outcome = match lookup {
+            Lookup::Bypassed => CallOutcome::Bypass,
+            _ => CallOutcome::Miss,
+        };
+        if let Some(stored) = self
+            .finish::<M, P::Stored>(key, tally, lookup, &accept)
+            .await
+        {
+            return (P::restore(stored), CallOutcome::Hit);
         }
         let fetch = Fetch {
             key,
+            tally,
             fill_lock: call.fill_lock,
             read: false,
             accept,
@@ -527,10 +572,11 @@ impl Core {
         };
         // Boxed: the miss path's state (flight, fill lock, the body) is
         // large, and every hit would otherwise move it around.
-        match Box::pin(self.fetch::<M, P::Stored, R, _, _>(fetch, compute)).await {
+        let output = match Box::pin(self.fetch::<M, P::Stored, R, _, _>(fetch, compute)).await {
             Served::Cached(stored) => P::restore(stored),
             Served::Ran(output) => output,
-        }
+        };
+        (output, outcome)
     }
 }
 
@@ -557,6 +603,7 @@ fn accept_any<T>(_: &T) -> bool {
 mod tests {
     use super::*;
     use crate::mode::Async;
+    use crate::observe::CallKind;
     use crate::policy::Whole;
     use crate::store::memory::MemoryStore;
 
@@ -584,19 +631,28 @@ mod tests {
         };
         is_send(async move {
             let core = &*core;
-            let _ = core.read::<Async, u32>("k", &|_: &u32| true).await;
-            static SITE: Site = Site::new();
-            let lookup = match core.cached_now::<Whole, u32, (u64,)>("k", &SITE, Some((1,))) {
+            static SITE: Site = Site::new(CallKind::Cached, "k", "tests::k");
+            let tally = SITE.tally(core.health());
+            let _ = core.read::<Async, u32>("k", &tally, &|_: &u32| true).await;
+            let lookup = match core.cached_now::<Whole, u32, (u64,)>("k", &SITE, &tally, Some((1,)))
+            {
                 Ok(_) => return,
                 Err(lookup) => lookup,
             };
             let _ = core
-                .cached::<Async, Whole, u32, _, _>("k", lookup, call, async { 1 }, |_: &u32| false)
+                .cached::<Async, Whole, u32, _, _>(
+                    "k",
+                    &tally,
+                    lookup,
+                    call,
+                    async { 1 },
+                    |_: &u32| false,
+                )
                 .await;
             let _ = core.delete::<Async>("k").await;
             let _ = core
                 .locks
-                .acquire::<Async>("l".into(), None, Duration::ZERO, true)
+                .acquire::<Async>("l".into(), None, Duration::ZERO, true, None)
                 .await;
         });
     }

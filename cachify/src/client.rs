@@ -13,6 +13,7 @@ use crate::io;
 use crate::keyspace::Keyspace;
 use crate::locks::{LockBuilder, Locks};
 use crate::mode::{Async, Blocking, Mode, drive};
+use crate::observe::TemplateStats;
 use crate::store::cluster::ClusterStore;
 use crate::store::memory::MemoryStore;
 use crate::store::near::NearStore;
@@ -124,6 +125,34 @@ impl Cachify {
     /// state of the cache path's circuit breaker.
     pub fn stats(&self) -> Stats {
         self.inner.core.stats()
+    }
+
+    /// The counters of [`Cachify::stats`] split by kind and key template
+    /// (one entry per template, functions sharing a template counted
+    /// together), for the calls made through this client: `#[cached]`,
+    /// `#[once]` and `#[lock]` functions, [`crate::lock()`] values (under
+    /// [`crate::LOCK_API_TEMPLATE`]) and HTTP caches (their namespace).
+    /// Sorted by kind, then template; serializes with serde. Fill locks and
+    /// near-cache counts are in [`Cachify::stats`] only.
+    ///
+    /// ```
+    /// #[cachify::cached("square-{n}", client = &client)]
+    /// fn square(client: &cachify::Cachify, n: u64) -> u64 {
+    ///     n * n
+    /// }
+    ///
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// square(&client, 3);
+    /// square(&client, 3);
+    /// let json = serde_json::to_value(client.stats_by_template()).unwrap();
+    /// assert_eq!(json[0]["kind"], "cached");
+    /// assert_eq!(json[0]["template"], "square-{n}");
+    /// assert_eq!(json[0]["hits"], 1);
+    /// assert_eq!(json[0]["misses"], 1);
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn stats_by_template(&self) -> Vec<TemplateStats> {
+        self.inner.core.health().stats_by_template()
     }
 
     /// Deletes every `#[cached]` entry of this client (every key under

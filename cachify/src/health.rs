@@ -1,8 +1,13 @@
 //! How the backend is doing: counters users can read, the circuit breaker
 //! of the cache path, and rate-limited failure logs.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::observe::{CELLS, CallKind, Tallies, Tally, TemplateStats, cell};
 
 /// Counters of one client, from [`crate::Cachify::stats`].
 ///
@@ -13,7 +18,20 @@ use std::time::{Duration, Instant};
 /// assert_eq!(stats.breaker, cachify::BreakerState::Closed);
 /// # Ok::<(), cachify::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// It serializes with serde, the breaker as `"closed"`, `"open"` or
+/// `"half_open"`; [`crate::Cachify::stats_by_template`] splits the counts
+/// by function.
+///
+/// ```
+/// # let client = cachify::Cachify::builder().memory().build_blocking()?;
+/// # let stats = client.stats();
+/// let json = serde_json::to_value(stats).unwrap();
+/// assert_eq!(json["hits"], 0);
+/// assert_eq!(json["breaker"], "closed");
+/// # Ok::<(), cachify::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Cached calls answered from the cache.
@@ -46,7 +64,8 @@ pub struct Stats {
 }
 
 /// The circuit breaker of the cache path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     /// The backend is used.
     Closed,
@@ -56,9 +75,6 @@ pub enum BreakerState {
     /// One call is probing the backend; the others still skip it.
     HalfOpen,
 }
-
-/// How many cells a [`Counter`] spreads over.
-const CELLS: usize = 16;
 
 /// One cell on its own cache line, so threads counting in different cells
 /// never write the same line.
@@ -73,19 +89,10 @@ pub(crate) struct Counter {
     cells: [Cell; CELLS],
 }
 
-thread_local! {
-    /// This thread's cell in every [`Counter`].
-    static CELL: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed) % CELLS
-    };
-}
-
 impl Counter {
     #[inline]
     pub(crate) fn add(&self) {
-        let cell = CELL.try_with(|cell| *cell).unwrap_or(0);
-        self.cells[cell].0.fetch_add(1, Ordering::Relaxed);
+        self.cells[cell()].0.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {
@@ -96,6 +103,8 @@ impl Counter {
     }
 }
 
+/// Counts with no template behind them (near-cache counts, oversized
+/// values, fill locks); `Health::stats` adds the templates' counts.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) hits: Counter,
@@ -262,9 +271,14 @@ impl LogLimit {
     }
 }
 
-/// Everything a client tracks about its backend.
+/// Everything a client tracks about its backend and its calls.
 pub(crate) struct Health {
+    /// Tells this client apart at a generated function's call site.
+    pub(crate) client: u64,
     pub(crate) counters: Counters,
+    /// Counters per (kind, template); reached through call sites on the
+    /// hot path, so this lock is taken once per site and client.
+    tallies: Mutex<Tallies>,
     pub(crate) breaker: Breaker,
     /// Cache-path failures (fail open).
     pub(crate) cache_log: LogLimit,
@@ -277,12 +291,53 @@ const LOG_PERIOD: Duration = Duration::from_secs(5);
 
 impl Health {
     pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
+        static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
         Self {
+            client: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
             counters: Counters::default(),
+            tallies: Mutex::default(),
             breaker: Breaker::new(threshold, cool_down),
             cache_log: LogLimit::new(LOG_PERIOD),
             lock_log: LogLimit::new(LOG_PERIOD),
         }
+    }
+}
+
+impl Health {
+    /// The counters of (`kind`, `template`), with `function` recorded as
+    /// one of the functions using it.
+    pub(crate) fn tally(
+        &self,
+        kind: CallKind,
+        template: &str,
+        function: Option<&'static str>,
+    ) -> Arc<Tally> {
+        self.tallies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tally(kind, template, function)
+    }
+
+    /// The client's counters: its own, plus every template's (a call
+    /// counts in one place only, so a hit bumps one counter).
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self.counters.snapshot(self.breaker.state());
+        for row in self.stats_by_template() {
+            stats.hits = stats.hits.wrapping_add(row.hits);
+            stats.misses = stats.misses.wrapping_add(row.misses);
+            stats.errors = stats.errors.wrapping_add(row.errors);
+            stats.bypassed = stats.bypassed.wrapping_add(row.bypassed);
+            stats.locks_acquired = stats.locks_acquired.wrapping_add(row.locks_acquired);
+            stats.lock_contention = stats.lock_contention.wrapping_add(row.lock_contention);
+        }
+        stats
+    }
+
+    pub(crate) fn stats_by_template(&self) -> Vec<TemplateStats> {
+        self.tallies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .snapshot()
     }
 }
 

@@ -18,6 +18,7 @@ use crate::health::Health;
 use crate::io;
 use crate::keyspace::Keyspace;
 use crate::mode::{Async, Blocking, Mode, drive};
+use crate::observe::{CallKind, LOCK_API_TEMPLATE, Tally};
 use crate::store::{Fence, LockStore, StoreFuture, clamp_ttl};
 
 /// First pause between two attempts while waiting for a held lock; it
@@ -74,13 +75,16 @@ impl Locks {
     }
 
     /// Takes the lock `key`, waiting up to `wait` if it is held. `fenced`:
-    /// draw a fencing token (fill locks don't).
+    /// draw a fencing token (fill locks don't). `tally`: the counters of
+    /// the caller's template, which `stats()` sums; without one (fill
+    /// locks) the client's own counters count.
     pub(crate) async fn acquire<M: Mode>(
         &self,
         key: String,
         ttl: Option<Duration>,
         wait: Duration,
         fenced: bool,
+        tally: Option<&Tally>,
     ) -> Result<LockGuard, Error> {
         let lease = clamp_ttl(ttl.unwrap_or(self.lock_ttl));
         let token = new_token()?;
@@ -108,7 +112,10 @@ impl Locks {
                 }
                 Ok(None) => attempt.settle(),
                 Err(error) => {
-                    counters.errors.add();
+                    match tally {
+                        Some(tally) => tally.error(),
+                        None => counters.errors.add(),
+                    }
                     if let Some(suppressed) = self.health.lock_log.admit() {
                         tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
                     }
@@ -120,7 +127,17 @@ impl Locks {
             let now = Instant::now();
             let pause_now = match deadline {
                 Some(deadline) if now >= deadline => {
-                    counters.lock_contention.add();
+                    match tally {
+                        Some(tally) => tally.lock_contended(),
+                        None => counters.lock_contention.add(),
+                    }
+                    tracing::debug!(
+                        target: "cachify::lock",
+                        lock = "contended",
+                        key,
+                        ?wait,
+                        "cachify: lock held elsewhere; giving up"
+                    );
                     return Err(Error::Locked { key });
                 }
                 Some(deadline) => pause.min(deadline - now),
@@ -129,7 +146,18 @@ impl Locks {
             M::sleep(pause_now).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         };
-        counters.locks_acquired.add();
+        match tally {
+            Some(tally) => tally.lock_acquired(),
+            None => counters.locks_acquired.add(),
+        }
+        tracing::debug!(
+            target: "cachify::lock",
+            lock = "acquired",
+            key,
+            fencing_token,
+            ?lease,
+            "cachify: lock acquired"
+        );
         let lost = Arc::new(Lost::default());
         let watchdog = io::spawn(renew(
             Arc::clone(&self.store),
@@ -247,7 +275,10 @@ impl<'a> LockBuilder<'a> {
             Target::Global(global) => global(),
         };
         let key = locks.keys.lock(&self.name);
-        locks.acquire::<M>(key, self.ttl, self.wait, true).await
+        let tally = locks.health.tally(CallKind::Lock, LOCK_API_TEMPLATE, None);
+        locks
+            .acquire::<M>(key, self.ttl, self.wait, true, Some(&tally))
+            .await
     }
 
     /// Takes the lock, waiting up to `wait` if it is held.
@@ -417,7 +448,10 @@ impl LockGuard {
         self.stop_watchdog();
         let released = M::io(self.store.unlock(&self.key, &self.token)).await;
         let released = match released {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                released_event(&self.key);
+                Ok(())
+            }
             Ok(false) => Err(Error::NotOwner),
             Err(error) => {
                 // Keep trying in the background, so the lock does not
@@ -460,6 +494,7 @@ impl Drop for LockGuard {
             return;
         }
         let token = std::mem::take(&mut self.token);
+        released_event(&self.key);
         // An in-process store has released already. Otherwise Drop cannot
         // await: release in the background, retrying while the store is
         // unreachable. Owner-only release makes a late one harmless.
@@ -472,6 +507,22 @@ impl Drop for LockGuard {
             });
         }
     }
+}
+
+/// The DEBUG event of a release by its holder (explicit, at the end of its
+/// function, or on drop).
+fn released_event(key: &str) {
+    tracing::debug!(
+        target: "cachify::lock",
+        lock = "released",
+        key,
+        "cachify: lock released"
+    );
+}
+
+/// The DEBUG event of a lock found taken away, next to the WARN line.
+fn lost_event(key: &str) {
+    tracing::debug!(target: "cachify::lock", lock = "lost", key, "cachify: lock lost");
 }
 
 /// While armed, dropping it (the acquiring future was cancelled mid-call,
@@ -558,11 +609,13 @@ async fn renew(
                     key,
                     "cachify: lock lost while its holder was still running (lease expired or key taken)"
                 );
+                lost_event(&key);
                 lost.mark();
                 return;
             }
             Err(error) if renewed.elapsed() >= lease => {
                 tracing::warn!(key, %error, "cachify: lock lost: its lease ran out while renewals failed");
+                lost_event(&key);
                 lost.mark();
                 return;
             }

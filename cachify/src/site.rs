@@ -22,12 +22,14 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ops::Deref;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use quanta::Instant;
 use quick_cache::DefaultHashBuilder;
 
+use crate::health::Health;
+use crate::observe::{CallKind, Tally};
 use crate::store::local::Stored;
 use crate::value::CacheValue;
 
@@ -125,32 +127,67 @@ macro_rules! typed_probes {
 
 typed_probes!((A 0), (A 0, B 1), (A 0, B 1, C 2), (A 0, B 1, C 2, D 3));
 
-/// How many clients a function keeps an index for; later ones take the
-/// rendered-key path at that function. A slot stays taken after its client
-/// is dropped (emptied, see [`Forget`]), so a program that makes many
-/// clients (a test suite, say) keeps the fast path for the first few.
+/// How many clients a function keeps a slot for (its counters and its
+/// typed index); later ones count through a map of their client and take
+/// the rendered-key path at that function. A slot stays taken after its
+/// client is dropped (its index emptied, see [`Forget`]), so a program
+/// that makes many clients (a test suite, say) keeps the fast path for the
+/// first few.
 const CLAIMS: usize = 4;
 
-/// One `#[cached]` function's place for its indexes, one per client, for
-/// the first `CLAIMS` clients it is called with.
+/// The static description of one generated function (`#[cached]`,
+/// `#[once]` or `#[lock]`): its kind, its key template as written and its
+/// path, and, for the first `CLAIMS` clients it is called with, a slot
+/// holding that client's counters for its template and, for `#[cached]`,
+/// its typed index.
 pub struct Site {
-    claims: [OnceLock<(u64, Arc<dyn Any + Send + Sync>)>; CLAIMS],
+    kind: CallKind,
+    template: &'static str,
+    function: &'static str,
+    claims: [OnceLock<Claim>; CLAIMS],
+}
+
+/// One client's slot at a [`Site`].
+pub(crate) struct Claim {
+    client: u64,
+    /// The client's counters for the site's (kind, template).
+    pub(crate) tally: Arc<Tally>,
+    index: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Site {
-    /// An unclaimed site, for a `static`.
-    pub const fn new() -> Self {
+    /// An unclaimed site, for a `static`: `function` is the function's
+    /// path, `concat!(module_path!(), "::", "name")`.
+    pub const fn new(kind: CallKind, template: &'static str, function: &'static str) -> Self {
         Self {
+            kind,
+            template,
+            function,
             claims: [const { OnceLock::new() }; CLAIMS],
         }
     }
 
-    /// The index of `client`, typed, if it has one here.
+    /// Which macro made the function.
+    pub fn kind(&self) -> CallKind {
+        self.kind
+    }
+
+    /// The key template as written in the attribute.
+    pub fn template(&self) -> &'static str {
+        self.template
+    }
+
+    /// The function's path, `module::name`.
+    pub fn function(&self) -> &'static str {
+        self.function
+    }
+
+    /// The slot of `client`, if it has one here.
     #[inline]
-    pub(crate) fn index<K: TypedKey, T: CacheValue>(&self, client: u64) -> Option<&Index<K, T>> {
+    pub(crate) fn slot(&self, client: u64) -> Option<&Claim> {
         for claim in &self.claims {
             match claim.get() {
-                Some((owner, index)) if *owner == client => return index.downcast_ref(),
+                Some(claim) if claim.client == client => return Some(claim),
                 Some(_) => {}
                 None => return None,
             }
@@ -158,31 +195,89 @@ impl Site {
         None
     }
 
-    /// The index of `client`, made and claimed if a slot is free.
-    pub(crate) fn claim<K: TypedKey, T: CacheValue>(
-        &self,
-        client: u64,
-        make: impl FnOnce() -> Arc<Index<K, T>>,
-    ) -> Option<&Index<K, T>> {
+    /// The slot of `client`, taken with the tally `make` gives if a slot is
+    /// free.
+    pub(crate) fn claim(&self, client: u64, make: impl FnOnce() -> Arc<Tally>) -> Option<&Claim> {
         let mut make = Some(make);
         for claim in &self.claims {
-            let (owner, index) = claim.get_or_init(|| {
+            let claim = claim.get_or_init(|| {
                 let make = make
                     .take()
                     .expect("made at most once: the slot is then taken");
-                (client, make())
+                Claim {
+                    client,
+                    tally: make(),
+                    index: OnceLock::new(),
+                }
             });
-            if *owner == client {
-                return index.downcast_ref();
+            if claim.client == client {
+                return Some(claim);
             }
         }
         None
     }
+
+    /// The index of `client`, typed, if it has one here.
+    #[inline]
+    pub(crate) fn index<K: TypedKey, T: CacheValue>(
+        &self,
+        client: u64,
+    ) -> Option<(&Index<K, T>, &Tally)> {
+        let claim = self.slot(client)?;
+        Some((claim.index.get()?.downcast_ref()?, &claim.tally))
+    }
 }
 
-impl Default for Site {
-    fn default() -> Self {
-        Self::new()
+/// A client's counters at a site: its slot's, or for a client without a
+/// slot there, the ones it keeps by template.
+pub(crate) enum TallyRef<'a> {
+    Slot(&'a Tally),
+    Shared(Arc<Tally>),
+}
+
+impl Deref for TallyRef<'_> {
+    type Target = Tally;
+
+    #[inline]
+    fn deref(&self) -> &Tally {
+        match self {
+            TallyRef::Slot(tally) => tally,
+            TallyRef::Shared(tally) => tally,
+        }
+    }
+}
+
+impl Site {
+    /// The counters of `health`'s client for this site's template. Once
+    /// the client has a slot here this is a scan of at most [`CLAIMS`]
+    /// slots: no lock, no map.
+    #[inline]
+    pub(crate) fn tally(&self, health: &Health) -> TallyRef<'_> {
+        match self.slot(health.client) {
+            Some(claim) => TallyRef::Slot(&claim.tally),
+            None => self.tally_slow(health),
+        }
+    }
+
+    #[cold]
+    fn tally_slow(&self, health: &Health) -> TallyRef<'_> {
+        let make = || health.tally(self.kind, self.template, Some(self.function));
+        match self.claim(health.client, make) {
+            Some(claim) => TallyRef::Slot(&claim.tally),
+            None => TallyRef::Shared(make()),
+        }
+    }
+}
+
+impl Claim {
+    /// This slot's index, made if it has none yet.
+    pub(crate) fn index<K: TypedKey, T: CacheValue>(
+        &self,
+        make: impl FnOnce() -> Arc<Index<K, T>>,
+    ) -> Option<&Index<K, T>> {
+        self.index
+            .get_or_init(|| make() as Arc<dyn Any + Send + Sync>)
+            .downcast_ref()
     }
 }
 
@@ -275,12 +370,6 @@ impl<K: TypedKey, T: CacheValue> Forget for Index<K, T> {
     }
 }
 
-/// A unique id per client core, to tell clients apart at a site.
-pub(crate) fn next_client_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,18 +382,24 @@ mod tests {
     }
 
     #[test]
-    fn a_site_keeps_one_index_per_client_for_the_first_few() {
-        let site = Site::new();
+    fn a_site_keeps_one_slot_per_client_for_the_first_few() {
+        static SITE: Site = Site::new(CallKind::Cached, "t-{n}", "tests::f");
+        let tally = || Arc::new(Tally::new(CallKind::Cached, "t-{n}"));
         let make = || Arc::new(Index::<(u64,), u32>::new(10, false));
         for client in 1..=CLAIMS as u64 {
-            assert!(site.claim(client, make).is_some());
-            assert!(site.index::<(u64,), u32>(client).is_some());
+            let claim = SITE.claim(client, tally).expect("a free slot");
+            assert!(claim.index(make).is_some());
+            assert!(SITE.index::<(u64,), u32>(client).is_some());
         }
-        assert!(site.claim(99, make).is_none(), "no slot left");
-        assert!(site.index::<(u64,), u32>(99).is_none());
+        assert!(SITE.claim(99, tally).is_none(), "no slot left");
+        assert!(SITE.slot(99).is_none());
         assert!(
-            site.index::<(u64,), String>(1).is_none(),
+            SITE.index::<(u64,), String>(1).is_none(),
             "another value type is not this index"
+        );
+        assert_eq!(
+            (SITE.kind(), SITE.template(), SITE.function()),
+            (CallKind::Cached, "t-{n}", "tests::f")
         );
     }
 

@@ -132,6 +132,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Adds `GET /metrics`: the Prometheus text of everything recorded through
+/// the `metrics` facade, cachify's `cachify_*` series included.
+#[cfg(feature = "metrics")]
+pub fn with_metrics(
+    router: Router,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
+    router.route(
+        "/metrics",
+        get(move || std::future::ready(metrics.render())),
+    )
+}
+
 fn user_from(row: &sqlx::sqlite::SqliteRow) -> User {
     User {
         id: row.get("id"),

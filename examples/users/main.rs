@@ -8,6 +8,10 @@
 //! Settings: `BIND_ADDR` (default `127.0.0.1:3000`), `DATABASE_URL`
 //! (default `sqlite://users.db` in the working directory), `REDIS_URL`
 //! (default: the in-memory client), `USERS_SLOW_MS` (default 0).
+//!
+//! With the `metrics` feature it also serves Prometheus metrics at
+//! `/metrics` (`cargo run --example users --features metrics`), and
+//! `RUST_LOG=cachify=trace` shows a span per cached call.
 
 mod app;
 
@@ -41,6 +45,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let address = env("BIND_ADDR", "127.0.0.1:3000");
     let listener = tokio::net::TcpListener::bind(&address).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app::router(state)).await?;
+    let router = app::router(state);
+    #[cfg(feature = "metrics")]
+    let router = app::with_metrics(
+        router,
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?,
+    );
+    axum::serve(listener, router).await?;
     Ok(())
 }

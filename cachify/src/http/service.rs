@@ -20,6 +20,7 @@ use super::body::{self, Buffered};
 use super::entry::{self, Entry, HIT, MISS, Reply, X_CACHIFY};
 use crate::cache::{Computed, Core, Fetch, Served};
 use crate::mode::Async;
+use crate::observe::CallKind;
 use crate::store::clamp_ttl;
 
 /// The service [`CacheLayer`](super::CacheLayer) wraps around a handler or
@@ -173,6 +174,9 @@ where
     // The handler takes the request; `Vary` and `If-None-Match` are read
     // from its headers afterwards.
     let request_headers = parts.headers.clone();
+    let tally = core
+        .health()
+        .tally(CallKind::Http, &settings.namespace, None);
     let accept = |entry: &Entry| entry.answers(&request_headers, entry::now());
     let hit =
         |entry: Entry| entry.respond(&plan.reply(&settings, &request_headers, HIT), entry::now());
@@ -181,7 +185,7 @@ where
     // entry, or passes through.
     if plan.head {
         if !plan.refresh
-            && let Some(entry) = core.read::<Async, Entry>(&plan.key, &accept).await
+            && let Some(entry) = core.read::<Async, Entry>(&plan.key, &tally, &accept).await
         {
             return Ok(hit(entry));
         }
@@ -221,13 +225,14 @@ where
         // flight, and stores what it got.
         let computed = compute.await;
         if let (true, Some(entry)) = (computed.store, &computed.value) {
-            core.write::<Async, Entry>(&plan.key, Arc::clone(entry), Some(ttl))
+            core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl))
                 .await;
         }
         Served::Ran(computed.output)
     } else {
         let fetch = Fetch {
             key: &plan.key,
+            tally: &tally,
             fill_lock: false,
             read: true,
             accept: &accept,
