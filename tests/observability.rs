@@ -394,16 +394,46 @@ fn alone(client: &Cachify, id: u64) -> u64 {
 
 #[test]
 fn stats_by_template_counts_each_template_apart() {
+    capture();
     let client = memory();
     for _ in 0..3 {
         shared_a(&client, 1);
     }
     shared_b(&client, "x".to_owned());
+    shared_b(&client, "y".to_owned());
     alone(&client, 1);
     alone(&client, 1);
 
+    // The shared template is said once, naming both functions.
+    let shared_warnings: Vec<Fields> = captured()
+        .events
+        .iter()
+        .filter(|event| event.level == Level::WARN)
+        .filter(|event| {
+            event
+                .fields
+                .get("message")
+                .is_some_and(|message| message.contains("same key template"))
+        })
+        .map(|event| event.fields.clone())
+        .collect();
+    let about = |template: &str| {
+        shared_warnings
+            .iter()
+            .filter(|fields| fields.get("template").map(String::as_str) == Some(template))
+            .count()
+    };
+    assert_eq!(about("obs-shared-{id}"), 1, "{shared_warnings:?}");
+    assert_eq!(about("obs-alone-{id}"), 0, "{shared_warnings:?}");
+    let warning = shared_warnings
+        .iter()
+        .find(|fields| fields.get("template").map(String::as_str) == Some("obs-shared-{id}"))
+        .unwrap();
+    assert_eq!(warning["first"], "observability::shared_a");
+    assert_eq!(warning["second"], "observability::shared_b");
+
     let shared = row(&client, CallKind::Cached, "obs-shared-{id}");
-    assert_eq!((shared.hits, shared.misses), (2, 2), "{shared:?}");
+    assert_eq!((shared.hits, shared.misses), (2, 3), "{shared:?}");
     assert_eq!(
         shared.functions,
         ["observability::shared_a", "observability::shared_b"]
@@ -411,7 +441,7 @@ fn stats_by_template_counts_each_template_apart() {
     let alone = row(&client, CallKind::Cached, "obs-alone-{id}");
     assert_eq!((alone.hits, alone.misses, alone.errors), (1, 1, 0));
     let total = client.stats();
-    assert_eq!((total.hits, total.misses), (3, 3));
+    assert_eq!((total.hits, total.misses), (3, 4));
 
     let json = serde_json::to_value(client.stats_by_template()).unwrap();
     let rows = json.as_array().unwrap();

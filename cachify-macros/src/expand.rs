@@ -2,18 +2,13 @@
 
 use std::collections::HashSet;
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, TokenStreamExt, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::visit::Visit;
-use syn::visit_mut::{self, VisitMut};
-use syn::{
-    AttrStyle, Attribute, FnArg, GenericParam, Generics, Ident, ItemFn, LitStr, Pat, ReturnType,
-    Token, Visibility, WherePredicate,
-};
+use syn::{AttrStyle, Attribute, FnArg, Ident, ItemFn, LitStr, ReturnType, Visibility};
 
+use crate::analysis;
 use crate::attr::{self, Args, Duration, Kind};
 use crate::fmt::{self, Field, Piece};
 use crate::shape;
@@ -243,54 +238,8 @@ impl Key<'_> {
 
     /// Names the template and the client expression use, to pick the siblings' parameters.
     fn used_names(&self) -> HashSet<String> {
-        let mut names: HashSet<String> = self.roots.iter().map(ToString::to_string).collect();
-        if let Some(client) = &self.args.client {
-            let mut visitor = ExprNames(&mut names);
-            visitor.visit_expr(client);
-        }
-        names
+        analysis::used_names(self.roots, self.args.client.as_ref())
     }
-}
-
-/// Collects single-segment paths (variables, `self`) in an expression, and
-/// conservatively every identifier inside macro calls.
-struct ExprNames<'a>(&'a mut HashSet<String>);
-
-impl Visit<'_> for ExprNames<'_> {
-    fn visit_expr_path(&mut self, path: &syn::ExprPath) {
-        if let (None, Some(ident)) = (&path.qself, path.path.get_ident()) {
-            self.0.insert(ident.to_string());
-        }
-        syn::visit::visit_expr_path(self, path);
-    }
-
-    fn visit_macro(&mut self, mac: &syn::Macro) {
-        mentioned(mac.tokens.clone(), self.0);
-    }
-}
-
-/// Every identifier in `tokens`, lifetimes written as `'a`.
-fn mentioned(tokens: TokenStream, out: &mut HashSet<String>) {
-    let mut after_quote = false;
-    for token in tokens {
-        match &token {
-            TokenTree::Group(group) => mentioned(group.stream(), out),
-            TokenTree::Ident(ident) if after_quote => {
-                out.insert(format!("'{ident}"));
-            }
-            TokenTree::Ident(ident) => {
-                out.insert(ident.to_string());
-            }
-            TokenTree::Punct(_) | TokenTree::Literal(_) => {}
-        }
-        after_quote = matches!(&token, TokenTree::Punct(punct) if punct.as_char() == '\'');
-    }
-}
-
-pub(crate) fn mentions(tokens: &impl ToTokens) -> HashSet<String> {
-    let mut names = HashSet::new();
-    mentioned(tokens.to_token_stream(), &mut names);
-    names
 }
 
 /// The return type as the generated code spells it.
@@ -312,7 +261,7 @@ impl<'a> Output<'a> {
                 declared: None,
             },
             ReturnType::Type(_, ty) => {
-                let nameable = !mentions(ty).contains("impl");
+                let nameable = !analysis::mentions(ty).contains("impl");
                 Output {
                     ty: if nameable {
                         ty.to_token_stream()
@@ -558,7 +507,7 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
                 }
                 let mut typed = typed.clone();
                 typed.attrs.retain(is_cfg);
-                Prune(&used).visit_pat_mut(&mut typed.pat);
+                analysis::prune_pattern(&mut typed.pat, &used);
                 typed.ty.to_tokens(&mut types);
                 inputs.push(typed.into_token_stream());
             }
@@ -567,7 +516,7 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
     if let Some(client) = &key.args.client {
         client.to_tokens(&mut types);
     }
-    let generics = sibling_generics(&sig.generics, &mentions(&types));
+    let generics = analysis::sibling_generics(&sig.generics, &analysis::mentions(&types));
     let (generics, _, where_clause) = generics.split_for_impl();
 
     // `cfg` so the siblings exist exactly when the function does; `allow` so
@@ -633,115 +582,4 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
 
 fn is_cfg(attr: &Attribute) -> bool {
     attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr")
-}
-
-/// Rewrites a kept parameter pattern: no `mut`, and `_` for the bindings the
-/// key does not use, so the sibling compiles without unused warnings.
-struct Prune<'a>(&'a HashSet<String>);
-
-impl VisitMut for Prune<'_> {
-    fn visit_pat_mut(&mut self, pat: &mut Pat) {
-        let replacement = match pat {
-            Pat::Ident(binding) => {
-                binding.mutability = None;
-                if self.0.contains(&binding.ident.to_string()) {
-                    None
-                } else {
-                    let underscore = Token![_](binding.ident.span());
-                    Some(match binding.subpat.take() {
-                        Some((_, subpattern)) => *subpattern,
-                        None => Pat::Wild(syn::PatWild {
-                            attrs: Vec::new(),
-                            underscore_token: underscore,
-                        }),
-                    })
-                }
-            }
-            _ => None,
-        };
-        if let Some(replacement) = replacement {
-            *pat = replacement;
-        }
-        visit_mut::visit_pat_mut(self, pat);
-    }
-
-    fn visit_field_pat_mut(&mut self, field: &mut syn::FieldPat) {
-        visit_mut::visit_field_pat_mut(self, field);
-        // Shorthand `Foo { a }` prints only its pattern; once that is `_`, the field must be named.
-        if field.colon_token.is_none() && !matches!(&*field.pat, Pat::Ident(_)) {
-            field.colon_token = Some(Token![:](field.member.span()));
-        }
-    }
-}
-
-/// The generic parameters the kept parameter types (and the client) mention,
-/// with every bound and predicate that mentions a dropped one removed, so
-/// each kept parameter is inferred from the arguments.
-pub(crate) fn sibling_generics(generics: &Generics, mentioned: &HashSet<String>) -> Generics {
-    let name = |param: &GenericParam| match param {
-        GenericParam::Type(param) => param.ident.to_string(),
-        GenericParam::Lifetime(param) => param.lifetime.to_string(),
-        GenericParam::Const(param) => param.ident.to_string(),
-    };
-    let (kept, dropped): (HashSet<String>, HashSet<String>) = generics
-        .params
-        .iter()
-        .map(name)
-        .partition(|name| mentioned.contains(name));
-
-    let mut sibling = generics.clone();
-    sibling.params = generics
-        .params
-        .iter()
-        .filter(|param| kept.contains(&name(param)))
-        .cloned()
-        .map(|mut param| {
-            match &mut param {
-                GenericParam::Type(param) => param.bounds = without(&param.bounds, &dropped),
-                GenericParam::Lifetime(param) => param.bounds = without(&param.bounds, &dropped),
-                GenericParam::Const(_) => {}
-            }
-            param
-        })
-        .collect();
-    if let Some(where_clause) = &mut sibling.where_clause {
-        where_clause.predicates = where_clause
-            .predicates
-            .iter()
-            .filter_map(|predicate| match predicate {
-                WherePredicate::Type(predicate) => {
-                    let bounded = mentions(&predicate.bounded_ty);
-                    let relevant = bounded.contains("Self") || !bounded.is_disjoint(&kept);
-                    if !relevant || !bounded.is_disjoint(&dropped) {
-                        return None;
-                    }
-                    let mut predicate = predicate.clone();
-                    predicate.bounds = without(&predicate.bounds, &dropped);
-                    (!predicate.bounds.is_empty()).then_some(WherePredicate::Type(predicate))
-                }
-                WherePredicate::Lifetime(predicate) => {
-                    if !kept.contains(&predicate.lifetime.to_string()) {
-                        return None;
-                    }
-                    let mut predicate = predicate.clone();
-                    predicate.bounds = without(&predicate.bounds, &dropped);
-                    (!predicate.bounds.is_empty()).then_some(WherePredicate::Lifetime(predicate))
-                }
-                _ => None,
-            })
-            .collect();
-    }
-    sibling
-}
-
-/// The bounds that mention none of the `dropped` generic parameters.
-fn without<T: ToTokens + Clone, P: Default>(
-    bounds: &Punctuated<T, P>,
-    dropped: &HashSet<String>,
-) -> Punctuated<T, P> {
-    bounds
-        .iter()
-        .filter(|bound| mentions(bound).is_disjoint(dropped))
-        .cloned()
-        .collect()
 }

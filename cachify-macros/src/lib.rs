@@ -4,6 +4,7 @@
 //! Use them through the `cachify` crate, which re-exports them; the code they
 //! generate calls into `cachify` and does nothing on its own.
 
+mod analysis;
 mod attr;
 mod expand;
 mod fmt;

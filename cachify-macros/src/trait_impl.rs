@@ -6,6 +6,7 @@ use quote::{ToTokens, quote};
 use syn::visit_mut::{self, VisitMut};
 use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, Meta, Path, Type, Visibility};
 
+use crate::analysis;
 use crate::attr::{self, Kind};
 use crate::expand::{self, Expansion};
 
@@ -124,13 +125,13 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
     }
     // Only the impl's parameters that the type names: an inherent impl
     // cannot have parameters that only the trait uses.
-    let named = expand::mentions(&block.self_ty);
+    let named = analysis::mentions(&block.self_ty);
     for param in block.generics.type_params() {
         let name = param.ident.to_string();
         if !named.contains(&name)
             && siblings
                 .iter()
-                .any(|sibling| expand::mentions(sibling).contains(&name))
+                .any(|sibling| analysis::mentions(sibling).contains(&name))
         {
             return Err(syn::Error::new(
                 param.ident.span(),
@@ -142,7 +143,7 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
             ));
         }
     }
-    let generics = expand::sibling_generics(&block.generics, &named);
+    let generics = analysis::sibling_generics(&block.generics, &named);
     let (impl_generics, _, where_clause) = generics.split_for_impl();
     let self_ty = &block.self_ty;
     let cfgs = block

@@ -268,6 +268,18 @@ impl Tallies {
         if let Some(function) = function
             && !tallied.functions.contains(&function)
         {
+            // Two functions of one kind and template share their keys: they
+            // read each other's values, or miss forever when the types
+            // differ. Said once, when the second one is first used.
+            if let Some(first) = tallied.functions.first() {
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    template,
+                    first,
+                    second = function,
+                    "cachify: two functions use the same key template, so they share their entries; give them different templates"
+                );
+            }
             tallied.functions.push(function);
         }
         Arc::clone(&tallied.tally)
