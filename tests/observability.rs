@@ -517,6 +517,7 @@ async fn http_lookups_count_under_their_namespace() {
     use axum::routing::get;
     use cachify::http::CacheLayer;
 
+    capture();
     let _deadline = Deadline::new(TEST_LIMIT, "http stats");
     let client = memory();
     let router = Router::new()
@@ -548,4 +549,9 @@ async fn http_lookups_count_under_their_namespace() {
     }
     let users = row(&client, CallKind::Http, "obs-users");
     assert_eq!((users.hits, users.misses), (2, 1), "{users:?}");
+    // Each lookup has its span, the namespace as its template.
+    let spans = call_spans("obs-users");
+    assert_eq!(outcomes("obs-users"), ["miss", "hit", "hit"], "{spans:?}");
+    assert_eq!(spans[0]["kind"], "http");
+    assert_eq!(spans[0]["key"], "cachify:http:obs-users:GET:/users");
 }

@@ -8,8 +8,9 @@
 //! `function` (its path), `key` (the rendered key) and `outcome`, one of
 //! `hit`, `near` (a hit the near cache answered), `miss` (the function ran,
 //! or a concurrent caller's run answered) and `bypass` (the circuit breaker
-//! was open). Locks log DEBUG events at target `cachify::lock`, with a
-//! field `lock` saying what happened: `acquired`, `contended` (the lock was
+//! was open). HTTP lookups get the same span, kind `http`, with their
+//! namespace as the template and `hit` or `miss`. Locks log DEBUG events
+//! at target `cachify::lock`, with a field `lock` saying what happened: `acquired`, `contended` (the lock was
 //! held by someone else and this request gave up), `lost` (the watchdog
 //! found it taken away) and `released`. Backend failures stay WARN lines,
 //! at most one per kind every five seconds.

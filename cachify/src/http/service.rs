@@ -14,13 +14,14 @@ use axum::http::header::{AUTHORIZATION, RANGE};
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response};
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::Settings;
 use super::body::{self, Buffered};
 use super::entry::{self, Entry, HIT, MISS, Reply, X_CACHIFY};
 use crate::cache::{Computed, Core, Fetch, Served};
 use crate::mode::Async;
-use crate::observe::CallKind;
+use crate::observe::{self, CallKind, CallOutcome};
 use crate::store::clamp_ttl;
 
 /// The service [`CacheLayer`](super::CacheLayer) wraps around a handler or
@@ -177,6 +178,9 @@ where
     let tally = core
         .health()
         .tally(CallKind::Http, &settings.namespace, None);
+    // The lookup's span, as a `#[cached]` call has: the namespace is its
+    // template; the handler's own spans nest inside it on a miss.
+    let span = observe::call_span(CallKind::Http, &settings.namespace, "", &plan.key);
     let accept = |entry: &Entry| entry.answers(&request_headers, entry::now());
     let hit =
         |entry: Entry| entry.respond(&plan.reply(&settings, &request_headers, HIT), entry::now());
@@ -185,10 +189,15 @@ where
     // entry, or passes through.
     if plan.head {
         if !plan.refresh
-            && let Some(entry) = core.read::<Async, Entry>(&plan.key, &tally, &accept).await
+            && let Some(entry) = core
+                .read::<Async, Entry>(&plan.key, &tally, &accept)
+                .instrument(span.clone())
+                .await
         {
+            observe::record_outcome(&span, CallOutcome::Hit);
             return Ok(hit(entry));
         }
+        observe::record_outcome(&span, CallOutcome::Miss);
         let mut response = inner
             .call(Request::from_parts(parts, body))
             .await?
@@ -220,28 +229,36 @@ where
             ttl: Some(ttl),
         }
     };
-    let served = if plan.refresh {
-        // A refresh runs the handler itself, whatever is cached or in
-        // flight, and stores what it got.
-        let computed = compute.await;
-        if let (true, Some(entry)) = (computed.store, &computed.value) {
-            core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl))
-                .await;
+    let lookup = async {
+        if plan.refresh {
+            // A refresh runs the handler itself, whatever is cached or in
+            // flight, and stores what it got.
+            let computed = compute.await;
+            if let (true, Some(entry)) = (computed.store, &computed.value) {
+                core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl))
+                    .await;
+            }
+            Served::Ran(computed.output)
+        } else {
+            let fetch = Fetch {
+                key: &plan.key,
+                tally: &tally,
+                fill_lock: false,
+                read: true,
+                accept: &accept,
+            };
+            core.fetch::<Async, Entry, _, _, _>(fetch, compute).await
         }
-        Served::Ran(computed.output)
-    } else {
-        let fetch = Fetch {
-            key: &plan.key,
-            tally: &tally,
-            fill_lock: false,
-            read: true,
-            accept: &accept,
-        };
-        core.fetch::<Async, Entry, _, _, _>(fetch, compute).await
     };
-    match served {
-        Served::Cached(entry) => Ok(hit(entry)),
-        Served::Ran(output) => output,
+    match lookup.instrument(span.clone()).await {
+        Served::Cached(entry) => {
+            observe::record_outcome(&span, CallOutcome::Hit);
+            Ok(hit(entry))
+        }
+        Served::Ran(output) => {
+            observe::record_outcome(&span, CallOutcome::Miss);
+            output
+        }
     }
 }
 
