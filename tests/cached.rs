@@ -146,7 +146,7 @@ macro_rules! cached_suite {
 
         static MISSING_ASYNC: AtomicU32 = AtomicU32::new(0);
 
-        #[cached("missing-async-{id}", none_ttl = 1, client = client())]
+        #[cached("missing-async-{id}", none_ttl = 2, client = client())]
         async fn missing_async(id: u32) -> Result<Option<u32>, AppError> {
             MISSING_ASYNC.fetch_add(1, Ordering::SeqCst);
             Ok((id > 100).then_some(id))
@@ -171,7 +171,7 @@ macro_rules! cached_suite {
             assert_eq!(missing_async(1).await, Ok(None));
             assert_eq!(missing_async(1).await, Ok(None));
             assert_eq!(MISSING_ASYNC.load(Ordering::SeqCst), 1);
-            tokio::time::sleep(Duration::from_millis(2200)).await;
+            tokio::time::sleep(Duration::from_millis(3000)).await;
             assert_eq!(missing_async(1).await, Ok(None));
             assert_eq!(MISSING_ASYNC.load(Ordering::SeqCst), 2, "expired after none_ttl");
         }

@@ -1282,6 +1282,11 @@ async fn handler_cache_control_is_kept_with_its_age(store: Store) {
             )
             .merge(
                 Router::new()
+                    .route("/per-user", echoing(&calls, &[("cache-control", OWN)]))
+                    .route_layer(layer("per-user", &client).cache_authorized(true)),
+            )
+            .merge(
+                Router::new()
                     .route(
                         "/private",
                         echoing(&calls, &[("cache-control", "private, max-age=5")]),
@@ -1328,13 +1333,26 @@ async fn handler_cache_control_is_kept_with_its_age(store: Store) {
         assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
         assert_eq!(unchanged.header("cache-control"), Some(OWN));
     }
+    // Cached per credential, the handler's own directives are made
+    // private too: no shared cache may keep one user's reply.
+    for outcome in ["MISS", "HIT"] {
+        let own = app
+            .get_with("/per-user", "authorization", "Bearer alice")
+            .await;
+        assert_eq!(own.cache(), Some(outcome));
+        assert_eq!(
+            own.header("cache-control"),
+            Some("private, max-age=5, stale-while-revalidate=10"),
+            "a {outcome} per credential"
+        );
+    }
     // `private` is never stored, and passes through as the handler sent it.
     for _ in 0..2 {
         let private = app.get("/private").await;
         assert_eq!(private.cache(), Some("MISS"));
         assert_eq!(private.header("cache-control"), Some("private, max-age=5"));
     }
-    assert_eq!(calls.get(), 4);
+    assert_eq!(calls.get(), 5);
 }
 
 async fn ignored_query_params_share_an_entry(store: Store) {

@@ -248,3 +248,48 @@ fn result_named_structs_are_cached_whole() {
     assert_eq!(search("abc"), SearchResult { hits: 3 });
     search_reset("abc").unwrap();
 }
+
+/// Data types that share a name with an HTTP response type are data: only
+/// a status, headers, axum's own paths or a tuple with a bare `Json` are
+/// refused as responses.
+mod response_like_names {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use cachify::cached;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Redirect {
+        from: String,
+        to: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Response {
+        status: u16,
+    }
+
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+
+    #[cached("short-{code}")]
+    fn redirect(code: u32) -> Option<Redirect> {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        Some(Redirect {
+            from: format!("/s/{code}"),
+            to: "/long".into(),
+        })
+    }
+
+    #[cached("upstream-{id}")]
+    fn upstream(id: u32) -> Result<(u32, Response), String> {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        Ok((id, Response { status: 200 }))
+    }
+
+    #[test]
+    fn a_users_redirect_and_response_structs_are_cached() {
+        assert_eq!(redirect(1), redirect(1));
+        assert_eq!(upstream(2), upstream(2));
+        assert_eq!(RUNS.load(Ordering::SeqCst), 2);
+    }
+}

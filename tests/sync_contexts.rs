@@ -256,9 +256,12 @@ async fn ticker_keeps_ticking_while_workers_wait(backend: &'static str) {
     );
 }
 
+static SLOW_FILL_STARTED: AtomicBool = AtomicBool::new(false);
+
 /// On memory, so that no store I/O hands the worker off first.
 #[cached("slow-fill", client = stall_client("memory"))]
 fn slow_fill() -> u32 {
+    SLOW_FILL_STARTED.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(1000));
     7
 }
@@ -269,7 +272,12 @@ fn slow_fill() -> u32 {
 async fn sync_followers_of_a_fill_do_not_stall_the_runtime() {
     // The leader runs off the workers, so only the followers are on them.
     let leader = tokio::task::spawn_blocking(slow_fill);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Bounded: the leader must be running before the followers join it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !SLOW_FILL_STARTED.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the leader never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let ticker = tokio::spawn(async {
         let started = Instant::now();
         let mut largest_gap = Duration::ZERO;

@@ -47,6 +47,11 @@ pub(crate) fn try_expand(
         .map_err(|message| syn::Error::new(args.template.span(), message))?;
     let roots = valid::placeholders(&function.sig, &args.template, &pieces)?;
     valid::return_type(kind, &args, &function.sig)?;
+    valid::none_ttl(
+        &args,
+        &function.sig,
+        shape::of(&function.sig.output).optional,
+    )?;
 
     let key = Key {
         kind,
@@ -343,6 +348,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         let shape::Shape {
             policy,
             stored_span,
+            ..
         } = shape::of(&sig.output);
         let runner = if sig.asyncness.is_some() {
             quote!(cached)

@@ -13,6 +13,8 @@ use crate::valid::{self, last_segment};
 pub(crate) struct Shape {
     pub(crate) policy: TokenStream,
     pub(crate) stored_span: Span,
+    /// Whether the stored part is an `Option`, whose `None` `none_ttl` governs.
+    pub(crate) optional: bool,
 }
 
 /// `Result<T, E>` stores `T` (`OkOnly`), `Option<T>` stores `Option<T>`
@@ -24,6 +26,7 @@ pub(crate) fn of(output: &ReturnType) -> Shape {
         return Shape {
             policy: quote!(::cachify::__private::Whole),
             stored_span: Span::call_site(),
+            optional: false,
         };
     };
     if valid::is_result_like(output) {
@@ -33,24 +36,31 @@ pub(crate) fn of(output: &ReturnType) -> Shape {
                 Shape {
                     policy: quote!(::cachify::__private::OkOnly<#inner>),
                     stored_span: ok.span(),
+                    optional: is_option(ok),
                 }
             }
             None => Shape {
                 policy: quote!(::cachify::__private::OkOnly),
                 stored_span: ty.span(),
+                optional: false,
             },
         };
     }
     Shape {
         policy: optional(ty),
         stored_span: ty.span(),
+        optional: is_option(ty),
     }
 }
 
+fn is_option(ty: &Type) -> bool {
+    last_segment(ty).is_some_and(|segment| segment.ident == "Option")
+        && valid::type_argument(ty, 0).is_some()
+}
+
 fn optional(ty: &Type) -> TokenStream {
-    let is_option = last_segment(ty).is_some_and(|segment| segment.ident == "Option");
     match valid::type_argument(ty, 0) {
-        Some(inner) if is_option => {
+        Some(inner) if is_option(ty) => {
             let inner = body(inner);
             quote!(::cachify::__private::Optional<#inner>)
         }

@@ -163,23 +163,39 @@ pub(crate) fn return_type(kind: Kind, args: &Args, sig: &Signature) -> syn::Resu
 const INSTEAD: &str = "cache an inner function that returns the data (e.g. `Result<User, E>` or axum's `Json<User>`), or cache whole responses with `cachify::http::CacheLayer`";
 
 /// The first part of `ty` that is an HTTP response rather than data: a
-/// tuple holding a status, headers or a body (`(StatusCode, Json<T>)`), or
-/// one of axum's response types. `Json<T>` alone is data: its `T` is stored.
+/// status or headers (`StatusCode`, `HeaderMap`), a type written through
+/// `axum::` or `http::` other than `axum::Json` (`axum::response::Response`,
+/// `axum::response::Html<T>`), or a tuple holding one of these or a bare
+/// `Json` (`(StatusCode, Json<T>)`). `Json<T>` alone is data: its `T` is
+/// stored. A user's own `Response` or `Redirect` struct is data too.
 fn response(ty: &Type) -> Option<&Type> {
-    const RESPONSES: &[&str] = &["Response", "StatusCode", "HeaderMap", "Html", "Redirect"];
-    let named = |ty: &Type, names: &[&str]| {
-        last_segment(ty).is_some_and(|segment| names.iter().any(|name| segment.ident == name))
-    };
+    fn is_response(ty: &Type) -> bool {
+        let Type::Path(path) = ungrouped(ty) else {
+            return false;
+        };
+        let segments: Vec<String> = path
+            .path
+            .segments
+            .iter()
+            .map(|segment| segment.ident.to_string())
+            .collect();
+        match segments.as_slice() {
+            [name] => name == "StatusCode" || name == "HeaderMap",
+            [first, .., last] => (first == "axum" || first == "http") && last != "Json",
+            [] => false,
+        }
+    }
     let ty = ungrouped(ty);
     if let Type::Tuple(tuple) = ty
-        && tuple
-            .elems
-            .iter()
-            .any(|elem| named(elem, RESPONSES) || named(elem, &["Json"]))
+        && tuple.elems.iter().any(|elem| {
+            is_response(elem)
+                || matches!(ungrouped(elem), Type::Path(path)
+                    if path.path.segments.len() == 1 && path.path.segments[0].ident == "Json")
+        })
     {
         return Some(ty);
     }
-    if named(ty, RESPONSES) {
+    if is_response(ty) {
         return Some(ty);
     }
     // Inside `Result<_, E>` (any `..Result`) or `Option`: the stored part.
@@ -214,6 +230,20 @@ fn opaque(ty: &Type) -> Option<&syn::TypeImplTrait> {
     let mut found = Opaque(None);
     found.visit_type(ty);
     found.0
+}
+
+/// `none_ttl` says how long a `None` is stored: the output must have one
+/// (`Option<T>`, or `Result<Option<T>, E>`), or the option would do nothing.
+pub(crate) fn none_ttl(args: &Args, sig: &Signature, optional: bool) -> syn::Result<()> {
+    if args.none_ttl.is_none() || optional {
+        return Ok(());
+    }
+    let message =
+        "`none_ttl` needs an output that can be `None`: `Option<T>` or `Result<Option<T>, E>`";
+    Err(match &sig.output {
+        ReturnType::Type(_, ty) => syn::Error::new_spanned(ty, message),
+        ReturnType::Default => syn::Error::new(sig.ident.span(), message),
+    })
 }
 
 /// Whether the return type is spelled like a `Result`: a path whose last

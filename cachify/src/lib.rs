@@ -116,7 +116,10 @@
 //!
 //! None is on by default.
 //!
-//! - `axum`: [`http`][http-module], the HTTP response cache for axum.
+//! - `axum`: [`http`][http-module], the HTTP response cache for axum, and
+//!   `#[cached]` on handlers returning axum's `Json<T>`.
+//! - `metrics`: counters and a latency histogram through the `metrics`
+//!   facade, labelled by kind and key template.
 //! - `json`: `Codec::Json`, values stored as JSON.
 //! - `bincode`: `Codec::Bincode`, values stored with bincode 2 (opt-in:
 //!   bincode is unmaintained and not self-describing).

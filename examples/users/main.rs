@@ -47,10 +47,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let router = app::router(state);
     #[cfg(feature = "metrics")]
-    let router = app::with_metrics(
-        router,
-        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?,
-    );
+    let router = {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        // Histograms keep their samples until upkeep drains them; without a
+        // scrape they would pile up.
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        app::with_metrics(router, handle)
+    };
     axum::serve(listener, router).await?;
     Ok(())
 }

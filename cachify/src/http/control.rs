@@ -246,6 +246,19 @@ fn valid_value(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(is_tchar)
 }
 
+/// A handler's own header on a reply cached per credential: its directives
+/// in their private form, so no shared cache keeps one user's reply; just
+/// `private` when it does not parse.
+pub(super) fn handler_private(own: &HeaderValue) -> HeaderValue {
+    let private = own
+        .to_str()
+        .ok()
+        .and_then(|text| parse(text).ok())
+        .map(|directives| private_form(&directives))
+        .and_then(|form| HeaderValue::from_str(&form).ok());
+    private.unwrap_or_else(|| HeaderValue::from_static("private"))
+}
+
 /// The directives as sent on a reply cached per credential.
 fn private_form(directives: &[&str]) -> String {
     let name = |directive: &str| directive.split('=').next().unwrap_or_default().to_owned();

@@ -272,7 +272,11 @@ impl Entry {
                 headers.append(name, value);
             }
         }
-        if headers.contains_key(CACHE_CONTROL) {
+        if let Some(own) = headers.get(CACHE_CONTROL) {
+            if reply.private {
+                let private = super::control::handler_private(own);
+                headers.insert(CACHE_CONTROL, private);
+            }
             // The handler's freshness counts from when it answered.
             if reply.outcome == HIT {
                 let age = Duration::from_millis(now.saturating_sub(self.stored_at)).as_secs();
