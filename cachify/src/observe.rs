@@ -155,8 +155,9 @@ pub(crate) struct Tally {
     /// The metric labels.
     #[cfg(feature = "metrics")]
     kind: CallKind,
+    /// Shared, so that a label costs a count increment, not an allocation.
     #[cfg(feature = "metrics")]
-    template: String,
+    template: metrics::SharedString,
     cells: [TallyCell; CELLS],
 }
 
@@ -169,7 +170,7 @@ impl Tally {
             #[cfg(feature = "metrics")]
             kind,
             #[cfg(feature = "metrics")]
-            template: template.to_owned(),
+            template: metrics::SharedString::from(Arc::<str>::from(template)),
             cells: Default::default(),
         }
     }

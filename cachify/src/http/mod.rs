@@ -100,7 +100,7 @@ mod service;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::http::request::Parts;
@@ -109,10 +109,12 @@ use tower_layer::Layer;
 
 pub use self::control::CacheControl;
 pub use self::service::{CacheService, ResponseFuture};
+use crate::cache::Core;
 use crate::client::Cachify;
 use crate::error::Error;
 use crate::keyspace;
 use crate::mode::Async;
+use crate::observe::{CallKind, Tally};
 
 /// TTL of entries when neither the layer nor the client sets one.
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -133,6 +135,9 @@ struct Settings {
     /// Query parameter names left out of keys, as given (not encoded).
     ignored_query_params: Vec<String>,
     key_fn: Option<Arc<KeyFn>>,
+    /// The counters of the last client served, so that a request takes no
+    /// lock to find them; cleared by every builder method.
+    tally: OnceLock<(u64, Arc<Tally>)>,
 }
 
 impl Default for Settings {
@@ -147,6 +152,7 @@ impl Default for Settings {
             cache_control: CacheControl::remaining_ttl(),
             ignored_query_params: Vec::new(),
             key_fn: None,
+            tally: OnceLock::new(),
         }
     }
 }
@@ -177,6 +183,20 @@ impl Settings {
 
     fn ttl(&self, client: &Cachify) -> Duration {
         self.ttl.or(client.default_ttl()).unwrap_or(DEFAULT_TTL)
+    }
+
+    /// The counters of this namespace on `core`'s client: kept for the
+    /// first client served (the usual one), looked up for any other.
+    fn tally(&self, core: &Core) -> Arc<Tally> {
+        let health = core.health();
+        if let Some((client, tally)) = self.tally.get()
+            && *client == health.client
+        {
+            return Arc::clone(tally);
+        }
+        let tally = health.tally(CallKind::Http, &self.namespace, None);
+        let _ = self.tally.set((health.client, Arc::clone(&tally)));
+        tally
     }
 
     /// The request part of the key of `request`: `GET:{path}?{sorted
@@ -241,7 +261,9 @@ impl CacheLayer {
     }
 
     fn settings(&mut self) -> &mut Settings {
-        Arc::make_mut(&mut self.settings)
+        let settings = Arc::make_mut(&mut self.settings);
+        settings.tally = OnceLock::new();
+        settings
     }
 
     /// Uses `client` instead of [`crate::global()`] (which is otherwise

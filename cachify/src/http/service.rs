@@ -175,9 +175,7 @@ where
     // The handler takes the request; `Vary` and `If-None-Match` are read
     // from its headers afterwards.
     let request_headers = parts.headers.clone();
-    let tally = core
-        .health()
-        .tally(CallKind::Http, &settings.namespace, None);
+    let tally = settings.tally(core);
     // The lookup's span, as a `#[cached]` call has: the namespace is its
     // template; the handler's own spans nest inside it on a miss.
     let span = observe::call_span(CallKind::Http, &settings.namespace, "", &plan.key);
