@@ -555,3 +555,53 @@ async fn http_lookups_count_under_their_namespace() {
     assert_eq!(spans[0]["kind"], "http");
     assert_eq!(spans[0]["key"], "cachify:http:obs-users:GET:/users");
 }
+
+pub trait Find {
+    fn find(&self, client: &Cachify, id: u64) -> u64;
+}
+
+pub struct FromA;
+pub struct FromB;
+
+#[cachify::trait_impl]
+impl Find for FromA {
+    #[cached("obs-trait-{id}", client = client)]
+    fn find(&self, client: &Cachify, id: u64) -> u64 {
+        let _ = client;
+        id
+    }
+}
+
+#[cachify::trait_impl]
+impl Find for FromB {
+    #[cached("obs-trait-{id}", client = client)]
+    fn find(&self, client: &Cachify, id: u64) -> u64 {
+        let _ = client;
+        id + 1
+    }
+}
+
+/// Two impls' `find` in one module are two functions, named by their impl,
+/// and sharing a template they are warned about.
+#[test]
+fn trait_impl_methods_are_named_by_their_impl() {
+    capture();
+    let client = memory();
+    assert_eq!(FromA.find(&client, 1), 1);
+    assert_eq!(FromB.find(&client, 2), 3);
+    let shared = row(&client, CallKind::Cached, "obs-trait-{id}");
+    assert_eq!(
+        shared.functions,
+        [
+            "observability::<FromA as Find>::find",
+            "observability::<FromB as Find>::find"
+        ]
+    );
+    let warned = captured()
+        .events
+        .iter()
+        .filter(|event| event.level == Level::WARN)
+        .filter(|event| event.fields.get("template").map(String::as_str) == Some("obs-trait-{id}"))
+        .count();
+    assert_eq!(warned, 1);
+}

@@ -34,12 +34,21 @@ pub(crate) struct Expansion {
     pub(crate) siblings: Vec<TokenStream>,
 }
 
-/// Expands one attribute; the siblings get `sibling_vis` if given, else the function's visibility.
+/// Where a method sits, when the attribute cannot see it for itself.
+pub(crate) struct Method<'a> {
+    /// The siblings' visibility.
+    pub(crate) sibling_vis: &'a Visibility,
+    /// `Type as Trait`, so that its path names the impl it is in.
+    pub(crate) owner: String,
+}
+
+/// Expands one attribute; the siblings get the method's visibility if
+/// given, else the function's.
 pub(crate) fn try_expand(
     kind: Kind,
     args: TokenStream,
     item: TokenStream,
-    sibling_vis: Option<&Visibility>,
+    method: Option<Method>,
 ) -> syn::Result<Expansion> {
     let args = attr::parse(kind, args)?;
     let function = valid::function(kind, item)?;
@@ -58,10 +67,14 @@ pub(crate) fn try_expand(
         args: &args,
         pieces: &pieces,
         roots: &roots,
+        owner: method.as_ref().map(|method| method.owner.as_str()),
     };
+    let sibling_vis = method
+        .as_ref()
+        .map_or(&function.vis, |method| method.sibling_vis);
     Ok(Expansion {
         function: wrap(&key, &function),
-        siblings: siblings(&key, &function, sibling_vis.unwrap_or(&function.vis)),
+        siblings: siblings(&key, &function, sibling_vis),
     })
 }
 
@@ -72,6 +85,8 @@ struct Key<'a> {
     pieces: &'a [Piece],
     /// The parameter binding each placeholder reads, in template order.
     roots: &'a [Ident],
+    /// `Type as Trait` for a method of a trait impl.
+    owner: Option<&'a str>,
 }
 
 /// Names of generated locals: mixed-site hygiene keeps them apart from user code.
@@ -179,7 +194,7 @@ impl Key<'_> {
     /// Binds the static description of the function, `__CACHIFY_SITE`: its
     /// kind, its template and its path, where the runtime keeps per-client
     /// counters (and, for `#[cached]`, typed indexes).
-    fn site(&self, name: &Ident) -> TokenStream {
+    fn site(&self, name_ident: &Ident) -> TokenStream {
         let site = local("__CACHIFY_SITE");
         let kind = match self.kind {
             Kind::Cached => quote!(Cached),
@@ -188,7 +203,13 @@ impl Key<'_> {
         };
         let template = &self.args.template;
         let text = LitStr::new(&template.value(), template.span());
-        let name = LitStr::new(&name.unraw().to_string(), name.span());
+        // A trait impl's methods are told apart by their impl: two types'
+        // `find` in one module are two functions.
+        let name = match self.owner {
+            Some(owner) => format!("<{owner}>::{}", name_ident.unraw()),
+            None => name_ident.unraw().to_string(),
+        };
+        let name = LitStr::new(&name, name_ident.span());
         quote! {
             static #site: ::cachify::__private::Site = ::cachify::__private::Site::new(
                 ::cachify::__private::CallKind::#kind,

@@ -78,6 +78,8 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
         })
         .collect();
 
+    let self_ty = &block.self_ty;
+    let owner = compact(&quote!(#self_ty as #trait_path));
     let mut errors = TokenStream::new();
     let mut siblings = Vec::new();
     for item in &mut block.items {
@@ -104,7 +106,7 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
             associated_types: &associated_types,
         }
         .visit_signature_mut(&mut method.sig);
-        match expand_method(kind, &attribute, method, sibling_vis) {
+        match expand_method(kind, &attribute, method, sibling_vis, &owner) {
             Ok(Expansion {
                 function,
                 siblings: more,
@@ -267,6 +269,7 @@ fn expand_method(
     attribute: &Attribute,
     method: &ImplItemFn,
     sibling_vis: &Visibility,
+    owner: &str,
 ) -> syn::Result<Expansion> {
     let args = match &attribute.meta {
         Meta::List(list) => list.tokens.clone(),
@@ -287,7 +290,28 @@ fn expand_method(
         ..
     } = method;
     let item = quote!(#(#attrs)* #vis #sig #block);
-    expand::try_expand(kind, args, item, Some(sibling_vis))
+    let method = expand::Method {
+        sibling_vis,
+        owner: owner.to_owned(),
+    };
+    expand::try_expand(kind, args, item, Some(method))
+}
+
+/// Tokens as Rust code is usually written: `Store<T> as Repo`, not
+/// `Store < T > as Repo`.
+fn compact(tokens: &TokenStream) -> String {
+    let mut text = tokens.to_string();
+    for (spaced, tight) in [
+        (" <", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        (" ::", "::"),
+        (":: ", "::"),
+    ] {
+        text = text.replace(spaced, tight);
+    }
+    text
 }
 
 /// Rewrites `Self::Id`, for an associated type `Id` of this impl, as
