@@ -10,10 +10,12 @@
 //! or a concurrent caller's run answered) and `bypass` (the circuit breaker
 //! was open). HTTP lookups get the same span, kind `http`, with their
 //! namespace as the template and `hit` or `miss`. Locks log DEBUG events
-//! at target `cachify::lock`, with a field `lock` saying what happened: `acquired`, `contended` (the lock was
-//! held by someone else and this request gave up), `lost` (the watchdog
-//! found it taken away) and `released`. Backend failures stay WARN lines,
-//! at most one per kind every five seconds.
+//! at target `cachify::lock`, with a field `lock` saying what happened:
+//! `acquired`, `contended` (the lock was held by someone else and this
+//! request gave up), `lost` (the watchdog found it taken away) and
+//! `released` (its holder let go of it; on drop the store is told in the
+//! background, so the event comes before the store confirms). Backend
+//! failures stay WARN lines, at most one per kind every five seconds.
 //!
 //! **Metrics** (feature `metrics`). Each is labelled `kind` (`cached`,
 //! `once`, `lock` or `http`) and `template` (the key template as written,
