@@ -56,11 +56,8 @@ pub(crate) fn try_expand(
         .map_err(|message| syn::Error::new(args.template.span(), message))?;
     let roots = valid::placeholders(&function.sig, &args.template, &pieces)?;
     valid::return_type(kind, &args, &function.sig)?;
-    valid::none_ttl(
-        &args,
-        &function.sig,
-        shape::of(&function.sig.output).optional,
-    )?;
+    let shape = shape::of(&function.sig.output);
+    valid::none_ttl(&args, &function.sig, shape.optional)?;
 
     let key = Key {
         kind,
@@ -68,6 +65,7 @@ pub(crate) fn try_expand(
         pieces: &pieces,
         roots: &roots,
         owner: method.as_ref().map(|method| method.owner.as_str()),
+        shape,
     };
     let sibling_vis = method
         .as_ref()
@@ -87,6 +85,8 @@ struct Key<'a> {
     roots: &'a [Ident],
     /// `Type as Trait` for a method of a trait impl.
     owner: Option<&'a str>,
+    /// The return type's storage policy (used by `#[cached]`).
+    shape: shape::Shape,
 }
 
 /// Names of generated locals: mixed-site hygiene keeps them apart from user code.
@@ -143,19 +143,28 @@ impl Key<'_> {
             .collect()
     }
 
+    /// The kind's variant name, the same in `KeyKind` and `CallKind`.
+    fn kind_variant(&self) -> TokenStream {
+        match self.kind {
+            Kind::Cached => quote!(Cached),
+            Kind::Once => quote!(Once),
+            Kind::Lock => quote!(Lock),
+        }
+    }
+
+    /// The template as written, as a string literal at its own span.
+    fn template_text(&self) -> LitStr {
+        let template = &self.args.template;
+        LitStr::new(&template.value(), template.span())
+    }
+
     /// Binds the rendered key as `__cachify_key` (the client must be bound).
     fn key_binding(&self) -> TokenStream {
         let client_var = local("__cachify_client");
         let key_var = local("__cachify_key");
         let template_const = local("__CACHIFY_TEMPLATE");
-        let kind = match self.kind {
-            Kind::Cached => quote!(Cached),
-            Kind::Once => quote!(Once),
-            Kind::Lock => quote!(Lock),
-        };
-        let template = &self.args.template;
-        let text = LitStr::new(&template.value(), template.span());
-        let span = template.span();
+        let (kind, text) = (self.kind_variant(), self.template_text());
+        let span = self.args.template.span();
         let pieces = self.pieces.iter().map(|piece| match piece {
             Piece::Text(text) => quote!(::cachify::__private::Piece::Text(#text)),
             Piece::Value(placeholder) => {
@@ -196,13 +205,7 @@ impl Key<'_> {
     /// counters (and, for `#[cached]`, typed indexes).
     fn site(&self, name_ident: &Ident) -> TokenStream {
         let site = local("__CACHIFY_SITE");
-        let kind = match self.kind {
-            Kind::Cached => quote!(Cached),
-            Kind::Once => quote!(Once),
-            Kind::Lock => quote!(Lock),
-        };
-        let template = &self.args.template;
-        let text = LitStr::new(&template.value(), template.span());
+        let (kind, text) = (self.kind_variant(), self.template_text());
         // A trait impl's methods are told apart by their impl: two types'
         // `find` in one module are two functions.
         let name = match self.owner {
@@ -370,7 +373,8 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             policy,
             stored_span,
             ..
-        } = shape::of(&sig.output);
+        } = &key.shape;
+        let stored_span = *stored_span;
         let runner = if sig.asyncness.is_some() {
             quote!(cached)
         } else {
@@ -388,7 +392,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             Some(fill_lock) => fill_lock.to_token_stream(),
             None => quote!(false),
         };
-        let fast = key.typed_fast_path(&policy, &ty.to_token_stream(), stored_span);
+        let fast = key.typed_fast_path(policy, &ty.to_token_stream(), stored_span);
         let (client, key_binding) = (key.client_binding(), key.key_binding());
         let site = key.site(&sig.ident);
         let prelude = quote! {
