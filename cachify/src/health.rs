@@ -61,6 +61,9 @@ pub struct Stats {
     pub near_invalidations: u64,
     /// State of the cache path's circuit breaker.
     pub breaker: BreakerState,
+    /// Replies answered with an entry past its freshness: HTTP
+    /// stale-while-revalidate and stale-if-error.
+    pub stale: u64,
 }
 
 /// The circuit breaker of the cache path.
@@ -117,6 +120,7 @@ pub(crate) struct Counters {
     pub(crate) near_hits: Counter,
     pub(crate) near_misses: Counter,
     pub(crate) near_invalidations: Counter,
+    pub(crate) stale: Counter,
 }
 
 impl Counters {
@@ -133,6 +137,7 @@ impl Counters {
             near_misses: self.near_misses.get(),
             near_invalidations: self.near_invalidations.get(),
             breaker,
+            stale: self.stale.get(),
         }
     }
 }
@@ -284,6 +289,8 @@ pub(crate) struct Health {
     pub(crate) cache_log: LogLimit,
     /// Lock failures (fail closed).
     pub(crate) lock_log: LogLimit,
+    /// Stale values served in place of an error.
+    pub(crate) stale_log: LogLimit,
 }
 
 /// How often a failure of one kind may be logged.
@@ -299,6 +306,7 @@ impl Health {
             breaker: Breaker::new(threshold, cool_down),
             cache_log: LogLimit::new(LOG_PERIOD),
             lock_log: LogLimit::new(LOG_PERIOD),
+            stale_log: LogLimit::new(LOG_PERIOD),
         }
     }
 }

@@ -17,6 +17,9 @@ use super::CacheControl;
 pub(super) const X_CACHIFY: HeaderName = HeaderName::from_static("x-cachify");
 pub(super) const HIT: HeaderValue = HeaderValue::from_static("HIT");
 pub(super) const MISS: HeaderValue = HeaderValue::from_static("MISS");
+/// Answered from an entry past its freshness (stale-while-revalidate or
+/// stale-if-error).
+pub(super) const STALE: HeaderValue = HeaderValue::from_static("STALE");
 
 /// Response headers that are never stored: hop-by-hop headers, headers
 /// that belong to one response only (`Date`, `Set-Cookie`), and the ones
@@ -52,8 +55,10 @@ pub(super) struct Entry {
     /// When the response was stored, in milliseconds since the Unix epoch:
     /// the `Age` of a replayed handler `Cache-Control` counts from it.
     stored_at: u64,
-    /// When the entry expires, in milliseconds since the Unix epoch: kept in
-    /// the entry so that every process reports the same remaining max-age.
+    /// When the entry stops being fresh, in milliseconds since the Unix
+    /// epoch: kept in the entry so that every process reports the same
+    /// remaining max-age. With stale serving the backend keeps the entry
+    /// longer; without it, this is also when the backend drops it.
     expires_at: u64,
     /// The request headers named by the response's `Vary`, as they were
     /// when it was stored. A request that differs in one of them is a miss.
@@ -170,7 +175,7 @@ pub(super) struct Reply<'a> {
     pub(super) private: bool,
     /// What to say when the handler set no `Cache-Control`.
     pub(super) cache_control: &'a CacheControl,
-    /// `HIT` or `MISS`.
+    /// `HIT`, `MISS` or `STALE`.
     pub(super) outcome: HeaderValue,
 }
 
@@ -226,15 +231,31 @@ impl Entry {
         }
     }
 
-    /// Whether this entry may answer `request` at `now`: not expired, and
-    /// the request agrees on every header the response varies on.
-    pub(super) fn answers(&self, request: &HeaderMap, now: u64) -> bool {
-        self.expires_at > now
-            && StatusCode::from_u16(self.status).is_ok()
+    /// Whether `request` agrees on every header the response varies on,
+    /// and the stored status is one that can be replayed.
+    pub(super) fn matches(&self, request: &HeaderMap) -> bool {
+        StatusCode::from_u16(self.status).is_ok()
             && self
                 .vary
                 .iter()
                 .all(|(name, value)| request_value(request, name) == *value)
+    }
+
+    /// Whether the entry is still fresh at `now`.
+    pub(super) fn is_fresh(&self, now: u64) -> bool {
+        self.expires_at > now
+    }
+
+    /// Whether `now` is no later than `window` after the entry stopped
+    /// being fresh (a fresh entry is within any window).
+    pub(super) fn stale_within(&self, now: u64, window: Duration) -> bool {
+        let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self.expires_at.saturating_add(window) > now
+    }
+
+    /// The `Age` of this entry at `now`: whole seconds since it was stored.
+    fn age(&self, now: u64) -> HeaderValue {
+        HeaderValue::from(Duration::from_millis(now.saturating_sub(self.stored_at)).as_secs())
     }
 
     fn header(&self, name: &HeaderName) -> Option<&Bytes> {
@@ -278,14 +299,18 @@ impl Entry {
                 headers.insert(CACHE_CONTROL, private);
             }
             // The handler's freshness counts from when it answered.
-            if reply.outcome == HIT {
-                let age = Duration::from_millis(now.saturating_sub(self.stored_at)).as_secs();
-                headers.insert(AGE, HeaderValue::from(age));
+            if reply.outcome == HIT || reply.outcome == STALE {
+                headers.insert(AGE, self.age(now));
             }
         } else {
+            // A stale entry has no time left: `max-age=0` by default.
             let max_age = Duration::from_millis(self.expires_at.saturating_sub(now)).as_secs();
             if let Some(value) = reply.cache_control.header(reply.private, max_age) {
                 headers.insert(CACHE_CONTROL, value);
+            }
+            // Says the reply was not produced for this request (RFC 9111, 5.1).
+            if reply.outcome == STALE {
+                headers.insert(AGE, self.age(now));
             }
         }
         headers.insert(X_CACHIFY, reply.outcome.clone());
@@ -294,7 +319,7 @@ impl Entry {
             return response;
         }
         headers.insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
-        // `answers` checked the status.
+        // `matches` checked the status.
         *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
         if !reply.head {
             *response.body_mut() = Body::from(self.body.clone());
@@ -406,9 +431,26 @@ mod tests {
         let response = parts(200, &[("vary", "Accept-Language")]);
         let stored_for = request(&[("accept-language", "fr")]);
         let entry = Entry::new(&response, Bytes::new(), &stored_for, 0, u64::MAX);
-        assert!(entry.answers(&stored_for, 0));
-        assert!(!entry.answers(&request(&[("accept-language", "de")]), 0));
-        assert!(!entry.answers(&request(&[]), 0));
-        assert!(!entry.answers(&stored_for, u64::MAX), "expired");
+        assert!(entry.matches(&stored_for));
+        assert!(!entry.matches(&request(&[("accept-language", "de")])));
+        assert!(!entry.matches(&request(&[])));
+    }
+
+    #[test]
+    fn freshness_and_stale_windows() {
+        let entry = Entry::new(&parts(200, &[]), Bytes::new(), &HeaderMap::new(), 0, 1_000);
+        assert!(entry.is_fresh(999));
+        assert!(!entry.is_fresh(1_000), "expired");
+        assert!(
+            entry.stale_within(999, Duration::ZERO),
+            "fresh is within any window"
+        );
+        assert!(!entry.stale_within(1_000, Duration::ZERO));
+        assert!(entry.stale_within(1_999, Duration::from_secs(1)));
+        assert!(!entry.stale_within(2_000, Duration::from_secs(1)));
+        assert!(
+            entry.stale_within(u64::MAX - 1, Duration::MAX),
+            "no overflow"
+        );
     }
 }

@@ -97,6 +97,7 @@ mod control;
 mod entry;
 mod query;
 mod service;
+mod stale;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -115,6 +116,7 @@ use crate::error::Error;
 use crate::keyspace;
 use crate::mode::Async;
 use crate::observe::{CallKind, Tally};
+use crate::store::clamp_ttl;
 
 /// TTL of entries when neither the layer nor the client sets one.
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -138,6 +140,13 @@ struct Settings {
     /// The counters of the last client served, so that a request takes no
     /// lock to find them; cleared by every builder method.
     tally: OnceLock<(u64, Arc<Tally>)>,
+    /// How long after expiry a request is answered at once with the
+    /// stored response while it is refreshed in the background.
+    stale_while_revalidate: Duration,
+    /// How long after expiry a 5xx is answered with the stored response.
+    stale_if_error: Duration,
+    /// The keys this layer (and its clones) is refreshing in the background.
+    refreshing: Arc<stale::Refreshing>,
 }
 
 impl Default for Settings {
@@ -153,6 +162,9 @@ impl Default for Settings {
             ignored_query_params: Vec::new(),
             key_fn: None,
             tally: OnceLock::new(),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            refreshing: Arc::default(),
         }
     }
 }
@@ -169,6 +181,8 @@ impl fmt::Debug for Settings {
             .field("cache_control", &self.cache_control)
             .field("ignored_query_params", &self.ignored_query_params)
             .field("key_fn", &self.key_fn.as_ref().map(|_| "custom"))
+            .field("stale_while_revalidate", &self.stale_while_revalidate)
+            .field("stale_if_error", &self.stale_if_error)
             .finish()
     }
 }
@@ -183,6 +197,12 @@ impl Settings {
 
     fn ttl(&self, client: &Cachify) -> Duration {
         self.ttl.or(client.default_ttl()).unwrap_or(DEFAULT_TTL)
+    }
+
+    /// How long the backend keeps an entry that is fresh for `ttl`: longer
+    /// by the larger stale window, so it can still be served stale.
+    fn kept_for(&self, ttl: Duration) -> Duration {
+        clamp_ttl(ttl.saturating_add(self.stale_while_revalidate.max(self.stale_if_error)))
     }
 
     /// The counters of this namespace on `core`'s client: kept for the
@@ -512,6 +532,83 @@ impl CacheLayer {
     /// ```
     pub async fn clear(&self) -> Result<u64, Error> {
         clear_namespace(self.settings.client(), &self.settings.namespace).await
+    }
+
+    /// Serves expired entries for up to `window` after their expiry
+    /// (RFC 5861's `stale-while-revalidate`): a GET in that window is
+    /// answered at once with the stored response (`x-cachify: STALE`), and
+    /// the handler runs in the background to refresh the entry. Default
+    /// zero: an expired entry is a miss.
+    ///
+    /// - One background refresh per key at a time: in this process (per
+    ///   layer and its clones), and across processes through the key's fill
+    ///   lock. A refresh whose response is not stored (an error, a 5xx,
+    ///   `no-store`, too large) leaves the stale entry in place until
+    ///   `window` runs out; the next stale request tries again.
+    /// - The refresh is the request that found the entry stale, sent on to
+    ///   a clone of the inner service, on the caller's tokio runtime. That
+    ///   is why [`CacheService`] requires its inner service to be
+    ///   `Clone + Send + 'static` (axum's routers and handlers are).
+    /// - Entries stay in the backend for `ttl` plus the larger of this and
+    ///   [`stale_if_error`](Self::stale_if_error).
+    /// - A stale reply carries `Age` and says it is not fresh: with the
+    ///   default [`CacheControl::remaining_ttl`] it is `max-age=0`; a
+    ///   handler's own `Cache-Control` is replayed with an `Age` past it;
+    ///   a [`CacheControl::fixed`] header is sent as written.
+    /// - HEAD requests and requests with `Cache-Control: no-cache` (when
+    ///   [`request_cache_control`](Self::request_cache_control) obeys them)
+    ///   are never answered stale.
+    /// - A stale reply counts in [`Stats::stale`](crate::Stats::stale), and
+    ///   as a miss.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use cachify::http::CacheLayer;
+    ///
+    /// // Fresh for a minute; for 5 minutes more, answered at once while refreshed.
+    /// let cache = CacheLayer::new()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .stale_while_revalidate(Duration::from_secs(300));
+    /// let app: Router = Router::new()
+    ///     .route("/report", get(|| async { "slow to build" }))
+    ///     .route_layer(cache);
+    /// ```
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.settings().stale_while_revalidate = window;
+        self
+    }
+
+    /// Answers a 5xx from the handler with the stored response, for up to
+    /// `window` after the entry's expiry (RFC 5861's `stale-if-error`).
+    /// Default zero: a 5xx passes through.
+    ///
+    /// - Only server errors (5xx responses) are replaced; a 4xx, and an
+    ///   `Err` from the inner service, pass through. With no entry, or
+    ///   past `window`, the 5xx passes through too.
+    /// - The stale reply is `x-cachify: STALE`, with `Age` and a
+    ///   `Cache-Control` as described under
+    ///   [`stale_while_revalidate`](Self::stale_while_revalidate); the
+    ///   entry is not refreshed, and the handler runs again on the next
+    ///   request.
+    /// - Each one logs a warning (at most one line per 5 s, with the count
+    ///   of lines held back), and counts in
+    ///   [`Stats::stale`](crate::Stats::stale).
+    /// - Entries stay in the backend for `ttl` plus the larger of this and
+    ///   `stale_while_revalidate`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cachify::http::CacheLayer;
+    ///
+    /// // If the upstream fails, keep serving what we had for up to an hour.
+    /// let cache = CacheLayer::new()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .stale_if_error(Duration::from_secs(3600));
+    /// ```
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.settings().stale_if_error = window;
+        self
     }
 }
 

@@ -18,7 +18,8 @@ use tracing::Instrument;
 
 use super::Settings;
 use super::body::{self, Buffered};
-use super::entry::{self, Entry, HIT, MISS, Reply, X_CACHIFY};
+use super::entry::{self, Entry, HIT, MISS, Reply, STALE, X_CACHIFY};
+use super::stale::{self, Refresh, SetAside};
 use crate::cache::{Computed, Core, Fetch, Served};
 use crate::mode::Async;
 use crate::observe::{self, CallKind, CallOutcome};
@@ -146,7 +147,7 @@ impl Plan {
 }
 
 /// What the handler produced.
-enum Handled {
+pub(super) enum Handled {
     /// A response to pass on as it is, not stored.
     Passed(Response<Body>),
     /// A response to store, the extensions of the original response, and
@@ -160,8 +161,10 @@ async fn handle<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<Body>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: Send,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -179,7 +182,11 @@ where
     // The lookup's span, as a `#[cached]` call has: the namespace is its
     // template; the handler's own spans nest inside it on a miss.
     let span = observe::call_span(CallKind::Http, &settings.namespace, "", &plan.key);
-    let accept = |entry: &Entry| entry.answers(&request_headers, entry::now());
+    // A GET that finds its entry stale, but within a window, may be
+    // answered with it; the read sets it aside.
+    let stale_window = settings.stale_while_revalidate.max(settings.stale_if_error);
+    let set_aside = SetAside::default();
+    let accept = |entry: &Entry| set_aside.accept(entry, &request_headers, stale_window);
     let hit =
         |entry: Entry| entry.respond(&plan.reply(&settings, &request_headers, HIT), entry::now());
 
@@ -205,11 +212,41 @@ where
     }
 
     let ttl = clamp_ttl(settings.ttl(client));
+    let kept = settings.kept_for(ttl);
     let compute = async {
         let request = Request::from_parts(parts, body);
+        if let Some(entry) = set_aside.take_within(settings.stale_while_revalidate) {
+            let refresh = Refresh {
+                settings: Arc::clone(&settings),
+                client: client.clone(),
+                tally: Arc::clone(&tally),
+                key: plan.key.clone(),
+                ttl,
+                kept,
+            };
+            stale::revalidate(refresh, inner.clone(), request);
+            stale::count(client, &plan.key, None);
+            let reply = plan.reply(&settings, &request_headers, STALE);
+            return Computed {
+                output: Ok(entry.respond(&reply, entry::now())),
+                value: None,
+                store: false,
+                ttl: None,
+            };
+        }
         let handled = run(&settings, core, &plan.key, ttl, &mut inner, request).await;
         let (output, value) = match handled {
             Err(error) => (Err(error), None),
+            Ok(Handled::Passed(response)) if response.status().is_server_error() => {
+                match set_aside.take_within(settings.stale_if_error) {
+                    Some(entry) => {
+                        stale::count(client, &plan.key, Some(response.status().as_u16()));
+                        let reply = plan.reply(&settings, &request_headers, STALE);
+                        (Ok(entry.respond(&reply, entry::now())), None)
+                    }
+                    None => (Ok(response), None),
+                }
+            }
             Ok(Handled::Passed(response)) => (Ok(response), None),
             Ok(Handled::Storable(entry, extensions, now)) => {
                 // Built from the entry, so a miss and the hits after it look the same.
@@ -224,7 +261,7 @@ where
             output,
             value,
             store,
-            ttl: Some(ttl),
+            ttl: Some(kept),
         }
     };
     let lookup = async {
@@ -233,7 +270,7 @@ where
             // flight, and stores what it got.
             let computed = compute.await;
             if let (true, Some(entry)) = (computed.store, &computed.value) {
-                core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl))
+                core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(kept))
                     .await;
             }
             Served::Ran(computed.output)
@@ -261,7 +298,7 @@ where
 }
 
 /// Runs the handler and decides whether its response can be stored.
-async fn run<S, ReqBody, ResBody>(
+pub(super) async fn run<S, ReqBody, ResBody>(
     settings: &Settings,
     core: &Core,
     key: &str,
