@@ -343,6 +343,12 @@ async fn one_refresh_per_key(store: Store) {
     }
     control.wait_for_calls(2).await;
     assert_eq!(control.calls(), 2, "one refresh for 20 stale requests");
+    let stats = client.stats();
+    assert_eq!(
+        (stats.locks_acquired, stats.lock_contention),
+        (1, 0),
+        "the other requests saw the refresh in this process, without asking the backend"
+    );
 
     control.open_gate();
     app.wait_for_hit("/data", "v2").await;
