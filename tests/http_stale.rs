@@ -16,6 +16,9 @@ use axum::routing::get;
 use cachify::Cachify;
 use cachify::http::CacheLayer;
 use tokio::sync::watch;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 /// Per request, headers and body: a broken test fails instead of hanging.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,6 +100,7 @@ on_every_backend!(
     stale_if_error_replaces_a_5xx,
     stale_if_error_passes_errors_without_an_entry_or_past_the_window,
     client_errors_are_not_replaced,
+    stale_if_error_warns_at_most_once_per_period,
 );
 
 /// A handler whose first run answers at once and whose later runs wait
@@ -558,4 +562,60 @@ async fn client_errors_are_not_replaced(store: Store) {
     );
     assert_eq!(reply.text(), "v2");
     assert_eq!(client.stats().stale, 0);
+}
+
+/// The WARN events seen by [`Warnings`], as `field=value` lists.
+type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Records the WARN events of the thread it is installed on.
+struct Warnings(Seen);
+
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={value:?} ", field.name()));
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Warnings {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        if *event.metadata().level() == Level::WARN {
+            let mut fields = String::new();
+            event.record(&mut Fields(&mut fields));
+            self.0.lock().expect("the capture").push(fields);
+        }
+    }
+}
+
+/// The test runtime has one thread, where the server's tasks run too: a
+/// subscriber set on it sees the layer's events.
+async fn stale_if_error_warns_at_most_once_per_period(store: Store) {
+    let seen = Seen::default();
+    let subscriber = tracing_subscriber::registry().with(Warnings(Arc::clone(&seen)));
+    let _installed = tracing::subscriber::set_default(subscriber);
+    let client = store.client("sie-warning").await;
+    let control = Control::open();
+    let app = serve(control.router(layer(&client).stale_if_error(LONG))).await;
+    assert_eq!(app.get("/data").await.text(), "v1");
+    tokio::time::sleep(PAST_TTL).await;
+
+    control.answer_with(StatusCode::BAD_GATEWAY);
+    for _ in 0..3 {
+        let reply = app.get("/data").await;
+        assert_eq!((reply.cache(), reply.text()), (Some("STALE"), "v1"));
+    }
+    assert_eq!(client.stats().stale, 3);
+    let seen = seen.lock().expect("the capture");
+    let stale: Vec<&String> = seen
+        .iter()
+        .filter(|fields| fields.contains("serving the stale cached response"))
+        .collect();
+    assert_eq!(stale.len(), 1, "one line per period: {seen:?}");
+    assert!(stale[0].contains("status=502"), "{}", stale[0]);
+    assert!(
+        stale[0].contains("http-stale-sie-warning"),
+        "names the key: {}",
+        stale[0]
+    );
 }
