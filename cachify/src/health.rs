@@ -289,7 +289,8 @@ pub(crate) struct Health {
     pub(crate) cache_log: LogLimit,
     /// Lock failures (fail closed).
     pub(crate) lock_log: LogLimit,
-    /// Stale values served in place of an error.
+    /// Stale responses served in place of an error.
+    #[cfg(feature = "axum")]
     pub(crate) stale_log: LogLimit,
 }
 
@@ -306,6 +307,7 @@ impl Health {
             breaker: Breaker::new(threshold, cool_down),
             cache_log: LogLimit::new(LOG_PERIOD),
             lock_log: LogLimit::new(LOG_PERIOD),
+            #[cfg(feature = "axum")]
             stale_log: LogLimit::new(LOG_PERIOD),
         }
     }

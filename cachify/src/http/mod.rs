@@ -59,7 +59,8 @@
 //!
 //! # What replies carry
 //!
-//! - `x-cachify: HIT` or `MISS` (requests that bypass the cache get none).
+//! - `x-cachify: HIT` or `MISS` (requests that bypass the cache get none),
+//!   or `STALE` (see [Stale responses](#stale-responses)).
 //! - The handler's own `Cache-Control`, as it was, when it set one; hits
 //!   then also carry `Age`, the seconds since the response was stored.
 //! - Otherwise the layer's [`CacheLayer::cache_control`]. By default that
@@ -71,6 +72,27 @@
 //!   same in every process and across restarts.
 //! - A request whose `If-None-Match` matches gets `304 Not Modified`, on
 //!   hits and on misses alike.
+//!
+//! # Stale responses
+//!
+//! By default an entry is a miss once its TTL is over. Two windows after
+//! the TTL keep it useful (RFC 5861):
+//!
+//! - [`CacheLayer::stale_while_revalidate`]: within it, a GET is answered
+//!   at once with the stored response, and one background request per key
+//!   (in this process, and across processes by the key's fill lock)
+//!   refreshes the entry.
+//! - [`CacheLayer::stale_if_error`]: within it, a 5xx from the handler is
+//!   answered with the stored response instead, and a warning is logged.
+//!
+//! The backend keeps entries for the TTL plus the larger window; the entry
+//! itself records when it stops being fresh, as it always has. A stale
+//! reply says `x-cachify: STALE`, carries `Age`, and does not claim to be
+//! fresh: with [`CacheControl::remaining_ttl`] it says `max-age=0`, and a
+//! handler's own `Cache-Control` comes with an `Age` past its freshness
+//! (RFC 9111, 4.2.4 and 5.1). HEAD requests and requests with
+//! `Cache-Control: no-cache` are never answered stale. Stale replies count
+//! in [`Stats::stale`](crate::Stats::stale).
 //!
 //! # Keys
 //!
