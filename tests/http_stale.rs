@@ -101,6 +101,8 @@ on_every_backend!(
     stale_if_error_passes_errors_without_an_entry_or_past_the_window,
     client_errors_are_not_replaced,
     stale_if_error_warns_at_most_once_per_period,
+    head_is_never_answered_stale,
+    a_handler_cache_control_is_replayed_with_its_age,
 );
 
 /// A handler whose first run answers at once and whose later runs wait
@@ -110,6 +112,8 @@ struct Backend {
     calls: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
     gate: watch::Receiver<bool>,
+    /// The handler's own `Cache-Control`, if any.
+    cache_control: Option<&'static str>,
 }
 
 struct Control {
@@ -125,6 +129,7 @@ impl Control {
                 calls: Arc::default(),
                 status: Arc::new(AtomicU16::new(200)),
                 gate: receiver,
+                cache_control: None,
             },
             gate,
         }
@@ -177,7 +182,11 @@ impl Control {
                             let mut gate = backend.gate.clone();
                             gate.wait_for(|open| *open).await.expect("the gate is kept");
                         }
-                        (status, format!("v{run}"))
+                        let mut headers = HeaderMap::new();
+                        if let Some(cache_control) = backend.cache_control {
+                            headers.insert("cache-control", cache_control.parse().expect("valid"));
+                        }
+                        (status, headers, format!("v{run}"))
                     }
                 }),
             )
@@ -618,4 +627,40 @@ async fn stale_if_error_warns_at_most_once_per_period(store: Store) {
         "names the key: {}",
         stale[0]
     );
+}
+
+async fn head_is_never_answered_stale(store: Store) {
+    let client = store.client("head").await;
+    let control = Control::new();
+    let app = serve(control.router(layer(&client).stale_while_revalidate(LONG))).await;
+    assert_eq!(app.get("/data").await.text(), "v1");
+    let head = app.send(app.http.head(format!("{}/data", app.base))).await;
+    assert_eq!(head.cache(), Some("HIT"), "a fresh entry answers HEAD");
+    tokio::time::sleep(PAST_TTL).await;
+
+    control.open_gate();
+    let head = app.send(app.http.head(format!("{}/data", app.base))).await;
+    assert_eq!(head.cache(), Some("MISS"), "the handler answers a HEAD");
+    assert_eq!(control.calls(), 2);
+    assert_eq!(client.stats().stale, 0);
+}
+
+async fn a_handler_cache_control_is_replayed_with_its_age(store: Store) {
+    let client = store.client("handler-cache-control").await;
+    let mut control = Control::open();
+    control.backend.cache_control = Some("public, max-age=1");
+    let app = serve(control.router(layer(&client).stale_if_error(LONG))).await;
+    assert_eq!(app.get("/data").await.text(), "v1");
+    tokio::time::sleep(PAST_TTL).await;
+
+    control.answer_with(StatusCode::INTERNAL_SERVER_ERROR);
+    let stale = app.get("/data").await;
+    assert_eq!((stale.cache(), stale.text()), (Some("STALE"), "v1"));
+    assert_eq!(stale.header("cache-control"), Some("public, max-age=1"));
+    let age: u64 = stale
+        .header("age")
+        .expect("an Age")
+        .parse()
+        .expect("Age is seconds");
+    assert!(age >= 1, "Age {age} is past the handler's max-age");
 }
