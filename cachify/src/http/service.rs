@@ -27,6 +27,12 @@ use crate::store::clamp_ttl;
 
 /// The service [`CacheLayer`](super::CacheLayer) wraps around a handler or
 /// router. Its responses have axum's [`Body`].
+///
+/// The inner service must be `Clone + Send + 'static` (axum's routers,
+/// handlers and method routers are): each call is served by a clone, and
+/// with [`stale_while_revalidate`](super::CacheLayer::stale_while_revalidate)
+/// a clone refreshes an entry in a background task, after the response
+/// was sent.
 #[derive(Clone)]
 pub struct CacheService<S> {
     pub(super) inner: S,
