@@ -8,9 +8,18 @@
 //! | fill lock of `#[cached(lock = true)]` | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
 //! | fencing counter of a lock | `{prefix}fence:{` + lock key + `}` | `cachify:fence:{cachify:lock:nightly}` |
 //! | HTTP response | `{prefix}http:{namespace}:{request}` | `cachify:http:users:GET:/users?a=1` |
+//! | version of a tag (`tags = [..]`) | `{prefix}tag:{` + encoded tag + `}:v` | `cachify:tag:{user:42}:v` |
+//! | index of a tag's entries | `{prefix}tag:{` + encoded tag + `}:i` | `cachify:tag:{user:42}:i` |
 //!
-//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`)
+//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`)
 //! differs from the others, so kinds never share a key.
+//!
+//! **Tags.** A tag's version and index share one hash tag, the encoded tag
+//! (or the prefix's own tag), so a script can touch both on a cluster. The
+//! tag is encoded like a value (`%`, `#`, braces, whitespace and glob
+//! characters as `%XX`), so it cannot end the hash tag early; the empty tag
+//! is `%` (which no encoded tag is) and a tag longer than
+//! [`MAX_TAG_LEN`] bytes is `#sha256:` and its digest.
 //!
 //! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
 //! lock and its fencing counter. The counter's key wraps the whole lock key
@@ -71,6 +80,10 @@ const FILL_TAG: &str = "fill:";
 const FENCE_TAG: &str = "fence:";
 #[cfg(feature = "axum")]
 const HTTP_TAG: &str = "http:";
+const TAG_TAG: &str = "tag:";
+
+/// Encoded tags longer than this many bytes are replaced by a digest.
+pub const MAX_TAG_LEN: usize = 512;
 
 /// A key template, parsed and checked at compile time by the macros.
 #[derive(Debug)]
@@ -239,6 +252,145 @@ impl Keyspace {
         };
         scopes
     }
+
+    /// The version counter and the entry index of `tag`, in one cluster
+    /// slot (see the module documentation).
+    pub(crate) fn tag(&self, tag: &str) -> TagKeys {
+        let mut encoded = String::with_capacity(tag.len() + 2);
+        let _ = Escaper {
+            out: &mut encoded,
+            stop: None,
+        }
+        .write_str(tag);
+        if encoded.is_empty() {
+            encoded.push('%');
+        } else if encoded.len() > MAX_TAG_LEN {
+            encoded.clear();
+            encoded.push_str("#sha256:");
+            push_hex(&mut encoded, &Sha256::digest(tag.as_bytes()));
+        }
+        let base = format!("{}{TAG_TAG}{{{encoded}}}", self.prefix);
+        TagKeys {
+            version: format!("{base}:v"),
+            index: format!("{base}:i"),
+        }
+    }
+
+    /// Every key that `template` renders for `kind`, under this prefix.
+    pub(crate) fn template_keys(&self, kind: KeyKind, template: &KeyTemplate) -> KeyMatch {
+        let mut start = format!("{}{}", self.prefix, kind.tag());
+        let skip = start.len();
+        if let Some(Piece::Text(text)) = template.pieces.first() {
+            start.push_str(text);
+        }
+        // A shortened key keeps only its head: the literal start is
+        // searched for only as far as that head reaches.
+        let mut head = start.len().min(LONG_KEY_HEAD);
+        while !start.is_char_boundary(head) {
+            head -= 1;
+        }
+        start.truncate(head);
+        KeyMatch {
+            pattern: scan_pattern(&start),
+            start,
+            template: Some((skip, template.pieces)),
+        }
+    }
+}
+
+/// The keys of one tag (see [`Keyspace::tag`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TagKeys {
+    /// The tag's version counter, bumped by every invalidation.
+    pub(crate) version: String,
+    /// The set of entry keys written under the tag.
+    pub(crate) index: String,
+}
+
+/// A set of keys to find and delete: a `SCAN MATCH` pattern, and an exact
+/// test of each key it finds.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyMatch {
+    /// Every matching key starts with this.
+    pub(crate) start: String,
+    /// The `SCAN MATCH` glob of `start`.
+    pub(crate) pattern: String,
+    /// The template the rest of the key must follow, after how many bytes
+    /// of prefix and kind; `None`: any key with the start matches.
+    template: Option<(usize, &'static [Piece])>,
+}
+
+impl KeyMatch {
+    /// Every key that starts with `start`.
+    pub(crate) fn prefix(start: &str) -> Self {
+        Self {
+            start: start.to_owned(),
+            pattern: scan_pattern(start),
+            template: None,
+        }
+    }
+
+    /// Whether `key` is one of the keys.
+    ///
+    /// A template key is read with the escaping rules of
+    /// [`Keyspace::render`]: literal text as written, and a value as `%XX`
+    /// tokens and raw characters that are neither escaped always nor its
+    /// stop character. A key shortened to a head and a digest matches when
+    /// its head is the start of such a key.
+    pub(crate) fn matches(&self, key: &str) -> bool {
+        let Some((skip, pieces)) = self.template else {
+            return key.starts_with(&self.start);
+        };
+        if !key.starts_with(&self.start) {
+            return false;
+        }
+        match shortened_head(key) {
+            Some(head) => head.len() >= skip && follows(&head[skip..], pieces, true),
+            None => follows(&key[skip..], pieces, false),
+        }
+    }
+}
+
+/// The readable head of a key that [`shorten`] shortened.
+fn shortened_head(key: &str) -> Option<&str> {
+    let (head, digest) = key.rsplit_once("#sha256:")?;
+    let digest_ok = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+    (digest_ok && head.len() <= LONG_KEY_HEAD).then_some(head)
+}
+
+/// Whether `rest` is what `pieces` render (with `partial`: the start of it).
+fn follows(mut rest: &str, pieces: &[Piece], partial: bool) -> bool {
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => match rest.strip_prefix(text) {
+                Some(after) => rest = after,
+                None => return partial && text.starts_with(rest),
+            },
+            Piece::Value { stop } => {
+                let bytes = rest.as_bytes();
+                let mut at = 0;
+                while let Some(c) = rest[at..].chars().next() {
+                    if c == '%' {
+                        let token = bytes.get(at + 1..at + 3);
+                        match token {
+                            Some(hex) if hex.iter().all(|b| b.is_ascii_hexdigit()) => at += 3,
+                            // A head may cut a token short.
+                            None if partial => return true,
+                            _ => return false,
+                        }
+                    } else if Some(c) == *stop {
+                        break;
+                    } else if always_escaped(c) {
+                        return false;
+                    } else {
+                        at += c.len_utf8();
+                    }
+                }
+                rest = &rest[at..];
+            }
+        }
+    }
+    rest.is_empty()
 }
 
 #[cfg(feature = "axum")]
@@ -298,6 +450,26 @@ pub(crate) fn http_request(path: &str, query: Option<&str>) -> String {
         }
     }
     key
+}
+
+/// A tag as a `tags = [..]` template renders it: the values as they
+/// format, unescaped, so `"user:{id}"` with `id = 42` is the tag a caller
+/// names as `"user:42"`. Two renderings that read alike are one tag, which
+/// can only make an invalidation delete more, never less.
+pub(crate) fn render_tag(template: &KeyTemplate, values: &[&dyn Display]) -> String {
+    let mut tag = String::with_capacity(template.text.len() + 8 * values.len());
+    let mut values = values.iter();
+    for piece in template.pieces {
+        match piece {
+            Piece::Text(text) => tag.push_str(text),
+            Piece::Value { .. } => {
+                if let Some(value) = values.next() {
+                    let _ = write!(tag, "{value}");
+                }
+            }
+        }
+    }
+    tag
 }
 
 /// A `SCAN MATCH` pattern for the keys that start with `prefix`: its glob

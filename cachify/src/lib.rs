@@ -168,7 +168,10 @@ pub use cachify_macros::{cached, lock, once, trait_impl};
 pub use crate::client::{Cachify, CachifyBuilder};
 pub use crate::codec::Codec;
 pub use crate::error::{BackendError, CodecError, Error};
-pub use crate::global::{Scoped, global, init, lock, scope, scope_blocking};
+pub use crate::global::{
+    Scoped, clear, clear_blocking, global, init, invalidate_tags, invalidate_tags_blocking, lock,
+    scope, scope_blocking,
+};
 pub use crate::health::{BreakerState, Stats};
 pub use crate::locks::{LockBuilder, LockGuard};
 pub use crate::observe::{CallKind, LOCK_API_TEMPLATE, TemplateStats};

@@ -233,7 +233,8 @@ where
             // flight, and stores what it got.
             let computed = compute.await;
             if let (true, Some(entry)) = (computed.store, &computed.value) {
-                core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl))
+                let _stored = core
+                    .write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl))
                     .await;
             }
             Served::Ran(computed.output)
@@ -244,6 +245,7 @@ where
                 fill_lock: false,
                 read: true,
                 accept: &accept,
+                tags: &[],
             };
             core.fetch::<Async, Entry, _, _, _>(fetch, compute).await
         }
