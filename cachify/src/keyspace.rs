@@ -871,4 +871,115 @@ mod tests {
         assert_eq!(key, keys.http(&scope, None, &long));
         assert_ne!(key, keys.http(&scope, None, &format!("{long}y")));
     }
+
+    #[test]
+    fn a_tags_keys_share_one_hash_tag_that_values_cannot_break() {
+        let plain = keys("cachify:");
+        let user = plain.tag("user:42");
+        assert_eq!(user.version, "cachify:tag:{user:42}:v");
+        assert_eq!(user.index, "cachify:tag:{user:42}:i");
+        for tag in ["user:42", "a}b", "{x}", "", "a b", &"y".repeat(2000)] {
+            let keys = plain.tag(tag);
+            let slot = hash_tag(&keys.version);
+            assert!(slot.is_some(), "{tag:?}: {keys:?}");
+            assert_eq!(slot, hash_tag(&keys.index), "{tag:?}");
+            assert!(keys.version.len() < MAX_KEY_LEN);
+        }
+        assert_ne!(plain.tag("").version, plain.tag("%").version);
+        assert_ne!(plain.tag("a}b").version, plain.tag("a").version);
+        assert_ne!(
+            plain.tag(&"y".repeat(2000)).version,
+            plain.tag(&"y".repeat(2001)).version
+        );
+        let tagged = keys("{app}:").tag("user:42");
+        assert_eq!(hash_tag(&tagged.version), Some("app"));
+        assert_eq!(hash_tag(&tagged.index), Some("app"));
+    }
+
+    #[test]
+    fn tags_render_their_values_as_written() {
+        const TAG: KeyTemplate = KeyTemplate {
+            text: "user:{id}-{name}",
+            pieces: &[
+                Piece::Text("user:"),
+                Piece::Value { stop: Some('-') },
+                Piece::Text("-"),
+                Piece::Value { stop: None },
+            ],
+        };
+        assert_eq!(render_tag(&TAG, &[&42, &"a b-c"]), "user:42-a b-c");
+    }
+
+    const CARD: KeyTemplate = KeyTemplate {
+        text: "user-{id}-card",
+        pieces: &[
+            Piece::Text("user-"),
+            Piece::Value { stop: Some('-') },
+            Piece::Text("-card"),
+        ],
+    };
+
+    #[test]
+    fn a_template_matches_the_keys_it_renders_and_no_other() {
+        let keys = keys("p:");
+        let card = keys.template_keys(KeyKind::Cached, &CARD);
+        assert_eq!(card.pattern, "p:cache:user-*");
+        for id in ["1", "a-b", "x y%", "", "é*?[", &"z".repeat(3000)] {
+            let key = keys.render(KeyKind::Cached, &CARD, &[&id]);
+            assert!(card.matches(&key), "{id:?}: {key}");
+        }
+        for other in [
+            "p:cache:user-settings-1",
+            "p:cache:user-1-cards",
+            "p:cache:user-1-card-",
+            "p:cache:user-1",
+            "p:cache:user-a b-card",
+            "p:cache:user-%2-card",
+            "p:once:user-1-card",
+            "q:cache:user-1-card",
+        ] {
+            assert!(!card.matches(other), "{other}");
+        }
+        // A shortened key of another template that cannot have this
+        // template's start.
+        const OTHER: KeyTemplate = KeyTemplate {
+            text: "user-settings-{id}",
+            pieces: &[Piece::Text("user-settings-"), Piece::Value { stop: None }],
+        };
+        let long = keys.render(KeyKind::Cached, &OTHER, &[&"z".repeat(3000)]);
+        assert!(long.contains("#sha256:"));
+        assert!(!card.matches(&long), "{long}");
+    }
+
+    #[test]
+    fn a_hex_digit_stop_character_is_found_outside_escapes() {
+        const HEX: KeyTemplate = KeyTemplate {
+            text: "{a}A{b}",
+            pieces: &[
+                Piece::Value { stop: Some('A') },
+                Piece::Text("A"),
+                Piece::Value { stop: None },
+            ],
+        };
+        let keys = keys("");
+        let hex = keys.template_keys(KeyKind::Cached, &HEX);
+        assert_eq!(hex.pattern, "cache:*");
+        for (a, b) in [("*", "x"), ("A", ""), ("", "A"), ("%2", "%")] {
+            let key = keys.render(KeyKind::Cached, &HEX, &[&a, &b]);
+            assert!(hex.matches(&key), "{key}");
+        }
+        assert!(!hex.matches("cache:xyz"), "no stop character");
+    }
+
+    #[test]
+    fn glob_characters_in_a_templates_start_match_only_themselves() {
+        const GLOB: KeyTemplate = KeyTemplate {
+            text: "a*[b]-{id}",
+            pieces: &[Piece::Text("a*[b]-"), Piece::Value { stop: None }],
+        };
+        let matching = keys("p?:").template_keys(KeyKind::Cached, &GLOB);
+        assert_eq!(matching.pattern, "p\\?:cache:a\\*\\[b\\]-*");
+        assert!(matching.matches("p?:cache:a*[b]-7"));
+        assert!(!matching.matches("px:cache:a*[b]-7"));
+    }
 }

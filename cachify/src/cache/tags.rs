@@ -35,12 +35,16 @@ use crate::mode::Mode;
 const TAG_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 impl Core {
-    /// The versions of `tags` before a computation; `None` when the store
-    /// did not answer (the value is then not stored).
+    /// The versions of `tags` before a computation; `None` when they are
+    /// unknown (the breaker is open, or the store did not answer), and the
+    /// value must not be stored.
     pub(super) async fn tag_versions<M: Mode>(&self, tags: &[String]) -> Option<Vec<u64>> {
         let mut versions = Vec::with_capacity(tags.len());
-        if tags.is_empty() || !self.health.breaker.allows() {
+        if tags.is_empty() {
             return Some(versions);
+        }
+        if !self.health.breaker.allows() {
+            return None;
         }
         for tag in tags {
             match M::io(self.tags.tag_version(&self.keys.tag(tag))).await {

@@ -367,4 +367,54 @@ mod tests {
         }
         assert_eq!(memory.held_locks(), 0);
     }
+
+    fn tag() -> TagKeys {
+        crate::keyspace::Keyspace::default().tag("t")
+    }
+
+    #[test]
+    fn tag_versions_move_and_indexes_list_their_entries() {
+        let memory = MemoryStore::new(100);
+        let tag = tag();
+        assert_eq!(now(memory.tag_version(&tag)), 0, "never bumped");
+        assert_eq!(now(memory.tag_entry(&tag, "k", None)), 0);
+        let members = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        assert_eq!(members, ["0|k"]);
+        let first = now(memory.tag_version(&tag));
+        assert!(first > 0);
+        now(memory.untag(&tag, &members));
+        let members = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        assert!(members.is_empty(), "{members:?}");
+        assert!(now(memory.tag_version(&tag)) > first, "every bump moves it");
+    }
+
+    /// An invalidation that reads the index, then the same key written
+    /// again, then the invalidation takes off what it read: the new write
+    /// stays in the index for the next invalidation to find.
+    #[test]
+    fn an_entry_written_again_during_an_invalidation_stays_indexed() {
+        let memory = MemoryStore::new(100);
+        let tag = tag();
+        now(memory.tag_entry(&tag, "k", None));
+        let read = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        now(memory.tag_entry(&tag, "k", None));
+        now(memory.untag(&tag, &read));
+        let next = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert!(next[0].ends_with("|k"));
+    }
+
+    #[test]
+    fn tags_of_expired_entries_are_swept() {
+        let memory = MemoryStore::new(100);
+        let keys = crate::keyspace::Keyspace::default();
+        for n in 1..TAG_SWEEP_EVERY {
+            let tag = keys.tag(&format!("t{n}"));
+            now(memory.tag_entry(&tag, "k", Some(Duration::from_millis(1))));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let live = keys.tag("live");
+        now(memory.tag_entry(&live, "k", None));
+        assert_eq!(memory.tags().tags.len(), 1, "only the live tag is left");
+    }
 }
