@@ -1,4 +1,4 @@
-//! Code generation: the wrapped function and its `_reset`/`_is_locked`/`_release` siblings.
+//! Code generation: the wrapped function and its `_reset`/`_clear`/`_is_locked`/`_release` siblings.
 
 use std::collections::HashSet;
 
@@ -30,7 +30,7 @@ pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenS
 pub(crate) struct Expansion {
     /// The function with its body wrapped.
     pub(crate) function: TokenStream,
-    /// `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
+    /// `<fn>_reset` and `<fn>_clear`, or `<fn>_is_locked` and `<fn>_release`.
     pub(crate) siblings: Vec<TokenStream>,
 }
 
@@ -93,8 +93,10 @@ struct TagTemplate {
 fn tag_templates(args: &Args, sig: &syn::Signature) -> syn::Result<Vec<TagTemplate>> {
     let mut templates = Vec::new();
     for literal in args.tags.iter().flatten() {
-        let pieces = fmt::parse(&literal.value())
-            .map_err(|message| syn::Error::new(literal.span(), message))?;
+        let pieces = fmt::parse(&literal.value()).map_err(|message| {
+            let message = message.replace("the key template", "the tag template");
+            syn::Error::new(literal.span(), message)
+        })?;
         let roots = valid::placeholders_in(sig, literal, &pieces, "tag template")?;
         templates.push(TagTemplate {
             literal: literal.clone(),
