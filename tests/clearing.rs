@@ -43,7 +43,10 @@ impl Store {
     }
 
     async fn client(self, test: &str) -> Cachify {
-        self.builder(test).build().await.expect("build the test client")
+        self.builder(test)
+            .build()
+            .await
+            .expect("build the test client")
     }
 
     /// Whether `key` exists, asked as another client would; `None` on memory.
@@ -240,7 +243,11 @@ async fn clear_deletes_cached_and_http_entries_and_leaves_locks(store: Store) {
     let guard = client.lock("nightly").acquire().await.unwrap();
     let fence = format!("{}fence:{{{}}}", store.prefix("all"), guard.key());
 
-    assert_eq!(client.clear().await.unwrap(), 2, "one entry and one response");
+    assert_eq!(
+        client.clear().await.unwrap(),
+        2,
+        "one entry and one response"
+    );
     card(&client, &cards, "1").await;
     assert_eq!(cards.get(), 2, "the cached entry went");
     assert_eq!(get_text(&url).await, "hello 2", "the HTTP response went");
@@ -277,5 +284,7 @@ fn blocking_clear_deletes_cached_entries_and_leaves_locks(store: Store) {
         1
     );
     assert!(client.lock("nightly").acquire_blocking().is_err());
-    guard.release_blocking().expect("the lock was ours all along");
+    guard
+        .release_blocking()
+        .expect("the lock was ours all along");
 }

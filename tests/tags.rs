@@ -39,7 +39,10 @@ impl Store {
     }
 
     async fn client(self, test: &str) -> Cachify {
-        self.builder(test).build().await.expect("build the test client")
+        self.builder(test)
+            .build()
+            .await
+            .expect("build the test client")
     }
 }
 
@@ -243,7 +246,11 @@ async fn the_global_functions_use_the_scope_client(store: Store) {
         profile(&client, &calls, 5).await;
     })
     .await;
-    assert_eq!(calls.get(), 2, "cachify::invalidate_tags used the scope's client");
+    assert_eq!(
+        calls.get(),
+        2,
+        "cachify::invalidate_tags used the scope's client"
+    );
 }
 
 #[cached("report-{id}", tags = ["team:{team}", "reports"], client = client)]
@@ -316,7 +323,11 @@ fn blocking_value_computed_across_an_invalidation_is_not_kept(store: Store) {
         "the value read before the invalidation did not survive it"
     );
     data.store(3, Ordering::SeqCst);
-    assert_eq!(stock(&client, &data, &gate, 3), 2, "the fresh value is cached");
+    assert_eq!(
+        stock(&client, &data, &gate, 3),
+        2,
+        "the fresh value is cached"
+    );
 }
 
 /// On Redis with a near cache: the copy of an invalidated entry is gone
@@ -398,15 +409,16 @@ mod layout {
             .arg(format!("0|{}", guard.key()))
             .query(&mut connection)
             .unwrap();
-        client
-            .invalidate_tags_blocking(["team:green {x}"])
-            .unwrap();
+        client.invalidate_tags_blocking(["team:green {x}"]).unwrap();
         let version: u64 = ::redis::cmd("GET")
             .arg("tags-layout-Cluster:tag:{team:green%20%7Bx%7D}:v")
             .query(&mut connection)
             .unwrap();
         assert!(version > 0);
-        assert!(client.lock("held").acquire_blocking().is_err(), "the lock is still held");
+        assert!(
+            client.lock("held").acquire_blocking().is_err(),
+            "the lock is still held"
+        );
         guard.release_blocking().unwrap();
         let exists: bool = ::redis::cmd("EXISTS")
             .arg("tags-layout-Cluster:cache:report-1")

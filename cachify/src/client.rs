@@ -856,7 +856,9 @@ where
     I: IntoIterator,
     I::Item: AsRef<str>,
 {
-    tags.into_iter().map(|tag| tag.as_ref().to_owned()).collect()
+    tags.into_iter()
+        .map(|tag| tag.as_ref().to_owned())
+        .collect()
 }
 
 /// Runs `connect` as a task of the background runtime and waits for it.

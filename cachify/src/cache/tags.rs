@@ -136,7 +136,7 @@ impl Core {
     pub(crate) async fn clear_values<M: Mode>(&self) -> Result<u64, Error> {
         let mut deleted = 0;
         for scope in self.keys.value_scopes() {
-            deleted += M::io(self.values.delete_prefix(&scope)).await?;
+            deleted += self.delete_prefix::<M>(&scope).await?;
         }
         Ok(deleted)
     }
