@@ -126,6 +126,12 @@ async fn user_settings(client: &Cachify, calls: &Calls, id: u64) -> String {
     format!("settings {id}")
 }
 
+#[cached("user-{id}", client = client)]
+async fn user(client: &Cachify, calls: &Calls, id: u64) -> String {
+    calls.bump();
+    format!("user {id}")
+}
+
 async fn clear_sibling_deletes_every_argument_of_its_template_only(store: Store) {
     let client = store.client("sibling").await;
     let (cards, settings) = (Calls::default(), Calls::default());
@@ -162,6 +168,22 @@ async fn clear_sibling_deletes_every_argument_of_its_template_only(store: Store)
     assert_eq!((cards.get(), settings.get()), (10, 4));
     assert_eq!(user_settings_clear(&client).await.unwrap(), 2);
     assert_eq!(user_settings_clear(&client).await.unwrap(), 0);
+
+    // `user-{id}` with an integer `id` renders digits only: it clears
+    // neither `user-settings-5` nor `user-1-card`.
+    let users = Calls::default();
+    for id in [1, 2] {
+        user(&client, &users, id).await;
+        user_settings(&client, &settings, id).await;
+    }
+    assert_eq!((users.get(), settings.get()), (2, 6));
+    assert_eq!(user_clear(&client).await.unwrap(), 2);
+    for id in [1, 2] {
+        user(&client, &users, id).await;
+        user_settings(&client, &settings, id).await;
+    }
+    card(&client, &cards, "1").await;
+    assert_eq!((users.get(), settings.get(), cards.get()), (4, 6, 10));
 }
 
 #[cached("order-{id}-lines", client = client)]

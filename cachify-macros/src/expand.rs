@@ -737,6 +737,7 @@ fn clear_sibling(key: &Key, function: &ItemFn, vis: &Visibility) -> TokenStream 
     let client_var = local("__cachify_client");
     let template = local("__CACHIFY_TEMPLATE");
     let constant = key.template_const(&template);
+    let integers = analysis::integer_placeholders(sig, key.pieces);
     quote! {
         #(#attrs)*
         #[doc = #doc]
@@ -748,7 +749,7 @@ fn clear_sibling(key: &Key, function: &ItemFn, vis: &Visibility) -> TokenStream 
         {
             #client
             #constant
-            ::cachify::__private::#runtime(#client_var, &#template) #dot_await
+            ::cachify::__private::#runtime(#client_var, &#template, &[#(#integers),*]) #dot_await
         }
     }
 }

@@ -146,8 +146,10 @@ use crate::attr::Kind;
 /// `client` expression uses (none for the global client). It finds the
 /// keys with `SCAN` (on every primary of a cluster) and checks each against
 /// the template, so a template that shares only its literal start is left
-/// alone; a key this template could itself have rendered is deleted
-/// (`"user-{id}"` also matches `"user-settings-5"`, with `id` `"settings-5"`).
+/// alone. A placeholder of a primitive integer parameter matches digits
+/// only; any other value may hold any text, so a key this template could
+/// itself have rendered is deleted (with `id: &str`, `"user-{id}"` also
+/// matches `"user-settings-5"`).
 ///
 /// ```
 /// #[cachify::cached("square-{n}")]

@@ -295,19 +295,29 @@ pub fn tag(template: &KeyTemplate, values: &[&dyn Display]) -> String {
 }
 
 /// `<fn>_clear`: deletes every entry of a `#[cached]` template.
-pub async fn clear(client: &Cachify, template: &KeyTemplate) -> Result<u64, Error> {
+/// `integers` says, per placeholder, whether its parameter is a primitive
+/// integer (which renders as digits and `-` only).
+pub async fn clear(
+    client: &Cachify,
+    template: &KeyTemplate,
+    integers: &'static [bool],
+) -> Result<u64, Error> {
     client
         .core()
-        .clear_template::<Async>(KeyKind::Cached, template)
+        .clear_template::<Async>(KeyKind::Cached, template, integers)
         .await
 }
 
 /// Blocking [`clear`].
-pub fn clear_blocking(client: &Cachify, template: &KeyTemplate) -> Result<u64, Error> {
+pub fn clear_blocking(
+    client: &Cachify,
+    template: &KeyTemplate,
+    integers: &'static [bool],
+) -> Result<u64, Error> {
     drive(
         client
             .core()
-            .clear_template::<Blocking>(KeyKind::Cached, template),
+            .clear_template::<Blocking>(KeyKind::Cached, template, integers),
     )
 }
 

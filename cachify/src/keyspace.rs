@@ -277,7 +277,14 @@ impl Keyspace {
     }
 
     /// Every key that `template` renders for `kind`, under this prefix.
-    pub(crate) fn template_keys(&self, kind: KeyKind, template: &KeyTemplate) -> KeyMatch {
+    /// `integers` says, per value, whether it is a primitive integer,
+    /// which renders as digits and `-` only (missing entries: any value).
+    pub(crate) fn template_keys(
+        &self,
+        kind: KeyKind,
+        template: &KeyTemplate,
+        integers: &'static [bool],
+    ) -> KeyMatch {
         let mut start = format!("{}{}", self.prefix, kind.tag());
         let skip = start.len();
         if let Some(Piece::Text(text)) = template.pieces.first() {
@@ -293,9 +300,23 @@ impl Keyspace {
         KeyMatch {
             pattern: scan_pattern(&start),
             start,
-            template: Some((skip, template.pieces)),
+            template: Some(Shape {
+                skip,
+                pieces: template.pieces,
+                integers,
+            }),
         }
     }
+}
+
+/// What the rest of a template key looks like (see [`KeyMatch::matches`]).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    /// Bytes of prefix and kind before the rendered template.
+    skip: usize,
+    pieces: &'static [Piece],
+    /// Per value: a primitive integer, so digits and `-` only.
+    integers: &'static [bool],
 }
 
 /// The keys of one tag (see [`Keyspace::tag`]).
@@ -315,9 +336,9 @@ pub(crate) struct KeyMatch {
     pub(crate) start: String,
     /// The `SCAN MATCH` glob of `start`.
     pub(crate) pattern: String,
-    /// The template the rest of the key must follow, after how many bytes
-    /// of prefix and kind; `None`: any key with the start matches.
-    template: Option<(usize, &'static [Piece])>,
+    /// The template the rest of the key must follow; `None`: any key
+    /// with the start matches.
+    template: Option<Shape>,
 }
 
 impl KeyMatch {
@@ -335,18 +356,19 @@ impl KeyMatch {
     /// A template key is read with the escaping rules of
     /// [`Keyspace::render`]: literal text as written, and a value as `%XX`
     /// tokens and raw characters that are neither escaped always nor its
-    /// stop character. A key shortened to a head and a digest matches when
-    /// its head is the start of such a key.
+    /// stop character; an integer's value holds digits and `-` only. A
+    /// key shortened to a head and a digest matches when its head is the
+    /// start of such a key.
     pub(crate) fn matches(&self, key: &str) -> bool {
-        let Some((skip, pieces)) = self.template else {
+        let Some(shape) = self.template else {
             return key.starts_with(&self.start);
         };
         if !key.starts_with(&self.start) {
             return false;
         }
         match shortened_head(key) {
-            Some(head) => head.len() >= skip && follows(&head[skip..], pieces, true),
-            None => follows(&key[skip..], pieces, false),
+            Some(head) => head.len() >= shape.skip && follows(&head[shape.skip..], shape, true),
+            None => follows(&key[shape.skip..], shape, false),
         }
     }
 }
@@ -358,15 +380,19 @@ fn shortened_head(key: &str) -> Option<&str> {
     (digest_ok && head.len() <= LONG_KEY_HEAD).then_some(head)
 }
 
-/// Whether `rest` is what `pieces` render (with `partial`: the start of it).
-fn follows(mut rest: &str, pieces: &[Piece], partial: bool) -> bool {
-    for piece in pieces {
+/// Whether `rest` is what the shape's pieces render (with `partial`: the
+/// start of it).
+fn follows(mut rest: &str, shape: Shape, partial: bool) -> bool {
+    let mut values = 0;
+    for piece in shape.pieces {
         match piece {
             Piece::Text(text) => match rest.strip_prefix(text) {
                 Some(after) => rest = after,
                 None => return partial && text.starts_with(rest),
             },
             Piece::Value { stop } => {
+                let integer = shape.integers.get(values).copied().unwrap_or(false);
+                values += 1;
                 let bytes = rest.as_bytes();
                 let mut at = 0;
                 while let Some(c) = rest[at..].chars().next() {
@@ -380,11 +406,15 @@ fn follows(mut rest: &str, pieces: &[Piece], partial: bool) -> bool {
                         }
                     } else if Some(c) == *stop {
                         break;
-                    } else if always_escaped(c) {
+                    } else if always_escaped(c) || (integer && !(c.is_ascii_digit() || c == '-')) {
                         return false;
                     } else {
                         at += c.len_utf8();
                     }
+                }
+                // An integer is never empty (a head may end before it).
+                if integer && at == 0 && !(partial && rest.is_empty()) {
+                    return false;
                 }
                 rest = &rest[at..];
             }
@@ -922,7 +952,7 @@ mod tests {
     #[test]
     fn a_template_matches_the_keys_it_renders_and_no_other() {
         let keys = keys("p:");
-        let card = keys.template_keys(KeyKind::Cached, &CARD);
+        let card = keys.template_keys(KeyKind::Cached, &CARD, &[]);
         assert_eq!(card.pattern, "p:cache:user-*");
         for id in ["1", "a-b", "x y%", "", "é*?[", &"z".repeat(3000)] {
             let key = keys.render(KeyKind::Cached, &CARD, &[&id]);
@@ -962,7 +992,7 @@ mod tests {
             ],
         };
         let keys = keys("");
-        let hex = keys.template_keys(KeyKind::Cached, &HEX);
+        let hex = keys.template_keys(KeyKind::Cached, &HEX, &[]);
         assert_eq!(hex.pattern, "cache:*");
         for (a, b) in [("*", "x"), ("A", ""), ("", "A"), ("%2", "%")] {
             let key = keys.render(KeyKind::Cached, &HEX, &[&a, &b]);
@@ -977,9 +1007,48 @@ mod tests {
             text: "a*[b]-{id}",
             pieces: &[Piece::Text("a*[b]-"), Piece::Value { stop: None }],
         };
-        let matching = keys("p?:").template_keys(KeyKind::Cached, &GLOB);
+        let matching = keys("p?:").template_keys(KeyKind::Cached, &GLOB, &[]);
         assert_eq!(matching.pattern, "p\\?:cache:a\\*\\[b\\]-*");
         assert!(matching.matches("p?:cache:a*[b]-7"));
         assert!(!matching.matches("px:cache:a*[b]-7"));
+    }
+
+    #[test]
+    fn an_integer_value_matches_only_what_an_integer_renders() {
+        const USER: KeyTemplate = KeyTemplate {
+            text: "user-{id}",
+            pieces: &[Piece::Text("user-"), Piece::Value { stop: None }],
+        };
+        let keys = keys("p:");
+        let by_integer = keys.template_keys(KeyKind::Cached, &USER, &[true]);
+        let by_any = keys.template_keys(KeyKind::Cached, &USER, &[false]);
+        for id in [0_i64, 42, -7, i64::MAX] {
+            let key = keys.render(KeyKind::Cached, &USER, &[&id]);
+            assert!(by_integer.matches(&key), "{key}");
+        }
+        for other in [
+            "p:cache:user-settings-5",
+            "p:cache:user-",
+            "p:cache:user-5x",
+        ] {
+            assert!(!by_integer.matches(other), "{other}");
+        }
+        assert!(
+            by_any.matches("p:cache:user-settings-5"),
+            "a string could render it"
+        );
+        // A digit stop character is escaped inside the integer.
+        const DIGIT_STOP: KeyTemplate = KeyTemplate {
+            text: "{a}1{b}",
+            pieces: &[
+                Piece::Value { stop: Some('1') },
+                Piece::Text("1"),
+                Piece::Value { stop: None },
+            ],
+        };
+        let digits = keys.template_keys(KeyKind::Cached, &DIGIT_STOP, &[true, true]);
+        let key = keys.render(KeyKind::Cached, &DIGIT_STOP, &[&21, &1]);
+        assert_eq!(key, "p:cache:2%3111");
+        assert!(digits.matches(&key));
     }
 }

@@ -121,13 +121,14 @@ impl Core {
     }
 
     /// Deletes every entry a template renders for `kind` (`_clear`);
-    /// returns how many.
+    /// returns how many. `integers`: which values are primitive integers.
     pub(crate) async fn clear_template<M: Mode>(
         &self,
         kind: KeyKind,
         template: &KeyTemplate,
+        integers: &'static [bool],
     ) -> Result<u64, Error> {
-        let matching = self.keys.template_keys(kind, template);
+        let matching = self.keys.template_keys(kind, template, integers);
         M::io(self.values.delete_matching(&matching)).await
     }
 
