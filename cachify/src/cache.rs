@@ -681,6 +681,15 @@ mod tests {
                 )
                 .await;
             let _ = core.delete::<Async>("k").await;
+            let _ = core.invalidate_tags::<Async>(&["t".to_owned()]).await;
+            let _ = core.clear_values::<Async>().await;
+            const TEMPLATE: crate::keyspace::KeyTemplate = crate::keyspace::KeyTemplate {
+                text: "k",
+                pieces: &[],
+            };
+            let _ = core
+                .clear_template::<Async>(crate::keyspace::KeyKind::Cached, &TEMPLATE, &[])
+                .await;
             let _ = core
                 .locks
                 .acquire::<Async>("l".into(), None, Duration::ZERO, true, None)

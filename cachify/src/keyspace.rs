@@ -241,7 +241,8 @@ impl Keyspace {
 
     /// The starts of every key that holds a cached value (`#[cached]`
     /// entries and HTTP responses), and of no lock or counter key: what the
-    /// near cache asks Redis to report changes of.
+    /// near cache asks Redis to report changes of, and what `clear()`
+    /// deletes.
     pub(crate) fn value_scopes(&self) -> Vec<String> {
         let scopes = vec![self.cached_scope()];
         #[cfg(feature = "axum")]
