@@ -75,6 +75,7 @@ on_every_backend!(
     sync: [
         blocking_invalidation_reaches_every_function_under_the_tag,
         blocking_value_computed_across_an_invalidation_is_not_kept,
+        tags_read_fields_and_debug_values,
     ]
 );
 
@@ -277,6 +278,44 @@ fn blocking_invalidation_reaches_every_function_under_the_tag(store: Store) {
     report(&client, &calls, "red", 1);
     report(&client, &calls, "blue", 2);
     assert_eq!(calls.get(), 5, "the global function reached every report");
+}
+
+struct Account {
+    id: u64,
+    region: String,
+}
+
+#[cached(
+    "account-{account.id}",
+    tags = ["region:{account.region}", "batch:{batch:?}"],
+    client = client
+)]
+fn account_summary(client: &Cachify, calls: &Calls, account: &Account, batch: &[u32]) -> String {
+    calls.bump();
+    format!("account {} in {}", account.id, account.region)
+}
+
+/// Tag templates read fields and `{x:?}` like key templates, and render
+/// values as they format: `Debug` of `[1, 2]` is `[1, 2]`.
+fn tags_read_fields_and_debug_values(store: Store) {
+    let client = store
+        .builder("fields")
+        .build_blocking()
+        .expect("build the test client");
+    let calls = Calls::default();
+    let account = Account {
+        id: 4,
+        region: "eu west".into(),
+    };
+    account_summary(&client, &calls, &account, &[1, 2]);
+    account_summary(&client, &calls, &account, &[1, 2]);
+    assert_eq!(calls.get(), 1);
+    client.invalidate_tags_blocking(["region:eu west"]).unwrap();
+    account_summary(&client, &calls, &account, &[1, 2]);
+    assert_eq!(calls.get(), 2, "the field's tag");
+    client.invalidate_tags_blocking(["batch:[1, 2]"]).unwrap();
+    account_summary(&client, &calls, &account, &[1, 2]);
+    assert_eq!(calls.get(), 3, "the Debug tag");
 }
 
 /// Holds a sync function between reading its data and returning, once.
