@@ -101,6 +101,8 @@
 //!   breaker.
 //! - The macros' pages: key templates, options and generated siblings.
 //! - [`LockGuard`]: fencing tokens and lost-lock detection.
+//! - [`invalidate_tags`] (entries stored with `#[cached(tags = [..])]`),
+//!   `<fn>_clear` and [`clear`]: deleting many entries at once.
 //! - [`Cachify::stats`]: hits, misses, errors and the breaker's state.
 //! - [`scope`] and [`scope_blocking`]: another client in place of the global
 //!   one for a stretch of code, such as one test.
