@@ -135,6 +135,12 @@ async fn native_async_method_caches_and_its_sibling_resets() {
 
     let other = PgStore::new("globex");
     assert_eq!(other.find(7).await.unwrap().tenant, "globex");
+
+    // `_clear` takes what the client expression uses: here `&self`.
+    store.find(8).await.unwrap();
+    assert_eq!(store.find_clear().await.unwrap(), 2, "ids 7 and 8");
+    store.find(7).await.unwrap();
+    assert_eq!(store.finds.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test]

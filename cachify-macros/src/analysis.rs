@@ -13,6 +13,8 @@ use syn::visit::Visit;
 use syn::visit_mut::{self, VisitMut};
 use syn::{Expr, GenericParam, Generics, Ident, Pat, Token, WherePredicate};
 
+use crate::fmt::Piece;
+
 /// The names the template's placeholders (`roots`) and the client
 /// expression use.
 pub(crate) fn used_names(roots: &[Ident], client: Option<&Expr>) -> HashSet<String> {
@@ -178,4 +180,73 @@ fn without<T: ToTokens + Clone, P: Default>(
         .filter(|bound| mentions(bound).is_disjoint(dropped))
         .cloned()
         .collect()
+}
+
+/// Per placeholder of a key template: whether it reads a parameter of a
+/// primitive integer type (`id: u64`, `id: &i32`) as it is, with no
+/// field access, so its values render as digits and `-` only.
+pub(crate) fn integer_placeholders(sig: &syn::Signature, pieces: &[Piece]) -> Vec<bool> {
+    pieces
+        .iter()
+        .filter_map(|piece| match piece {
+            Piece::Value(placeholder) => Some(placeholder),
+            Piece::Text(_) => None,
+        })
+        .map(|placeholder| {
+            placeholder.fields.is_empty()
+                && sig.inputs.iter().any(|input| match input {
+                    syn::FnArg::Typed(typed) => {
+                        matches!(&*typed.pat, Pat::Ident(binding)
+                            if binding.ident == placeholder.root && binding.subpat.is_none())
+                            && is_integer(&typed.ty)
+                    }
+                    syn::FnArg::Receiver(_) => false,
+                })
+        })
+        .collect()
+}
+
+/// A primitive integer type, possibly behind references or parentheses.
+fn is_integer(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Reference(reference) => is_integer(&reference.elem),
+        syn::Type::Paren(paren) => is_integer(&paren.elem),
+        syn::Type::Group(group) => is_integer(&group.elem),
+        syn::Type::Path(path) if path.qself.is_none() => {
+            path.path.get_ident().is_some_and(|ident| {
+                matches!(
+                    ident.to_string().as_str(),
+                    "u8" | "u16"
+                        | "u32"
+                        | "u64"
+                        | "u128"
+                        | "usize"
+                        | "i8"
+                        | "i16"
+                        | "i32"
+                        | "i64"
+                        | "i128"
+                        | "isize"
+                )
+            })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_placeholders_are_plain_integer_parameters() {
+        let sig: syn::Signature = syn::parse_quote!(
+            fn f(a: u64, b: &i32, c: String, d: &str, e: (u8, u8), Wrapper(f): Wrapper<u64>, g: my::u64)
+        );
+        let pieces = crate::fmt::parse("{a}-{b}-{c}-{d}-{e.0}-{f}-{g}").unwrap();
+        assert_eq!(
+            integer_placeholders(&sig, &pieces),
+            [true, true, false, false, false, false, false]
+        );
+    }
 }

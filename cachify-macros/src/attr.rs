@@ -25,7 +25,7 @@ impl Kind {
 
     fn options(self) -> &'static [&'static str] {
         match self {
-            Kind::Cached => &["ttl", "none_ttl", "unless", "lock", "client"],
+            Kind::Cached => &["ttl", "none_ttl", "unless", "lock", "client", "tags"],
             Kind::Once => &["ttl", "return_on_locked", "client"],
             Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
         }
@@ -52,6 +52,8 @@ pub(crate) struct Args {
     /// `lock = <bool>` on `#[cached]`: one fill across processes.
     pub(crate) fill_lock: Option<Expr>,
     pub(crate) client: Option<Expr>,
+    /// `tags = ["user:{id}", ..]` on `#[cached]`: tag templates.
+    pub(crate) tags: Option<Vec<LitStr>>,
 }
 
 /// Parses the tokens inside `#[cached(...)]`, `#[once(...)]` or `#[lock(...)]`.
@@ -71,6 +73,7 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
         return_on_locked: None,
         fill_lock: None,
         client: None,
+        tags: None,
     };
     while !input.is_empty() {
         input.parse::<Token![,]>()?;
@@ -114,6 +117,12 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
             "unless" => set_once(&mut args.unless, value, duplicate)?,
             "return_on_locked" => set_once(&mut args.return_on_locked, value, duplicate)?,
             "lock" => set_once(&mut args.fill_lock, value, duplicate)?,
+            "tags" => {
+                if args.tags.is_some() {
+                    return Err(duplicate());
+                }
+                args.tags = Some(tags(value)?);
+            }
             _ => set_once(&mut args.client, value, duplicate)?,
         }
     }
@@ -151,6 +160,9 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         ),
         "unless" | "none_ttl" => format!(
             "option `{option}` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
+        ),
+        "tags" => format!(
+            "option `tags` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
         ),
         "lock" => format!(
             "option `lock` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
@@ -199,4 +211,46 @@ fn duration(value: Expr, zero: Option<&str>) -> syn::Result<Duration> {
     let mut literal = Literal::u64_unsuffixed(seconds);
     literal.set_span(int.span());
     Ok(Duration::Secs(literal))
+}
+
+/// `tags = ["user:{id}", "users"]`: an array of string literals, each a
+/// template (checked like the key template by the caller).
+fn tags(value: Expr) -> syn::Result<Vec<LitStr>> {
+    let mut inner = &value;
+    while let Expr::Group(group) = inner {
+        inner = &group.expr;
+    }
+    let Expr::Array(array) = inner else {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`tags` takes an array of string literals, e.g. `tags = [\"user:{id}\", \"users\"]`",
+        ));
+    };
+    array
+        .elems
+        .iter()
+        .map(|element| {
+            let mut element_inner = element;
+            while let Expr::Group(group) = element_inner {
+                element_inner = &group.expr;
+            }
+            match element_inner {
+                Expr::Lit(syn::ExprLit {
+                    lit: Lit::Str(tag), ..
+                }) if tag.suffix().is_empty() => {
+                    if tag.value().is_empty() {
+                        return Err(syn::Error::new(
+                            tag.span(),
+                            "a tag cannot be empty: name what the entry depends on, e.g. `\"users\"`",
+                        ));
+                    }
+                    Ok(tag.clone())
+                }
+                _ => Err(syn::Error::new_spanned(
+                    element,
+                    "a tag must be a string literal (a template such as `\"user:{id}\"`)",
+                )),
+            }
+        })
+        .collect()
 }

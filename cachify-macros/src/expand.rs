@@ -1,4 +1,4 @@
-//! Code generation: the wrapped function and its `_reset`/`_is_locked`/`_release` siblings.
+//! Code generation: the wrapped function and its `_reset`/`_clear`/`_is_locked`/`_release` siblings.
 
 use std::collections::HashSet;
 
@@ -30,7 +30,7 @@ pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenS
 pub(crate) struct Expansion {
     /// The function with its body wrapped.
     pub(crate) function: TokenStream,
-    /// `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
+    /// `<fn>_reset` and `<fn>_clear`, or `<fn>_is_locked` and `<fn>_release`.
     pub(crate) siblings: Vec<TokenStream>,
 }
 
@@ -55,6 +55,7 @@ pub(crate) fn try_expand(
     let pieces = fmt::parse(&args.template.value())
         .map_err(|message| syn::Error::new(args.template.span(), message))?;
     let roots = valid::placeholders(&function.sig, &args.template, &pieces)?;
+    let tags = tag_templates(&args, &function.sig)?;
     valid::return_type(kind, &args, &function.sig)?;
     let shape = shape::of(&function.sig.output);
     valid::none_ttl(&args, &function.sig, shape.optional)?;
@@ -66,14 +67,44 @@ pub(crate) fn try_expand(
         roots: &roots,
         owner: method.as_ref().map(|method| method.owner.as_str()),
         shape,
+        tags: &tags,
     };
     let sibling_vis = method
         .as_ref()
         .map_or(&function.vis, |method| method.sibling_vis);
+    let mut siblings = siblings(&key, &function, sibling_vis);
+    if kind == Kind::Cached {
+        siblings.push(clear_sibling(&key, &function, sibling_vis));
+    }
     Ok(Expansion {
         function: wrap(&key, &function),
-        siblings: siblings(&key, &function, sibling_vis),
+        siblings,
     })
+}
+
+/// One `tags = [..]` template, parsed and checked like the key template.
+struct TagTemplate {
+    literal: LitStr,
+    pieces: Vec<Piece>,
+    /// The parameter binding each placeholder reads.
+    roots: Vec<Ident>,
+}
+
+fn tag_templates(args: &Args, sig: &syn::Signature) -> syn::Result<Vec<TagTemplate>> {
+    let mut templates = Vec::new();
+    for literal in args.tags.iter().flatten() {
+        let pieces = fmt::parse(&literal.value()).map_err(|message| {
+            let message = message.replace("the key template", "the tag template");
+            syn::Error::new(literal.span(), message)
+        })?;
+        let roots = valid::placeholders_in(sig, literal, &pieces, "tag template")?;
+        templates.push(TagTemplate {
+            literal: literal.clone(),
+            pieces,
+            roots,
+        });
+    }
+    Ok(templates)
 }
 
 /// Everything needed to render the key, shared by the function and its siblings.
@@ -87,6 +118,8 @@ struct Key<'a> {
     owner: Option<&'a str>,
     /// The return type's storage policy (used by `#[cached]`).
     shape: shape::Shape,
+    /// `tags = [..]` of `#[cached]`.
+    tags: &'a [TagTemplate],
 }
 
 /// Names of generated locals: mixed-site hygiene keeps them apart from user code.
@@ -122,25 +155,7 @@ impl Key<'_> {
     /// `macro_rules!` wrote the function; the template's span puts a
     /// missing `Display` impl or field on the template.
     fn values(&self) -> Vec<TokenStream> {
-        let span = self.args.template.span();
-        let placeholders = self.pieces.iter().filter_map(|piece| match piece {
-            Piece::Value(placeholder) => Some(placeholder),
-            Piece::Text(_) => None,
-        });
-        placeholders
-            .zip(self.roots)
-            .map(|(placeholder, root)| {
-                let fields = placeholder.fields.iter().map(|field| match field {
-                    Field::Named(name) => Ident::new(name, span).into_token_stream(),
-                    Field::Index(index) => syn::Index {
-                        index: *index,
-                        span,
-                    }
-                    .into_token_stream(),
-                });
-                quote_spanned!(span=> &(#root #(. #fields)*))
-            })
-            .collect()
+        template_values(self.pieces, self.roots, self.args.template.span())
     }
 
     /// The kind's variant name, the same in `KeyKind` and `CallKind`.
@@ -158,39 +173,47 @@ impl Key<'_> {
         LitStr::new(&template.value(), template.span())
     }
 
+    /// The key template as a `KeyTemplate` constant named `name`.
+    fn template_const(&self, name: &Ident) -> TokenStream {
+        template_const(name, &self.template_text(), self.pieces)
+    }
+
+    /// Binds the rendered tags as `__cachify_tags`, a `Vec<String>`.
+    fn tags_binding(&self) -> TokenStream {
+        let tags_var = local("__cachify_tags");
+        let tags = self.tags.iter().map(|tag| {
+            let template = local("__CACHIFY_TAG");
+            let span = tag.literal.span();
+            let text = LitStr::new(&tag.literal.value(), span);
+            let constant = template_const(&template, &text, &tag.pieces);
+            let values = display_values(
+                &tag.pieces,
+                template_values(&tag.pieces, &tag.roots, span),
+                span,
+            );
+            quote! {
+                {
+                    #constant
+                    ::cachify::__private::tag(&#template, &[#(#values),*])
+                }
+            }
+        });
+        quote! {
+            let #tags_var: ::std::vec::Vec<::std::string::String> = ::std::vec![#(#tags),*];
+        }
+    }
+
     /// Binds the rendered key as `__cachify_key` (the client must be bound).
     fn key_binding(&self) -> TokenStream {
         let client_var = local("__cachify_client");
         let key_var = local("__cachify_key");
         let template_const = local("__CACHIFY_TEMPLATE");
-        let (kind, text) = (self.kind_variant(), self.template_text());
+        let kind = self.kind_variant();
         let span = self.args.template.span();
-        let pieces = self.pieces.iter().map(|piece| match piece {
-            Piece::Text(text) => quote!(::cachify::__private::Piece::Text(#text)),
-            Piece::Value(placeholder) => {
-                let stop = match placeholder.stop {
-                    Some(stop) => quote!(::core::option::Option::Some(#stop)),
-                    None => quote!(::core::option::Option::None),
-                };
-                quote!(::cachify::__private::Piece::Value { stop: #stop })
-            }
-        });
-        let debug = self.pieces.iter().filter_map(|piece| match piece {
-            Piece::Value(placeholder) => Some(placeholder.debug),
-            Piece::Text(_) => None,
-        });
-        let values = self.values().into_iter().zip(debug).map(|(value, debug)| {
-            if debug {
-                quote_spanned!(span=> &::cachify::__private::DebugKey(#value) as &dyn ::core::fmt::Display)
-            } else {
-                quote_spanned!(span=> #value as &dyn ::core::fmt::Display)
-            }
-        });
+        let constant = self.template_const(&template_const);
+        let values = display_values(self.pieces, self.values(), span);
         quote! {
-            const #template_const: ::cachify::__private::KeyTemplate = ::cachify::__private::KeyTemplate {
-                text: #text,
-                pieces: &[#(#pieces),*],
-            };
+            #constant
             let #key_var = ::cachify::__private::key(
                 #client_var,
                 ::cachify::__private::KeyKind::#kind,
@@ -268,6 +291,70 @@ impl Key<'_> {
     /// Names the template and the client expression use, to pick the siblings' parameters.
     fn used_names(&self) -> HashSet<String> {
         analysis::used_names(self.roots, self.args.client.as_ref())
+    }
+}
+
+/// The value each placeholder of `pieces` reads, as a reference, in
+/// template order. Each root resolves like the parameter's own identifier,
+/// even when a `macro_rules!` wrote the function; `span` (the template's)
+/// puts a missing `Display` impl or field on the template.
+fn template_values(pieces: &[Piece], roots: &[Ident], span: Span) -> Vec<TokenStream> {
+    let placeholders = pieces.iter().filter_map(|piece| match piece {
+        Piece::Value(placeholder) => Some(placeholder),
+        Piece::Text(_) => None,
+    });
+    placeholders
+        .zip(roots)
+        .map(|(placeholder, root)| {
+            let fields = placeholder.fields.iter().map(|field| match field {
+                Field::Named(name) => Ident::new(name, span).into_token_stream(),
+                Field::Index(index) => syn::Index {
+                    index: *index,
+                    span,
+                }
+                .into_token_stream(),
+            });
+            quote_spanned!(span=> &(#root #(. #fields)*))
+        })
+        .collect()
+}
+
+/// The values as `&dyn Display`, through `DebugKey` for `{name:?}`.
+fn display_values(pieces: &[Piece], values: Vec<TokenStream>, span: Span) -> Vec<TokenStream> {
+    let debug = pieces.iter().filter_map(|piece| match piece {
+        Piece::Value(placeholder) => Some(placeholder.debug),
+        Piece::Text(_) => None,
+    });
+    values
+        .into_iter()
+        .zip(debug)
+        .map(|(value, debug)| {
+            if debug {
+                quote_spanned!(span=> &::cachify::__private::DebugKey(#value) as &dyn ::core::fmt::Display)
+            } else {
+                quote_spanned!(span=> #value as &dyn ::core::fmt::Display)
+            }
+        })
+        .collect()
+}
+
+/// A `KeyTemplate` constant named `name` for the template `text`.
+fn template_const(name: &Ident, text: &LitStr, pieces: &[Piece]) -> TokenStream {
+    let pieces = pieces.iter().map(|piece| match piece {
+        Piece::Text(text) => quote!(::cachify::__private::Piece::Text(#text)),
+        Piece::Value(placeholder) => {
+            let stop = match placeholder.stop {
+                Some(stop) => quote!(::core::option::Option::Some(#stop)),
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(::cachify::__private::Piece::Value { stop: #stop })
+        }
+    });
+    quote! {
+        const #name: ::cachify::__private::KeyTemplate = ::cachify::__private::KeyTemplate {
+            text: #text,
+            pieces: &[#(#pieces),*],
+        };
     }
 }
 
@@ -395,14 +482,17 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         let fast = key.typed_fast_path(policy, &ty.to_token_stream(), stored_span);
         let (client, key_binding) = (key.client_binding(), key.key_binding());
         let site = key.site(&sig.ident);
+        let tags_binding = key.tags_binding();
         let prelude = quote! {
             #client
             #site
             #fast
             #key_binding
+            #tags_binding
         };
         let site = local("__CACHIFY_SITE");
         let typed = local("__cachify_typed");
+        let tags_var = local("__cachify_tags");
         let none_ttl = match &key.args.none_ttl {
             Some(none_ttl) => {
                 let none_ttl = duration(none_ttl);
@@ -416,7 +506,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
                 #key_var,
                 &#site,
                 #typed,
-                ::cachify::__private::CacheCall { ttl: #ttl, none_ttl: #none_ttl, fill_lock: #fill_lock },
+                ::cachify::__private::CacheCall { ttl: #ttl, none_ttl: #none_ttl, fill_lock: #fill_lock, tags: #tags_var },
                 #body,
                 #unless_var
             )
@@ -517,47 +607,9 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
     let name = &sig.ident;
     let shown = name.unraw();
     let used = key.used_names();
-
-    // Only the parameters the key needs, so callers pass just those.
-    let mut inputs = Vec::new();
-    let mut types = TokenStream::new();
-    for input in &sig.inputs {
-        match input {
-            FnArg::Receiver(receiver) if used.contains("self") => {
-                let self_token = receiver.self_token;
-                inputs.push(quote!(&#self_token));
-            }
-            FnArg::Receiver(_) => {}
-            FnArg::Typed(typed) => {
-                let bindings = valid::bindings(&typed.pat);
-                if !bindings
-                    .iter()
-                    .any(|binding| used.contains(&binding.to_string()))
-                {
-                    continue;
-                }
-                let mut typed = typed.clone();
-                typed.attrs.retain(is_cfg);
-                analysis::prune_pattern(&mut typed.pat, &used);
-                typed.ty.to_tokens(&mut types);
-                inputs.push(typed.into_token_stream());
-            }
-        }
-    }
-    if let Some(client) = &key.args.client {
-        client.to_tokens(&mut types);
-    }
-    let generics = analysis::sibling_generics(&sig.generics, &analysis::mentions(&types));
+    let (inputs, generics) = sibling_parameters(key, sig, &used);
     let (generics, _, where_clause) = generics.split_for_impl();
-
-    // `cfg` so the siblings exist exactly when the function does; `allow` so
-    // a lint the user silenced on the signature stays silent on them.
-    let attrs: Vec<&Attribute> = function
-        .attrs
-        .iter()
-        .filter(|attr| matches!(attr.style, AttrStyle::Outer))
-        .filter(|attr| is_cfg(attr) || attr.path().is_ident("allow"))
-        .collect();
+    let attrs = sibling_attrs(function);
     let asyncness = &sig.asyncness;
     let prelude = key.prelude();
     let client_var = local("__cachify_client");
@@ -609,6 +661,97 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
             }
         })
         .collect()
+}
+
+/// A sibling's parameters: only those of the function that `used` names
+/// (plus `&self` if it names `self`), with the generic parameters their
+/// types and the client expression mention.
+fn sibling_parameters(
+    key: &Key,
+    sig: &syn::Signature,
+    used: &HashSet<String>,
+) -> (Vec<TokenStream>, syn::Generics) {
+    let mut inputs = Vec::new();
+    let mut types = TokenStream::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) if used.contains("self") => {
+                let self_token = receiver.self_token;
+                inputs.push(quote!(&#self_token));
+            }
+            FnArg::Receiver(_) => {}
+            FnArg::Typed(typed) => {
+                let bindings = valid::bindings(&typed.pat);
+                if !bindings
+                    .iter()
+                    .any(|binding| used.contains(&binding.to_string()))
+                {
+                    continue;
+                }
+                let mut typed = typed.clone();
+                typed.attrs.retain(is_cfg);
+                analysis::prune_pattern(&mut typed.pat, used);
+                typed.ty.to_tokens(&mut types);
+                inputs.push(typed.into_token_stream());
+            }
+        }
+    }
+    if let Some(client) = &key.args.client {
+        client.to_tokens(&mut types);
+    }
+    let generics = analysis::sibling_generics(&sig.generics, &analysis::mentions(&types));
+    (inputs, generics)
+}
+
+/// `cfg` so the siblings exist exactly when the function does; `allow` so
+/// a lint the user silenced on the signature stays silent on them.
+fn sibling_attrs(function: &ItemFn) -> Vec<&Attribute> {
+    function
+        .attrs
+        .iter()
+        .filter(|attr| matches!(attr.style, AttrStyle::Outer))
+        .filter(|attr| is_cfg(attr) || attr.path().is_ident("allow"))
+        .collect()
+}
+
+/// `<fn>_clear` of `#[cached]`: deletes the entries of every argument. It
+/// takes only the parameters the `client` expression uses.
+fn clear_sibling(key: &Key, function: &ItemFn, vis: &Visibility) -> TokenStream {
+    let sig = &function.sig;
+    let name = &sig.ident;
+    let used = analysis::used_names(&[], key.args.client.as_ref());
+    let (inputs, generics) = sibling_parameters(key, sig, &used);
+    let (generics, _, where_clause) = generics.split_for_impl();
+    let attrs = sibling_attrs(function);
+    let asyncness = &sig.asyncness;
+    let (runtime, dot_await) = match asyncness {
+        Some(_) => (quote!(clear), quote!(.await)),
+        None => (quote!(clear_blocking), TokenStream::new()),
+    };
+    let sibling = format_ident!("{}_clear", name, span = name.span());
+    let doc = format!(
+        " Deletes the cached results of `{}` for every argument; returns how many entries were deleted.",
+        name.unraw()
+    );
+    let client = key.client_binding();
+    let client_var = local("__cachify_client");
+    let template = local("__CACHIFY_TEMPLATE");
+    let constant = key.template_const(&template);
+    let integers = analysis::integer_placeholders(sig, key.pieces);
+    quote! {
+        #(#attrs)*
+        #[doc = #doc]
+        // Generated whether or not the caller needs it: unused is fine.
+        #[allow(dead_code)]
+        #vis #asyncness fn #sibling #generics (#(#inputs),*)
+            -> ::core::result::Result<u64, ::cachify::Error>
+        #where_clause
+        {
+            #client
+            #constant
+            ::cachify::__private::#runtime(#client_var, &#template, &[#(#integers),*]) #dot_await
+        }
+    }
 }
 
 fn is_cfg(attr: &Attribute) -> bool {

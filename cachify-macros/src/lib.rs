@@ -100,6 +100,12 @@ use crate::attr::Kind;
 ///   parameters; it is evaluated before the body runs and stays borrowed
 ///   while the body runs, so it must not borrow a parameter that the body
 ///   moves or mutates (use a `&'static` client there).
+/// - `tags = ["user:{id}", "users"]`: string literals, each a template
+///   written like the key template. The value is stored under each
+///   rendered tag (values as they format, unescaped), and
+///   `cachify::invalidate_tags(["user:42"])` deletes it with every other
+///   entry under that tag. A call that read its data before an
+///   invalidation and stores its value after it has that value deleted.
 ///
 /// With Redis, every process that shares it shares the entries. Here a
 /// `Duration` TTL and `lock = true`, so a miss runs the body once across
@@ -124,7 +130,7 @@ use crate::attr::Kind;
 /// }
 /// ```
 ///
-/// # Generated `<fn>_reset`
+/// # Generated `<fn>_reset` and `<fn>_clear`
 ///
 /// A sibling function named `<fn>_reset` is generated right after the
 /// function (inside an `impl` block it is an associated function beside it).
@@ -134,6 +140,28 @@ use crate::attr::Kind;
 /// it is an extra item, a method of a trait implementation needs
 /// [`macro@trait_impl`] on its `impl` block, which moves the siblings to an
 /// inherent `impl` of the type.
+///
+/// `<fn>_clear` deletes the entries of every argument and returns how many,
+/// as `Result<u64, cachify::Error>`. It takes only the parameters the
+/// `client` expression uses (none for the global client). It finds the
+/// keys with `SCAN` (on every primary of a cluster) and checks each against
+/// the template, so a template that shares only its literal start is left
+/// alone. A placeholder of a primitive integer parameter matches digits
+/// only; any other value may hold any text, so a key this template could
+/// itself have rendered is deleted (with `id: &str`, `"user-{id}"` also
+/// matches `"user-settings-5"`).
+///
+/// ```
+/// #[cachify::cached("square-{n}")]
+/// fn square(n: u64) -> u64 {
+///     n * n
+/// }
+///
+/// square(2);
+/// square(3);
+/// assert_eq!(square_clear()?, 2);
+/// # Ok::<(), cachify::Error>(())
+/// ```
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_function(Kind::Cached, args, item)

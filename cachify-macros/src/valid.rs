@@ -76,6 +76,16 @@ pub(crate) fn placeholders(
     template: &LitStr,
     pieces: &[Piece],
 ) -> syn::Result<Vec<Ident>> {
+    placeholders_in(sig, template, pieces, "key template")
+}
+
+/// [`placeholders`] of a template named `what` in messages.
+pub(crate) fn placeholders_in(
+    sig: &Signature,
+    template: &LitStr,
+    pieces: &[Piece],
+    what: &str,
+) -> syn::Result<Vec<Ident>> {
     let bindings = parameter_bindings(sig);
     let mut roots = Vec::new();
     let mut errors: Option<syn::Error> = None;
@@ -103,7 +113,7 @@ pub(crate) fn placeholders(
                 let error = syn::Error::new(
                     template.span(),
                     format!(
-                        "`{}` in the key template names no parameter of `{}`; {parameters}",
+                        "`{}` in the {what} names no parameter of `{}`; {parameters}",
                         placeholder.written, sig.ident
                     ),
                 );

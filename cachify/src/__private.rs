@@ -288,6 +288,39 @@ pub fn delete_blocking(client: &Cachify, key: String) -> Result<(), Error> {
     drive(client.core().delete::<Blocking>(&key))
 }
 
+/// One rendered tag of a `#[cached(tags = [..])]` call.
+#[inline]
+pub fn tag(template: &KeyTemplate, values: &[&dyn Display]) -> String {
+    crate::keyspace::render_tag(template, values)
+}
+
+/// `<fn>_clear`: deletes every entry of a `#[cached]` template.
+/// `integers` says, per placeholder, whether its parameter is a primitive
+/// integer (which renders as digits and `-` only).
+pub async fn clear(
+    client: &Cachify,
+    template: &KeyTemplate,
+    integers: &'static [bool],
+) -> Result<u64, Error> {
+    client
+        .core()
+        .clear_template::<Async>(KeyKind::Cached, template, integers)
+        .await
+}
+
+/// Blocking [`clear`].
+pub fn clear_blocking(
+    client: &Cachify,
+    template: &KeyTemplate,
+    integers: &'static [bool],
+) -> Result<u64, Error> {
+    drive(
+        client
+            .core()
+            .clear_template::<Blocking>(KeyKind::Cached, template, integers),
+    )
+}
+
 /// `<fn>_release`: deletes a lock whoever holds it.
 pub async fn release(client: &Cachify, key: String) -> Result<(), Error> {
     client.core().locks.force_unlock::<Async>(&key).await

@@ -4,7 +4,10 @@
 //! It fails open: a backend error or timeout is logged and the function
 //! runs as if there were no cache. A stored value that no longer decodes
 //! (its type changed after a deploy) is a miss and gets overwritten. Every
-//! operation is written once, generic over a [`Mode`].
+//! operation is written once, generic over a [`Mode`]. Tags and clearing
+//! are in [`tags`].
+
+mod tags;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,11 +25,11 @@ use crate::mode::Mode;
 use crate::observe::{CallOutcome, Tally};
 use crate::policy::Policy;
 use crate::site::{Forget, Index, Site, TypedKey};
-use crate::store::{StoreFuture, ValueStore};
+use crate::store::{StoreFuture, TagStore, ValueStore};
 use crate::value::{AnyValue, CacheValue, ValueType, take};
 
 /// How a `#[cached]` call runs, from the attribute.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CacheCall {
     /// Time to live; `None`: the client's default.
     pub ttl: Option<Duration>,
@@ -34,6 +37,8 @@ pub struct CacheCall {
     pub none_ttl: Option<Duration>,
     /// `lock = true`: concurrent misses across processes run the function once.
     pub fill_lock: bool,
+    /// The call's rendered tags (`tags = [..]`); empty when it has none.
+    pub tags: Vec<String>,
 }
 
 /// Pause between two looks at the cache while another process fills it.
@@ -53,6 +58,8 @@ pub(crate) struct Fetch<'a, A> {
     /// Whether a stored (or a concurrent caller's) value answers this
     /// caller; a value it refuses is a miss.
     pub(crate) accept: A,
+    /// The tags the value is stored under.
+    pub(crate) tags: &'a [String],
 }
 
 /// What the caller's own computation produced.
@@ -141,6 +148,7 @@ pub(crate) struct Core {
     fill_wait: Duration,
     flights: Flights,
     health: Arc<Health>,
+    tags: Arc<dyn TagStore>,
 }
 
 impl Core {
@@ -151,6 +159,7 @@ impl Core {
         default_ttl: Option<Duration>,
         fill_wait: Duration,
         health: Arc<Health>,
+        tags: Arc<dyn TagStore>,
     ) -> Self {
         Self {
             indexes: Mutex::new(Vec::new()),
@@ -161,6 +170,7 @@ impl Core {
             fill_wait,
             flights: Flights::default(),
             health,
+            tags,
         }
     }
 
@@ -304,15 +314,16 @@ impl Core {
     }
 
     /// Stores a value unless the breaker is open; never fails the caller.
+    /// Whether it was stored.
     pub(crate) async fn write<M: Mode, T: CacheValue>(
         &self,
         key: &str,
         tally: &Tally,
         value: Arc<T>,
         ttl: Option<Duration>,
-    ) {
+    ) -> bool {
         if !self.health.breaker.allows() {
-            return;
+            return false;
         }
         let set = self
             .values
@@ -322,6 +333,7 @@ impl Core {
         if let Ok(false) = written {
             self.count_oversized();
         }
+        matches!(written, Ok(true))
     }
 
     /// Deletes one entry (`_reset`, HTTP invalidation).
@@ -392,6 +404,7 @@ impl Core {
             fill_lock,
             read,
             accept,
+            tags,
         } = fetch;
         let mut look = read;
         let leader = loop {
@@ -423,6 +436,8 @@ impl Core {
             },
             _ => None,
         };
+        // Read before the function reads its data (see `tags`).
+        let versions = self.tag_versions::<M>(tags).await;
         let computed = compute.await;
         if let Some(leader) = &leader {
             leader.publish(match &computed.value {
@@ -430,8 +445,14 @@ impl Core {
                 None => Outcome::Failed,
             });
         }
-        if let (true, Some(value)) = (computed.store, &computed.value) {
-            self.write::<M, T>(key, tally, Arc::clone(value), computed.ttl)
+        // Unknown tag versions: the value could outlive an invalidation,
+        // so it is not stored.
+        if let (true, Some(value), Some(versions)) = (computed.store, &computed.value, versions)
+            && self
+                .write::<M, T>(key, tally, Arc::clone(value), computed.ttl)
+                .await
+        {
+            self.tag_written::<M>(key, tags, computed.ttl, versions)
                 .await;
         }
         if let Some(guard) = fill_guard {
@@ -551,6 +572,7 @@ impl Core {
             fill_lock: call.fill_lock,
             read: false,
             accept,
+            tags: &call.tags,
         };
         let compute = async {
             let output = body.await;
@@ -623,11 +645,20 @@ mod tests {
             Duration::from_secs(1),
             Arc::clone(&health),
         );
-        let core = Arc::new(Core::new(memory, locks, keys, None, Duration::ZERO, health));
+        let core = Arc::new(Core::new(
+            memory.clone(),
+            locks,
+            keys,
+            None,
+            Duration::ZERO,
+            health,
+            memory,
+        ));
         let call = CacheCall {
             ttl: None,
             none_ttl: None,
             fill_lock: true,
+            tags: vec!["t".to_owned()],
         };
         is_send(async move {
             let core = &*core;
@@ -650,6 +681,15 @@ mod tests {
                 )
                 .await;
             let _ = core.delete::<Async>("k").await;
+            let _ = core.invalidate_tags::<Async>(&["t".to_owned()]).await;
+            let _ = core.clear_values::<Async>().await;
+            const TEMPLATE: crate::keyspace::KeyTemplate = crate::keyspace::KeyTemplate {
+                text: "k",
+                pieces: &[],
+            };
+            let _ = core
+                .clear_template::<Async>(crate::keyspace::KeyKind::Cached, &TEMPLATE, &[])
+                .await;
             let _ = core
                 .locks
                 .acquire::<Async>("l".into(), None, Duration::ZERO, true, None)

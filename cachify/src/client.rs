@@ -2,6 +2,7 @@
 //! place that knows which stores exist.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::store::near::NearStore;
 use crate::store::protocol::{ConnectSettings, Link};
 use crate::store::redis::{RedisStore, redact};
 use crate::store::tracking::Tracking;
-use crate::store::{Encoded, LockStore, StoreFuture, ValueStore};
+use crate::store::{Encoded, LockStore, StoreFuture, TagStore, ValueStore};
 
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_FENCE_IDLE: Duration = Duration::from_secs(24 * 3600);
@@ -155,22 +156,29 @@ impl Cachify {
         self.inner.core.health().stats_by_template()
     }
 
-    /// Deletes every `#[cached]` entry of this client (every key under
-    /// `{prefix}cache:`; locks and HTTP responses stay) and returns how
-    /// many were deleted. On Redis it walks the keys with `SCAN` in batches
-    /// and `UNLINK`s them, on every primary of a cluster; it never blocks
-    /// the server the way `KEYS` would.
+    /// Deletes every cached value of this client: every `#[cached]` entry
+    /// (under `{prefix}cache:`) and every HTTP response (under
+    /// `{prefix}http:`), and returns how many were deleted. Locks, their
+    /// fencing counters and tag versions stay. On Redis it walks the keys
+    /// with `SCAN` in batches and `UNLINK`s them, on every primary of a
+    /// cluster; it never blocks the server the way `KEYS` would.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), cachify::Error> {
+    /// #[cachify::cached("square-{n}", client = client)]
+    /// async fn square(client: &cachify::Cachify, n: u64) -> u64 {
+    ///     n * n
+    /// }
+    ///
     /// let client = cachify::Cachify::builder().memory().build().await?;
-    /// assert_eq!(client.clear().await?, 0);
+    /// square(&client, 2).await;
+    /// square(&client, 3).await;
+    /// assert_eq!(client.clear().await?, 2);
     /// # Ok(()) }
     /// ```
     pub async fn clear(&self) -> Result<u64, Error> {
-        let core = &self.inner.core;
-        core.delete_prefix::<Async>(&core.keys.cached_scope()).await
+        self.inner.core.clear_values::<Async>().await
     }
 
     /// Blocking twin of [`Cachify::clear`].
@@ -181,8 +189,54 @@ impl Cachify {
     /// # Ok::<(), cachify::Error>(())
     /// ```
     pub fn clear_blocking(&self) -> Result<u64, Error> {
-        let core = &self.inner.core;
-        drive(core.delete_prefix::<Blocking>(&core.keys.cached_scope()))
+        drive(self.inner.core.clear_values::<Blocking>())
+    }
+
+    /// Deletes every entry stored under any of `tags` (`#[cached(tags =
+    /// [..])]`), whatever function stored it.
+    ///
+    /// No value outlives an invalidation: a call that read its data before
+    /// `invalidate_tags` and stores its value after it has that value
+    /// deleted too (its tags' versions moved while it ran). Tags are
+    /// matched as rendered: `"user:{id}"` with `id = 42` is `"user:42"`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// #[cachify::cached("profile-{id}", tags = ["user:{id}", "users"], client = client)]
+    /// async fn profile(client: &cachify::Cachify, id: u64) -> String {
+    ///     format!("user {id}")
+    /// }
+    ///
+    /// let client = cachify::Cachify::builder().memory().build().await?;
+    /// profile(&client, 42).await;
+    /// client.invalidate_tags(["user:42"]).await?; // or ["users"]: every profile
+    /// profile(&client, 42).await; // runs again
+    /// assert_eq!(client.stats().misses, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn invalidate_tags<I>(&self, tags: I) -> impl Future<Output = Result<(), Error>> + Send + '_
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let tags = owned(tags);
+        async move { self.inner.core.invalidate_tags::<Async>(&tags).await }
+    }
+
+    /// Blocking twin of [`Cachify::invalidate_tags`].
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// client.invalidate_tags_blocking(["users"])?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn invalidate_tags_blocking<I>(&self, tags: I) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        drive(self.inner.core.invalidate_tags::<Blocking>(&owned(tags)))
     }
 
     /// The cache core behind this client.
@@ -305,10 +359,11 @@ impl Target {
     }
 }
 
-/// The two stores of a client.
+/// The stores of a client.
 struct Stores {
     values: Arc<dyn ValueStore>,
     locks: Arc<dyn LockStore>,
+    tags: Arc<dyn TagStore>,
 }
 
 impl CachifyBuilder {
@@ -725,7 +780,8 @@ impl CachifyBuilder {
         let memory = Arc::new(MemoryStore::new(self.max_entries));
         Stores {
             values: memory.clone(),
-            locks: memory,
+            locks: memory.clone(),
+            tags: memory,
         }
     }
 
@@ -763,7 +819,8 @@ impl CachifyBuilder {
         };
         Stores {
             values,
-            locks: link,
+            locks: link.clone(),
+            tags: link,
         }
     }
 
@@ -782,6 +839,7 @@ impl CachifyBuilder {
             self.default_ttl,
             self.fill_wait.unwrap_or(self.lock_ttl.saturating_mul(2)),
             health,
+            stores.tags,
         );
         Cachify {
             inner: Arc::new(Inner {
@@ -790,6 +848,17 @@ impl CachifyBuilder {
             }),
         }
     }
+}
+
+/// The tags as owned strings, so the future that uses them owns them.
+fn owned<I>(tags: I) -> Vec<String>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    tags.into_iter()
+        .map(|tag| tag.as_ref().to_owned())
+        .collect()
 }
 
 /// Runs `connect` as a task of the background runtime and waits for it.

@@ -105,6 +105,67 @@ pub fn lock(name: impl Into<String>) -> LockBuilder<'static> {
     LockBuilder::on_global(name.into(), || &global().core().locks)
 }
 
+/// Deletes every entry stored under any of `tags`, on the global client
+/// (see [`global`]); see [`Cachify::invalidate_tags`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// #[cachify::cached("user-{id}", tags = ["user:{id}", "users"])]
+/// async fn profile(id: u64) -> String {
+///     format!("user {id}")
+/// }
+///
+/// profile(42).await;
+/// cachify::invalidate_tags(["user:42"]).await?; // profile(42) runs again next time
+/// # Ok(()) }
+/// ```
+pub fn invalidate_tags<I>(tags: I) -> impl Future<Output = Result<(), Error>> + Send
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    global().invalidate_tags(tags)
+}
+
+/// Blocking twin of [`invalidate_tags`].
+///
+/// ```
+/// cachify::invalidate_tags_blocking(["users"])?;
+/// # Ok::<(), cachify::Error>(())
+/// ```
+pub fn invalidate_tags_blocking<I>(tags: I) -> Result<(), Error>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    global().invalidate_tags_blocking(tags)
+}
+
+/// Deletes every cached value of the global client (see [`global`]):
+/// `#[cached]` entries and HTTP responses, never a lock. See
+/// [`Cachify::clear`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// let deleted = cachify::clear().await?;
+/// # Ok(()) }
+/// ```
+pub fn clear() -> impl Future<Output = Result<u64, Error>> + Send {
+    global().clear()
+}
+
+/// Blocking twin of [`clear`].
+///
+/// ```
+/// let deleted = cachify::clear_blocking()?;
+/// # Ok::<(), cachify::Error>(())
+/// ```
+pub fn clear_blocking() -> Result<u64, Error> {
+    global().clear_blocking()
+}
+
 /// Runs `future` with `client` in place of the global client.
 ///
 /// Everything the future does while it runs sees `client` as [`global`]:

@@ -9,9 +9,18 @@
 //! | fencing counter of a lock | `{prefix}fence:{` + lock key + `}` | `cachify:fence:{cachify:lock:nightly}` |
 //! | HTTP response | `{prefix}http:{namespace}:{request}` | `cachify:http:users:GET:/users?a=1` |
 //! | refresh lock of an HTTP response served stale | `{prefix}fill:{entry key without prefix}` | `cachify:fill:http:users:GET:/users?a=1` |
+//! | version of a tag (`tags = [..]`) | `{prefix}tag:{` + encoded tag + `}:v` | `cachify:tag:{user:42}:v` |
+//! | index of a tag's entries | `{prefix}tag:{` + encoded tag + `}:i` | `cachify:tag:{user:42}:i` |
 //!
-//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`)
+//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`)
 //! differs from the others, so kinds never share a key.
+//!
+//! **Tags.** A tag's version and index share one hash tag, the encoded tag
+//! (or the prefix's own tag), so a script can touch both on a cluster. The
+//! tag is encoded like a value (`%`, `#`, braces, whitespace and glob
+//! characters as `%XX`), so it cannot end the hash tag early; the empty tag
+//! is `%` (which no encoded tag is) and a tag longer than
+//! [`MAX_TAG_LEN`] bytes is `#sha256:` and its digest.
 //!
 //! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
 //! lock and its fencing counter. The counter's key wraps the whole lock key
@@ -72,6 +81,10 @@ const FILL_TAG: &str = "fill:";
 const FENCE_TAG: &str = "fence:";
 #[cfg(feature = "axum")]
 const HTTP_TAG: &str = "http:";
+const TAG_TAG: &str = "tag:";
+
+/// Encoded tags longer than this many bytes are replaced by a digest.
+pub const MAX_TAG_LEN: usize = 512;
 
 /// A key template, parsed and checked at compile time by the macros.
 #[derive(Debug)]
@@ -229,7 +242,8 @@ impl Keyspace {
 
     /// The starts of every key that holds a cached value (`#[cached]`
     /// entries and HTTP responses), and of no lock or counter key: what the
-    /// near cache asks Redis to report changes of.
+    /// near cache asks Redis to report changes of, and what `clear()`
+    /// deletes.
     pub(crate) fn value_scopes(&self) -> Vec<String> {
         let scopes = vec![self.cached_scope()];
         #[cfg(feature = "axum")]
@@ -240,6 +254,175 @@ impl Keyspace {
         };
         scopes
     }
+
+    /// The version counter and the entry index of `tag`, in one cluster
+    /// slot (see the module documentation).
+    pub(crate) fn tag(&self, tag: &str) -> TagKeys {
+        let mut encoded = String::with_capacity(tag.len() + 2);
+        let _ = Escaper {
+            out: &mut encoded,
+            stop: None,
+        }
+        .write_str(tag);
+        if encoded.is_empty() {
+            encoded.push('%');
+        } else if encoded.len() > MAX_TAG_LEN {
+            encoded.clear();
+            encoded.push_str("#sha256:");
+            push_hex(&mut encoded, &Sha256::digest(tag.as_bytes()));
+        }
+        let base = format!("{}{TAG_TAG}{{{encoded}}}", self.prefix);
+        TagKeys {
+            version: format!("{base}:v"),
+            index: format!("{base}:i"),
+        }
+    }
+
+    /// Every key that `template` renders for `kind`, under this prefix.
+    /// `integers` says, per value, whether it is a primitive integer,
+    /// which renders as digits and `-` only (missing entries: any value).
+    pub(crate) fn template_keys(
+        &self,
+        kind: KeyKind,
+        template: &KeyTemplate,
+        integers: &'static [bool],
+    ) -> KeyMatch {
+        let mut start = format!("{}{}", self.prefix, kind.tag());
+        let skip = start.len();
+        if let Some(Piece::Text(text)) = template.pieces.first() {
+            start.push_str(text);
+        }
+        // A shortened key keeps only its head: the literal start is
+        // searched for only as far as that head reaches.
+        let mut head = start.len().min(LONG_KEY_HEAD);
+        while !start.is_char_boundary(head) {
+            head -= 1;
+        }
+        start.truncate(head);
+        KeyMatch {
+            pattern: scan_pattern(&start),
+            start,
+            template: Some(Shape {
+                skip,
+                pieces: template.pieces,
+                integers,
+            }),
+        }
+    }
+}
+
+/// What the rest of a template key looks like (see [`KeyMatch::matches`]).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    /// Bytes of prefix and kind before the rendered template.
+    skip: usize,
+    pieces: &'static [Piece],
+    /// Per value: a primitive integer, so digits and `-` only.
+    integers: &'static [bool],
+}
+
+/// The keys of one tag (see [`Keyspace::tag`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TagKeys {
+    /// The tag's version counter, bumped by every invalidation.
+    pub(crate) version: String,
+    /// The set of entry keys written under the tag.
+    pub(crate) index: String,
+}
+
+/// A set of keys to find and delete: a `SCAN MATCH` pattern, and an exact
+/// test of each key it finds.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyMatch {
+    /// Every matching key starts with this.
+    pub(crate) start: String,
+    /// The `SCAN MATCH` glob of `start`.
+    pub(crate) pattern: String,
+    /// The template the rest of the key must follow; `None`: any key
+    /// with the start matches.
+    template: Option<Shape>,
+}
+
+impl KeyMatch {
+    /// Every key that starts with `start`.
+    pub(crate) fn prefix(start: &str) -> Self {
+        Self {
+            start: start.to_owned(),
+            pattern: scan_pattern(start),
+            template: None,
+        }
+    }
+
+    /// Whether `key` is one of the keys.
+    ///
+    /// A template key is read with the escaping rules of
+    /// [`Keyspace::render`]: literal text as written, and a value as `%XX`
+    /// tokens and raw characters that are neither escaped always nor its
+    /// stop character; an integer's value holds digits and `-` only. A
+    /// key shortened to a head and a digest matches when its head is the
+    /// start of such a key.
+    pub(crate) fn matches(&self, key: &str) -> bool {
+        let Some(shape) = self.template else {
+            return key.starts_with(&self.start);
+        };
+        if !key.starts_with(&self.start) {
+            return false;
+        }
+        match shortened_head(key) {
+            Some(head) => head.len() >= shape.skip && follows(&head[shape.skip..], shape, true),
+            None => follows(&key[shape.skip..], shape, false),
+        }
+    }
+}
+
+/// The readable head of a key that [`shorten`] shortened.
+fn shortened_head(key: &str) -> Option<&str> {
+    let (head, digest) = key.rsplit_once("#sha256:")?;
+    let digest_ok = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit());
+    (digest_ok && head.len() <= LONG_KEY_HEAD).then_some(head)
+}
+
+/// Whether `rest` is what the shape's pieces render (with `partial`: the
+/// start of it).
+fn follows(mut rest: &str, shape: Shape, partial: bool) -> bool {
+    let mut values = 0;
+    for piece in shape.pieces {
+        match piece {
+            Piece::Text(text) => match rest.strip_prefix(text) {
+                Some(after) => rest = after,
+                None => return partial && text.starts_with(rest),
+            },
+            Piece::Value { stop } => {
+                let integer = shape.integers.get(values).copied().unwrap_or(false);
+                values += 1;
+                let bytes = rest.as_bytes();
+                let mut at = 0;
+                while let Some(c) = rest[at..].chars().next() {
+                    if c == '%' {
+                        let token = bytes.get(at + 1..at + 3);
+                        match token {
+                            Some(hex) if hex.iter().all(|b| b.is_ascii_hexdigit()) => at += 3,
+                            // A head may cut a token short.
+                            None if partial => return true,
+                            _ => return false,
+                        }
+                    } else if Some(c) == *stop {
+                        break;
+                    } else if always_escaped(c) || (integer && !(c.is_ascii_digit() || c == '-')) {
+                        return false;
+                    } else {
+                        at += c.len_utf8();
+                    }
+                }
+                // An integer is never empty (a head may end before it).
+                if integer && at == 0 && !(partial && rest.is_empty()) {
+                    return false;
+                }
+                rest = &rest[at..];
+            }
+        }
+    }
+    rest.is_empty()
 }
 
 #[cfg(feature = "axum")]
@@ -299,6 +482,26 @@ pub(crate) fn http_request(path: &str, query: Option<&str>) -> String {
         }
     }
     key
+}
+
+/// A tag as a `tags = [..]` template renders it: the values as they
+/// format, unescaped, so `"user:{id}"` with `id = 42` is the tag a caller
+/// names as `"user:42"`. Two renderings that read alike are one tag, which
+/// can only make an invalidation delete more, never less.
+pub(crate) fn render_tag(template: &KeyTemplate, values: &[&dyn Display]) -> String {
+    let mut tag = String::with_capacity(template.text.len() + 8 * values.len());
+    let mut values = values.iter();
+    for piece in template.pieces {
+        match piece {
+            Piece::Text(text) => tag.push_str(text),
+            Piece::Value { .. } => {
+                if let Some(value) = values.next() {
+                    let _ = write!(tag, "{value}");
+                }
+            }
+        }
+    }
+    tag
 }
 
 /// A `SCAN MATCH` pattern for the keys that start with `prefix`: its glob
@@ -699,5 +902,155 @@ mod tests {
         assert!(key.contains("#sha256:"));
         assert_eq!(key, keys.http(&scope, None, &long));
         assert_ne!(key, keys.http(&scope, None, &format!("{long}y")));
+    }
+
+    #[test]
+    fn a_tags_keys_share_one_hash_tag_that_values_cannot_break() {
+        let plain = keys("cachify:");
+        let user = plain.tag("user:42");
+        assert_eq!(user.version, "cachify:tag:{user:42}:v");
+        assert_eq!(user.index, "cachify:tag:{user:42}:i");
+        for tag in ["user:42", "a}b", "{x}", "", "a b", &"y".repeat(2000)] {
+            let keys = plain.tag(tag);
+            let slot = hash_tag(&keys.version);
+            assert!(slot.is_some(), "{tag:?}: {keys:?}");
+            assert_eq!(slot, hash_tag(&keys.index), "{tag:?}");
+            assert!(keys.version.len() < MAX_KEY_LEN);
+        }
+        assert_ne!(plain.tag("").version, plain.tag("%").version);
+        assert_ne!(plain.tag("a}b").version, plain.tag("a").version);
+        assert_ne!(
+            plain.tag(&"y".repeat(2000)).version,
+            plain.tag(&"y".repeat(2001)).version
+        );
+        let tagged = keys("{app}:").tag("user:42");
+        assert_eq!(hash_tag(&tagged.version), Some("app"));
+        assert_eq!(hash_tag(&tagged.index), Some("app"));
+    }
+
+    #[test]
+    fn tags_render_their_values_as_written() {
+        const TAG: KeyTemplate = KeyTemplate {
+            text: "user:{id}-{name}",
+            pieces: &[
+                Piece::Text("user:"),
+                Piece::Value { stop: Some('-') },
+                Piece::Text("-"),
+                Piece::Value { stop: None },
+            ],
+        };
+        assert_eq!(render_tag(&TAG, &[&42, &"a b-c"]), "user:42-a b-c");
+    }
+
+    const CARD: KeyTemplate = KeyTemplate {
+        text: "user-{id}-card",
+        pieces: &[
+            Piece::Text("user-"),
+            Piece::Value { stop: Some('-') },
+            Piece::Text("-card"),
+        ],
+    };
+
+    #[test]
+    fn a_template_matches_the_keys_it_renders_and_no_other() {
+        let keys = keys("p:");
+        let card = keys.template_keys(KeyKind::Cached, &CARD, &[]);
+        assert_eq!(card.pattern, "p:cache:user-*");
+        for id in ["1", "a-b", "x y%", "", "é*?[", &"z".repeat(3000)] {
+            let key = keys.render(KeyKind::Cached, &CARD, &[&id]);
+            assert!(card.matches(&key), "{id:?}: {key}");
+        }
+        for other in [
+            "p:cache:user-settings-1",
+            "p:cache:user-1-cards",
+            "p:cache:user-1-card-",
+            "p:cache:user-1",
+            "p:cache:user-a b-card",
+            "p:cache:user-%2-card",
+            "p:once:user-1-card",
+            "q:cache:user-1-card",
+        ] {
+            assert!(!card.matches(other), "{other}");
+        }
+        // A shortened key of another template that cannot have this
+        // template's start.
+        const OTHER: KeyTemplate = KeyTemplate {
+            text: "user-settings-{id}",
+            pieces: &[Piece::Text("user-settings-"), Piece::Value { stop: None }],
+        };
+        let long = keys.render(KeyKind::Cached, &OTHER, &[&"z".repeat(3000)]);
+        assert!(long.contains("#sha256:"));
+        assert!(!card.matches(&long), "{long}");
+    }
+
+    #[test]
+    fn a_hex_digit_stop_character_is_found_outside_escapes() {
+        const HEX: KeyTemplate = KeyTemplate {
+            text: "{a}A{b}",
+            pieces: &[
+                Piece::Value { stop: Some('A') },
+                Piece::Text("A"),
+                Piece::Value { stop: None },
+            ],
+        };
+        let keys = keys("");
+        let hex = keys.template_keys(KeyKind::Cached, &HEX, &[]);
+        assert_eq!(hex.pattern, "cache:*");
+        for (a, b) in [("*", "x"), ("A", ""), ("", "A"), ("%2", "%")] {
+            let key = keys.render(KeyKind::Cached, &HEX, &[&a, &b]);
+            assert!(hex.matches(&key), "{key}");
+        }
+        assert!(!hex.matches("cache:xyz"), "no stop character");
+    }
+
+    #[test]
+    fn glob_characters_in_a_templates_start_match_only_themselves() {
+        const GLOB: KeyTemplate = KeyTemplate {
+            text: "a*[b]-{id}",
+            pieces: &[Piece::Text("a*[b]-"), Piece::Value { stop: None }],
+        };
+        let matching = keys("p?:").template_keys(KeyKind::Cached, &GLOB, &[]);
+        assert_eq!(matching.pattern, "p\\?:cache:a\\*\\[b\\]-*");
+        assert!(matching.matches("p?:cache:a*[b]-7"));
+        assert!(!matching.matches("px:cache:a*[b]-7"));
+    }
+
+    #[test]
+    fn an_integer_value_matches_only_what_an_integer_renders() {
+        const USER: KeyTemplate = KeyTemplate {
+            text: "user-{id}",
+            pieces: &[Piece::Text("user-"), Piece::Value { stop: None }],
+        };
+        let keys = keys("p:");
+        let by_integer = keys.template_keys(KeyKind::Cached, &USER, &[true]);
+        let by_any = keys.template_keys(KeyKind::Cached, &USER, &[false]);
+        for id in [0_i64, 42, -7, i64::MAX] {
+            let key = keys.render(KeyKind::Cached, &USER, &[&id]);
+            assert!(by_integer.matches(&key), "{key}");
+        }
+        for other in [
+            "p:cache:user-settings-5",
+            "p:cache:user-",
+            "p:cache:user-5x",
+        ] {
+            assert!(!by_integer.matches(other), "{other}");
+        }
+        assert!(
+            by_any.matches("p:cache:user-settings-5"),
+            "a string could render it"
+        );
+        // A digit stop character is escaped inside the integer.
+        const DIGIT_STOP: KeyTemplate = KeyTemplate {
+            text: "{a}1{b}",
+            pieces: &[
+                Piece::Value { stop: Some('1') },
+                Piece::Text("1"),
+                Piece::Value { stop: None },
+            ],
+        };
+        let digits = keys.template_keys(KeyKind::Cached, &DIGIT_STOP, &[true, true]);
+        let key = keys.render(KeyKind::Cached, &DIGIT_STOP, &[&21, &1]);
+        assert_eq!(key, "p:cache:2%3111");
+        assert!(digits.matches(&key));
     }
 }

@@ -101,6 +101,8 @@
 //!   breaker.
 //! - The macros' pages: key templates, options and generated siblings.
 //! - [`LockGuard`]: fencing tokens and lost-lock detection.
+//! - [`invalidate_tags`] (entries stored with `#[cached(tags = [..])]`),
+//!   `<fn>_clear` and [`clear`]: deleting many entries at once.
 //! - [`Cachify::stats`]: hits, misses, errors and the breaker's state.
 //! - [`scope`] and [`scope_blocking`]: another client in place of the global
 //!   one for a stretch of code, such as one test.
@@ -168,7 +170,10 @@ pub use cachify_macros::{cached, lock, once, trait_impl};
 pub use crate::client::{Cachify, CachifyBuilder};
 pub use crate::codec::Codec;
 pub use crate::error::{BackendError, CodecError, Error};
-pub use crate::global::{Scoped, global, init, lock, scope, scope_blocking};
+pub use crate::global::{
+    Scoped, clear, clear_blocking, global, init, invalidate_tags, invalidate_tags_blocking, lock,
+    scope, scope_blocking,
+};
 pub use crate::health::{BreakerState, Stats};
 pub use crate::locks::{LockBuilder, LockGuard};
 pub use crate::observe::{CallKind, LOCK_API_TEMPLATE, TemplateStats};

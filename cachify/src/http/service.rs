@@ -276,7 +276,8 @@ where
             // flight, and stores what it got.
             let computed = compute.await;
             if let (true, Some(entry)) = (computed.store, &computed.value) {
-                core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(kept))
+                let _stored = core
+                    .write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(kept))
                     .await;
             }
             Served::Ran(computed.output)
@@ -287,6 +288,7 @@ where
                 fill_lock: false,
                 read: true,
                 accept: &accept,
+                tags: &[],
             };
             core.fetch::<Async, Entry, _, _, _>(fetch, compute).await
         }

@@ -15,7 +15,7 @@ use super::Io;
 use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
 use super::redis::{invalid_url, redact};
 use crate::error::{BackendError, Error};
-use crate::keyspace;
+use crate::keyspace::KeyMatch;
 
 /// How often redis-rs retries a command that met a moved slot or a lost
 /// node, and how long it waits between tries (milliseconds, growing from
@@ -160,10 +160,9 @@ impl Shared {
             .collect())
     }
 
-    /// Deletes every key that starts with `prefix` on every primary: `SCAN`
-    /// each one in batches (never `KEYS`), and `UNLINK` what it finds.
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
-        let pattern = keyspace::scan_pattern(prefix);
+    /// Deletes every key of `matching` on every primary: `SCAN` each one in
+    /// batches (never `KEYS`), and `UNLINK` what it finds.
+    async fn delete_matching(&self, matching: &KeyMatch) -> Result<u64, Error> {
         let mut deleted = 0;
         for (host, port) in self.primaries().await? {
             let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
@@ -175,11 +174,12 @@ impl Shared {
                 let mut connection = self.connection.clone();
                 let reply = timed(
                     self.command_timeout,
-                    connection.route_command(scan(cursor, &pattern), node.clone()),
+                    connection.route_command(scan(cursor, &matching.pattern), node.clone()),
                 )
                 .await?;
-                let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
+                let (next, mut keys): (u64, Vec<String>) = redis::from_redis_value(reply)
                     .map_err(|error| Error::Backend(BackendError::new(error.to_string())))?;
+                keys.retain(|key| matching.matches(key));
                 if !keys.is_empty() {
                     // redis-rs splits a multi-key UNLINK by slot.
                     let unlinked: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
@@ -266,9 +266,9 @@ impl Link for ClusterStore {
         Box::pin(async move { shared.invoke(invocation).await })
     }
 
-    fn unlink_prefix(&self, prefix: &str) -> Io<u64> {
-        let (shared, prefix) = (Arc::clone(&self.shared), prefix.to_owned());
-        Box::pin(async move { shared.delete_prefix(&prefix).await })
+    fn unlink_matching(&self, matching: &KeyMatch) -> Io<u64> {
+        let (shared, matching) = (Arc::clone(&self.shared), matching.clone());
+        Box::pin(async move { shared.delete_matching(&matching).await })
     }
 
     fn primaries(&self) -> Io<Vec<ConnectionInfo>> {

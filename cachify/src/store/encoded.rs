@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{ByteStore, StoreFuture, ValueStore};
 use crate::codec::Codec;
+use crate::keyspace::KeyMatch;
 use crate::value::{AnyValue, ValueType};
 
 /// Encodes values with `codec` on their way into a byte store, and refuses
@@ -63,6 +64,10 @@ impl<B: ByteStore> ValueStore for Encoded<B> {
 
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
         self.bytes.delete_prefix(prefix)
+    }
+
+    fn delete_matching(&self, matching: &KeyMatch) -> StoreFuture<u64> {
+        self.bytes.delete_matching(matching)
     }
 
     fn get_encoded(&self, key: &str) -> Option<(StoreFuture<Option<Vec<u8>>>, Codec)> {

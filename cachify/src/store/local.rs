@@ -22,6 +22,7 @@ use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 
 use super::clamp_ttl;
+use crate::keyspace::KeyMatch;
 use crate::value::AnyValue;
 
 /// One stored value, and whether it may still be served.
@@ -163,6 +164,20 @@ impl LocalValues {
         let removed = AtomicU64::new(0);
         self.entries.retain(|key, held| {
             let keep = !key.starts_with(prefix);
+            if !keep {
+                held.retire();
+                removed.fetch_add(1, Ordering::Relaxed);
+            }
+            keep
+        });
+        removed.into_inner()
+    }
+
+    /// Removes every entry of `matching`; how many.
+    pub(crate) fn remove_matching(&self, matching: &KeyMatch) -> u64 {
+        let removed = AtomicU64::new(0);
+        self.entries.retain(|key, held| {
+            let keep = !matching.matches(key);
             if !keep {
                 held.retire();
                 removed.fetch_add(1, Ordering::Relaxed);

@@ -1,8 +1,9 @@
 //! The in-process store: values kept as they are (no encoding), locks and
-//! fencing tokens for callers in this process.
+//! fencing tokens for callers in this process, and cache tags.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::Expiry;
@@ -10,7 +11,8 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
 use super::local::{LocalValues, expiry_after};
-use super::{Fence, Local, LockStore, StoreFuture, ValueStore, clamp_ttl, next_fence};
+use super::{Fence, Local, LockStore, StoreFuture, TagStore, ValueStore, clamp_ttl, next_fence};
+use crate::keyspace::{KeyMatch, TagKeys};
 use crate::value::{AnyValue, ValueType};
 
 #[derive(Clone)]
@@ -51,6 +53,39 @@ pub(crate) struct MemoryStore {
     /// The last fencing token handed out, for any lock name: tokens that
     /// increase across the whole store increase per name too.
     last_fence: AtomicU64,
+    /// Cache tags, by their version key. One lock for all: a tag's index
+    /// and version change together, as in one Redis script.
+    tags: Mutex<TagBook>,
+}
+
+/// Every tag in use, and when to sweep out the ones that are done.
+#[derive(Default)]
+struct TagBook {
+    tags: HashMap<String, Tag>,
+    /// Entries added since the last sweep.
+    since_sweep: usize,
+}
+
+/// Sweep every so many tagged writes, so tags of expired entries go.
+const TAG_SWEEP_EVERY: usize = 1024;
+
+/// One tag: its version, until when that version must be kept, and its
+/// index members (`{version}|{entry key}`) with their entry's expiry.
+#[derive(Default)]
+struct Tag {
+    version: u64,
+    keep_until: Option<Instant>,
+    entries: HashMap<String, Option<Instant>>,
+}
+
+impl Tag {
+    /// Nothing left that a later read would miss: no live entry, and no
+    /// version that must still be seen.
+    fn done(&mut self, now: Instant) -> bool {
+        self.entries
+            .retain(|_, expires| expires.is_none_or(|expires| now < expires));
+        self.entries.is_empty() && self.keep_until.is_none_or(|until| until <= now)
+    }
 }
 
 /// Microseconds since the Unix epoch, the floor of new fencing tokens.
@@ -67,7 +102,12 @@ impl MemoryStore {
             values: LocalValues::new(max_entries),
             locks: Cache::builder().expire_after(PerEntryTtl).build(),
             last_fence: AtomicU64::new(0),
+            tags: Mutex::default(),
         }
+    }
+
+    fn tags(&self) -> std::sync::MutexGuard<'_, TagBook> {
+        self.tags.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn draw_fence(&self) -> u64 {
@@ -114,6 +154,10 @@ impl ValueStore for MemoryStore {
 
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
         StoreFuture::ready(Ok(self.values.remove_prefix(prefix)))
+    }
+
+    fn delete_matching(&self, matching: &KeyMatch) -> StoreFuture<u64> {
+        StoreFuture::ready(Ok(self.values.remove_matching(matching)))
     }
 
     fn local(&self) -> Option<Local<'_>> {
@@ -187,6 +231,47 @@ impl LockStore for MemoryStore {
         self.locks
             .entry(key.to_owned())
             .and_compute_with(|_| Op::Remove);
+        StoreFuture::ready(Ok(()))
+    }
+}
+
+impl TagStore for MemoryStore {
+    fn tag_version(&self, tag: &TagKeys) -> StoreFuture<u64> {
+        let book = self.tags();
+        StoreFuture::ready(Ok(book.tags.get(&tag.version).map_or(0, |tag| tag.version)))
+    }
+
+    fn tag_entry(&self, tag: &TagKeys, entry: &str, ttl: Option<Duration>) -> StoreFuture<u64> {
+        let now = Instant::now();
+        let mut book = self.tags();
+        book.since_sweep += 1;
+        if book.since_sweep >= TAG_SWEEP_EVERY {
+            book.since_sweep = 0;
+            book.tags.retain(|_, tag| !tag.done(now));
+        }
+        let held = book.tags.entry(tag.version.clone()).or_default();
+        let expires = ttl.map(|ttl| now + clamp_ttl(ttl));
+        held.entries
+            .insert(format!("{}|{entry}", held.version), expires);
+        StoreFuture::ready(Ok(held.version))
+    }
+
+    fn bump_tag(&self, tag: &TagKeys, idle: Duration) -> StoreFuture<Vec<String>> {
+        let mut book = self.tags();
+        // Drawn under the book's lock, so versions only move forward.
+        let version = self.draw_fence();
+        let held = book.tags.entry(tag.version.clone()).or_default();
+        held.version = version;
+        held.keep_until = Some(Instant::now() + clamp_ttl(idle));
+        StoreFuture::ready(Ok(held.entries.keys().cloned().collect()))
+    }
+
+    fn untag(&self, tag: &TagKeys, members: &[String]) -> StoreFuture<()> {
+        if let Some(held) = self.tags().tags.get_mut(&tag.version) {
+            for member in members {
+                held.entries.remove(member);
+            }
+        }
         StoreFuture::ready(Ok(()))
     }
 }
@@ -281,5 +366,55 @@ mod tests {
             assert!(now(memory.unlock(&key, "t")));
         }
         assert_eq!(memory.held_locks(), 0);
+    }
+
+    fn tag() -> TagKeys {
+        crate::keyspace::Keyspace::default().tag("t")
+    }
+
+    #[test]
+    fn tag_versions_move_and_indexes_list_their_entries() {
+        let memory = MemoryStore::new(100);
+        let tag = tag();
+        assert_eq!(now(memory.tag_version(&tag)), 0, "never bumped");
+        assert_eq!(now(memory.tag_entry(&tag, "k", None)), 0);
+        let members = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        assert_eq!(members, ["0|k"]);
+        let first = now(memory.tag_version(&tag));
+        assert!(first > 0);
+        now(memory.untag(&tag, &members));
+        let members = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        assert!(members.is_empty(), "{members:?}");
+        assert!(now(memory.tag_version(&tag)) > first, "every bump moves it");
+    }
+
+    /// An invalidation that reads the index, then the same key written
+    /// again, then the invalidation takes off what it read: the new write
+    /// stays in the index for the next invalidation to find.
+    #[test]
+    fn an_entry_written_again_during_an_invalidation_stays_indexed() {
+        let memory = MemoryStore::new(100);
+        let tag = tag();
+        now(memory.tag_entry(&tag, "k", None));
+        let read = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        now(memory.tag_entry(&tag, "k", None));
+        now(memory.untag(&tag, &read));
+        let next = now(memory.bump_tag(&tag, Duration::from_secs(60)));
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert!(next[0].ends_with("|k"));
+    }
+
+    #[test]
+    fn tags_of_expired_entries_are_swept() {
+        let memory = MemoryStore::new(100);
+        let keys = crate::keyspace::Keyspace::default();
+        for n in 1..TAG_SWEEP_EVERY {
+            let tag = keys.tag(&format!("t{n}"));
+            now(memory.tag_entry(&tag, "k", Some(Duration::from_millis(1))));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let live = keys.tag("live");
+        now(memory.tag_entry(&live, "k", None));
+        assert_eq!(memory.tags().tags.len(), 1, "only the live tag is left");
     }
 }

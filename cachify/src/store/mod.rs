@@ -5,6 +5,7 @@
 //!   [`Encoded`], which applies the codec and the size limit.
 //! - [`ByteStore`]: bytes under keys, with TTLs (Redis, Redis Cluster).
 //! - [`LockStore`]: owned locks with fencing tokens.
+//! - [`TagStore`]: the versions and entry indexes of cache tags.
 //!
 //! Every operation returns a [`StoreFuture`]: an answer already known
 //! (in-process stores), I/O to await, or bytes to fetch and then decode
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use crate::codec::Codec;
 use crate::error::{BackendError, Error};
+use crate::keyspace::{KeyMatch, TagKeys};
 use crate::value::{AnyValue, ValueType};
 
 pub(crate) use self::encoded::Encoded;
@@ -179,6 +181,9 @@ pub(crate) trait ValueStore: Send + Sync + 'static {
     fn local(&self) -> Option<Local<'_>> {
         None
     }
+
+    /// Deletes every entry of `matching`; returns how many.
+    fn delete_matching(&self, matching: &KeyMatch) -> StoreFuture<u64>;
 }
 
 /// A store's in-process values.
@@ -194,6 +199,7 @@ pub(crate) trait ByteStore: Send + Sync + 'static {
     fn set(&self, key: &str, bytes: Vec<u8>, ttl: Option<Duration>) -> StoreFuture<()>;
     fn delete(&self, key: &str) -> StoreFuture<()>;
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64>;
+    fn delete_matching(&self, matching: &KeyMatch) -> StoreFuture<u64>;
 }
 
 /// Where a lock draws its fencing token.
@@ -240,4 +246,36 @@ pub(crate) trait LockStore: Send + Sync + 'static {
 /// (microseconds of the store's clock). See [`LockStore::try_lock`].
 pub(crate) fn next_fence(last: u64, clock: u64) -> u64 {
     last.saturating_add(1).max(clock)
+}
+
+/// The versions and entry indexes of cache tags (`#[cached(tags = [..])]`).
+///
+/// A writer reads its tags' versions before it computes, and after it
+/// stored the entry adds it to each tag's index and reads the versions
+/// again, in one atomic step per tag; an invalidation bumps the version
+/// and reads the index in one atomic step, then deletes what it read. So
+/// either the invalidation finds the entry in the index, or the writer
+/// finds the version moved (see `cache/tags.rs`).
+pub(crate) trait TagStore: Send + Sync + 'static {
+    /// The tag's version now; 0 when it was never bumped (or its counter
+    /// expired).
+    fn tag_version(&self, tag: &TagKeys) -> StoreFuture<u64>;
+
+    /// Adds `entry` to the tag's index as the member `{version}|{entry}`,
+    /// with the tag's version now, keeps the index at least `ttl` (`None`:
+    /// for ever), and returns that version, in one atomic step.
+    ///
+    /// The version in the member keeps an entry written again after an
+    /// invalidation in the index: the invalidation removes only the
+    /// members it read, and the new write added another.
+    fn tag_entry(&self, tag: &TagKeys, entry: &str, ttl: Option<Duration>) -> StoreFuture<u64>;
+
+    /// Moves the tag's version past every earlier one (one above the last,
+    /// never behind the store's clock in microseconds, kept `idle`) and
+    /// returns the members of its index, in one atomic step.
+    fn bump_tag(&self, tag: &TagKeys, idle: Duration) -> StoreFuture<Vec<String>>;
+
+    /// Removes `members` (as [`TagStore::bump_tag`] returned them) from the
+    /// tag's index.
+    fn untag(&self, tag: &TagKeys, members: &[String]) -> StoreFuture<()>;
 }

@@ -13,6 +13,7 @@ use super::protocol::{Link, read_with_ttl};
 use super::tracking::Tracking;
 use super::{Encoded, Local, StoreFuture, ValueStore};
 use crate::codec::Codec;
+use crate::keyspace::KeyMatch;
 use crate::value::{AnyValue, ValueType};
 
 /// A [`ValueStore`] over Redis that answers repeated reads from process
@@ -87,6 +88,13 @@ impl<L: Link> ValueStore for NearStore<L> {
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
         self.tracking.forget_prefix(prefix);
         self.encoded.delete_prefix(prefix)
+    }
+
+    fn delete_matching(&self, matching: &KeyMatch) -> StoreFuture<u64> {
+        // Every copy under the start goes: more than the template's, which
+        // only costs those keys a read from Redis.
+        self.tracking.forget_prefix(&matching.start);
+        self.encoded.delete_matching(matching)
     }
 
     fn local(&self) -> Option<Local<'_>> {

@@ -1,7 +1,7 @@
 //! The Redis protocol, shared by the stores that speak it (one server, a
 //! cluster): the commands and Lua scripts, and one implementation of
-//! [`ByteStore`] and [`LockStore`] over a [`Link`], which is all such a
-//! store has to provide.
+//! [`ByteStore`], [`LockStore`] and [`TagStore`] over a [`Link`], which is
+//! all such a store has to provide.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use redis::{Cmd, ConnectionInfo, FromRedisValue, Script, ScriptInvocation};
 
-use super::{ByteStore, Fence, Io, LockStore, StoreFuture, millis};
+use super::{ByteStore, Fence, Io, LockStore, StoreFuture, TagStore, millis};
 use crate::error::{BackendError, Error};
+use crate::keyspace::{KeyMatch, TagKeys};
 
 /// Takes the lock if it is free and, in the same atomic step, draws the
 /// next fencing token: one above the last and never behind the server's
@@ -68,6 +69,45 @@ static READ_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
     Script::new("return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}")
 });
 
+/// Adds an entry key (ARGV[1]) to a tag's index (KEYS[2]), as
+/// `{version}|{key}`, and returns the tag's version (KEYS[1], 0 when
+/// absent), in one atomic step. The index
+/// lives at least as long as the entry: ARGV[2] milliseconds, or for ever
+/// when it is 0 (an entry without expiry).
+static TAG_ENTRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local version = redis.call('GET', KEYS[1]) or '0' \
+         local fresh = redis.call('EXISTS', KEYS[2]) == 0 \
+         redis.call('SADD', KEYS[2], version .. '|' .. ARGV[1]) \
+         local ttl = tonumber(ARGV[2]) \
+         if ttl == 0 then \
+             redis.call('PERSIST', KEYS[2]) \
+         else \
+             local left = redis.call('PTTL', KEYS[2]) \
+             if fresh or (left >= 0 and left < ttl) then \
+                 redis.call('PEXPIRE', KEYS[2], ttl) \
+             end \
+         end \
+         return tonumber(version)",
+    )
+});
+
+/// Bumps a tag's version (KEYS[1]) and returns its index (KEYS[2]), in one
+/// atomic step. The version is one above the last and never behind the
+/// server's clock in microseconds, like a fencing token, so it moves even
+/// when the counter had expired; it is kept ARGV[1] milliseconds.
+static BUMP_TAG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.replicate_commands() \
+         local now = redis.call('TIME') \
+         local clock = tonumber(now[1]) * 1000000 + tonumber(now[2]) \
+         local last = tonumber(redis.call('GET', KEYS[1]) or '0') \
+         local version = math.max(last + 1, clock) \
+         redis.call('SET', KEYS[1], string.format('%d', version), 'PX', ARGV[1]) \
+         return redis.call('SMEMBERS', KEYS[2])",
+    )
+});
+
 /// How many keys one `SCAN` step asks for.
 const SCAN_BATCH: u64 = 500;
 
@@ -95,9 +135,10 @@ pub(crate) trait Link: Send + Sync + 'static {
         invocation: ScriptInvocation<'static>,
     ) -> Io<T>;
 
-    /// Deletes every key that starts with `prefix` (`SCAN` in batches and
-    /// `UNLINK`, on every primary); returns how many.
-    fn unlink_prefix(&self, prefix: &str) -> Io<u64>;
+    /// Deletes every key of `matching` (`SCAN` in batches for its
+    /// pattern, each key checked with [`KeyMatch::matches`], and `UNLINK`,
+    /// on every primary); returns how many.
+    fn unlink_matching(&self, matching: &KeyMatch) -> Io<u64>;
 
     /// Where every key lives now: the server, or each primary of a cluster,
     /// with the credentials to reach it (the near cache's invalidation
@@ -139,7 +180,42 @@ impl<L: Link> ByteStore for L {
     }
 
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64> {
-        StoreFuture::Io(self.unlink_prefix(prefix))
+        StoreFuture::Io(self.unlink_matching(&KeyMatch::prefix(prefix)))
+    }
+
+    fn delete_matching(&self, matching: &KeyMatch) -> StoreFuture<u64> {
+        StoreFuture::Io(self.unlink_matching(matching))
+    }
+}
+
+impl<L: Link> TagStore for L {
+    fn tag_version(&self, tag: &TagKeys) -> StoreFuture<u64> {
+        StoreFuture::Io(self.send(keyed("GET", &tag.version)))
+            .map(|version: Option<u64>| Ok(version.unwrap_or(0)))
+    }
+
+    fn tag_entry(&self, tag: &TagKeys, entry: &str, ttl: Option<Duration>) -> StoreFuture<u64> {
+        let mut invocation = TAG_ENTRY.key(&tag.version);
+        invocation
+            .key(&tag.index)
+            .arg(entry)
+            .arg(ttl.map_or(0, millis));
+        StoreFuture::Io(self.script(invocation))
+    }
+
+    fn bump_tag(&self, tag: &TagKeys, idle: Duration) -> StoreFuture<Vec<String>> {
+        let mut invocation = BUMP_TAG.key(&tag.version);
+        invocation.key(&tag.index).arg(millis(idle));
+        StoreFuture::Io(self.script(invocation))
+    }
+
+    fn untag(&self, tag: &TagKeys, members: &[String]) -> StoreFuture<()> {
+        if members.is_empty() {
+            return StoreFuture::ready(Ok(()));
+        }
+        let mut command = keyed("SREM", &tag.index);
+        command.arg(members);
+        StoreFuture::Io(self.send::<u64>(command)).map(|_| Ok(()))
     }
 }
 

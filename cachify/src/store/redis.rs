@@ -21,7 +21,8 @@ use super::Io;
 use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
 use super::stall::WatchedConnection;
 use crate::error::{BackendError, Error};
-use crate::{io, keyspace};
+use crate::io;
+use crate::keyspace::KeyMatch;
 
 /// How long redis-rs may wait between two reconnection attempts, so that
 /// caching resumes soon after Redis is back.
@@ -337,18 +338,18 @@ impl Shared {
         Ok(ReadConnection::Timed(connection))
     }
 
-    /// Deletes every key that starts with `prefix`, with `SCAN` (never
-    /// `KEYS`, which blocks the server) and `UNLINK` in batches. Returns how
-    /// many keys were deleted.
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, Error> {
+    /// Deletes every key of `matching`, with `SCAN` (never `KEYS`, which
+    /// blocks the server) and `UNLINK` in batches. Returns how many keys
+    /// were deleted.
+    async fn delete_matching(&self, matching: &KeyMatch) -> Result<u64, Error> {
         let mut connection = self.connection.clone();
-        let pattern = keyspace::scan_pattern(prefix);
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .timed(scan(cursor, &pattern).query_async(&mut connection))
+            let (next, mut keys): (u64, Vec<String>) = self
+                .timed(scan(cursor, &matching.pattern).query_async(&mut connection))
                 .await?;
+            keys.retain(|key| matching.matches(key));
             if !keys.is_empty() {
                 let unlinked: u64 = self
                     .timed(redis::cmd("UNLINK").arg(&keys).query_async(&mut connection))
@@ -389,9 +390,9 @@ impl Link for RedisStore {
         Box::pin(async move { shared.invoke(invocation).await })
     }
 
-    fn unlink_prefix(&self, prefix: &str) -> Io<u64> {
-        let (shared, prefix) = (Arc::clone(&self.shared), prefix.to_owned());
-        Box::pin(async move { shared.delete_prefix(&prefix).await })
+    fn unlink_matching(&self, matching: &KeyMatch) -> Io<u64> {
+        let (shared, matching) = (Arc::clone(&self.shared), matching.clone());
+        Box::pin(async move { shared.delete_matching(&matching).await })
     }
 
     fn primaries(&self) -> Io<Vec<ConnectionInfo>> {
