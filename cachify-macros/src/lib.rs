@@ -9,6 +9,7 @@ mod attr;
 mod expand;
 mod fmt;
 mod shape;
+mod stack;
 mod trait_impl;
 mod valid;
 
@@ -269,7 +270,7 @@ pub fn lock(args: TokenStream, item: TokenStream) -> TokenStream {
 
 fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     let args = args.into();
-    if trait_impl::already_expanded(&args) {
+    if stack::already_expanded(&args) {
         return item;
     }
     expand::expand(kind, args, item.into()).into()

@@ -188,7 +188,7 @@ where
     if plan.head {
         if !plan.refresh
             && let Some(entry) = core
-                .read::<Async, Entry>(&plan.key, &tally, &accept)
+                .read::<Async, Entry>(&plan.key, &tally, &accept, None)
                 .instrument(span.clone())
                 .await
         {
@@ -233,7 +233,7 @@ where
             // flight, and stores what it got.
             let computed = compute.await;
             if let (true, Some(entry)) = (computed.store, &computed.value) {
-                core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl))
+                core.write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(ttl), None)
                     .await;
             }
             Served::Ran(computed.output)
@@ -244,6 +244,7 @@ where
                 fill_lock: false,
                 read: true,
                 accept: &accept,
+                codec: None,
             };
             core.fetch::<Async, Entry, _, _, _>(fetch, compute).await
         }

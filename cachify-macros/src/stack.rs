@@ -1,0 +1,135 @@
+//! Stacked attributes: `#[cached] #[once] fn f` is one function with two
+//! layers, the first written outermost, as Python's decorators read.
+//!
+//! rustc expands the first attribute first, with the others still on the
+//! item. That attribute takes the others off ([`take_layers`]) and wraps
+//! the function in every layer itself, innermost first, so that the layers
+//! nest in the written order and share one set of siblings. The attributes
+//! it took are left on the function as inert markers ([`inert`]): the
+//! user's `use cachify::once` stays used, and they expand to nothing.
+//!
+//! A cachify attribute is recognised by its path (`cached`,
+//! `cachify::cached`, `::cachify::cached`, the same for every [`Kind`]);
+//! one imported under another name (`use cachify::cached as c`) is not
+//! seen, and expands on its own, outside the stack.
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::{Attribute, Ident, Meta, Path};
+
+use crate::attr::{self, Args, Kind};
+
+/// The argument of a cachify attribute that has already been expanded (by
+/// the first attribute of its stack, or by `#[trait_impl]`): the attribute
+/// then returns the item as it is.
+const EXPANDED: &str = "__cachify_expanded";
+
+/// Whether these are the arguments of an attribute already expanded.
+pub(crate) fn already_expanded(args: &TokenStream) -> bool {
+    let mut tokens = args.clone().into_iter();
+    matches!(
+        (tokens.next(), tokens.next()),
+        (Some(TokenTree::Ident(ident)), None) if ident == EXPANDED
+    )
+}
+
+/// The attribute as it is left once expanded: kept, so that the user's
+/// `use cachify::cached` counts as used, but inert.
+pub(crate) fn inert(attribute: &Attribute) -> Attribute {
+    let path = attribute.path();
+    let marker = Ident::new(EXPANDED, Span::call_site());
+    syn::parse_quote!(#[#path(#marker)])
+}
+
+/// `cached`, `cachify::cached` or `::cachify::cached` (and the same for every kind).
+pub(crate) fn macro_kind(path: &Path) -> Option<Kind> {
+    let segments: Vec<String> = path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    let name = match segments.as_slice() {
+        [name] if path.leading_colon.is_none() => name,
+        [krate, name] if krate == "cachify" => name,
+        _ => return None,
+    };
+    Kind::ALL.iter().copied().find(|kind| kind.name() == name)
+}
+
+/// One layer of a stack, as written.
+pub(crate) struct Layer {
+    pub(crate) kind: Kind,
+    /// The tokens inside the attribute's parentheses.
+    pub(crate) args: TokenStream,
+    /// The attribute itself, for `#[trait_impl]` and the inert marker;
+    /// `None` for the attribute being expanded, which rustc has taken off.
+    pub(crate) attribute: Option<Attribute>,
+}
+
+impl Layer {
+    /// The layer of a cachify attribute written `attribute`.
+    pub(crate) fn of(kind: Kind, attribute: Attribute) -> syn::Result<Self> {
+        let args = match &attribute.meta {
+            Meta::List(list) => list.tokens.clone(),
+            // The parser's own message, on the attribute.
+            _ => {
+                let message = match attr::parse(kind, TokenStream::new()) {
+                    Err(error) => error.to_string(),
+                    Ok(_) => unreachable!("an empty attribute has no template"),
+                };
+                return Err(syn::Error::new_spanned(&attribute, message));
+            }
+        };
+        Ok(Self {
+            kind,
+            args,
+            attribute: Some(attribute),
+        })
+    }
+}
+
+/// Takes the cachify attributes off `attrs`: the layers under the one
+/// being expanded, outermost first. The other attributes stay, in order.
+pub(crate) fn take_layers(attrs: &mut Vec<Attribute>) -> syn::Result<Vec<Layer>> {
+    let mut layers = Vec::new();
+    let mut kept = Vec::with_capacity(attrs.len());
+    for attribute in attrs.drain(..) {
+        match macro_kind(attribute.path()) {
+            Some(kind) => layers.push(Layer::of(kind, attribute)?),
+            None => kept.push(attribute),
+        }
+    }
+    *attrs = kept;
+    Ok(layers)
+}
+
+/// Refuses two layers of one kind with the same template and the same
+/// client expression: they share one key, so the inner `#[cached]` would
+/// only repeat the outer one, and the inner `#[once]` or `#[lock]` would
+/// never get the lock that its outer layer holds. `layers` are outermost first.
+pub(crate) fn check(layers: &[(Kind, &Args)]) -> syn::Result<()> {
+    let client = |args: &Args| args.client.as_ref().map(|c| c.to_token_stream().to_string());
+    for (index, (kind, inner)) in layers.iter().enumerate() {
+        let same = layers[..index].iter().any(|(outer_kind, outer)| {
+            outer_kind == kind
+                && outer.template.value() == inner.template.value()
+                && client(outer) == client(inner)
+        });
+        if same {
+            let name = kind.name();
+            let why = match kind {
+                Kind::Cached => "the inner one would only repeat the outer one",
+                _ => "the inner one would never get the lock that the outer one holds",
+            };
+            return Err(syn::Error::new(
+                inner.template.span(),
+                format!(
+                    "this `#[{name}]` has the same key as a `#[{name}]` above it on the same \
+                     function (same template and client): {why}; give the layers different \
+                     templates or clients"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
