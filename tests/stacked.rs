@@ -262,3 +262,75 @@ mod cluster {
         stacked_suite!();
     }
 }
+
+/// Three layers on a method of a trait impl: the siblings move to an
+/// inherent impl as usual, one per name for the whole stack.
+mod trait_method {
+    use super::*;
+
+    local_client!();
+
+    fn shared() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| Cachify::builder().memory().build_blocking().unwrap())
+    }
+
+    pub trait Store {
+        async fn find(&self, id: u32) -> Result<u32, AppError>;
+    }
+
+    pub struct Rows;
+
+    static FINDS: AtomicU32 = AtomicU32::new(0);
+
+    #[cachify::trait_impl]
+    impl Store for Rows {
+        #[cached("find-{id}", ttl = 300, client = local())]
+        #[once("find-{id}", client = shared(), return_on_locked = Err(AppError::Busy))]
+        #[cached("find-{id}", ttl = 300, client = shared())]
+        async fn find(&self, id: u32) -> Result<u32, AppError> {
+            FINDS.fetch_add(1, Ordering::SeqCst);
+            assert!(Rows::find_is_locked(id).await?, "the middle layer holds its lock");
+            Ok(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn layers_stack_on_a_trait_method() {
+        assert_eq!(Rows.find(1).await, Ok(1));
+        assert_eq!(Rows.find(1).await, Ok(1));
+        assert_eq!(FINDS.load(Ordering::SeqCst), 1);
+        assert!(!Rows::find_is_locked(1).await.unwrap());
+        Rows::find_reset(1).await.unwrap();
+        assert_eq!(Rows.find(1).await, Ok(1));
+        assert_eq!(FINDS.load(Ordering::SeqCst), 2, "`_reset` cleared both cached layers");
+        Rows::find_release(1).await.unwrap();
+    }
+}
+
+/// Two lock layers share one `_is_locked` (held when either is) and one
+/// `_release` (frees both).
+mod two_locks {
+    use super::*;
+
+    local_client!();
+
+    #[once("two-outer-{id}", client = local())]
+    #[lock("two-inner-{id}", client = local())]
+    fn both(id: u32) -> Result<u32, AppError> {
+        Ok(id)
+    }
+
+    #[test]
+    fn one_is_locked_and_one_release_for_both_layers() {
+        assert!(!both_is_locked(1).unwrap());
+        // The inner layer's lock, held through the lock API (same key as `#[lock]`).
+        let guard = local().lock("two-inner-1").acquire_blocking().unwrap();
+        assert!(both_is_locked(1).unwrap(), "held when the inner layer's lock is");
+        assert!(matches!(both(1), Err(AppError::Cache(_))), "refused by the inner layer");
+        both_release(1).unwrap();
+        assert!(!both_is_locked(1).unwrap(), "`_release` freed it");
+        assert_eq!(both(1), Ok(1));
+        drop(guard);
+    }
+}
