@@ -65,8 +65,16 @@ macro_rules! options_suite {
             tokio::time::sleep(PAST_DEFAULT).await;
             assert_eq!(forever(1).await, 1);
             assert_eq!(defaulted(1).await, 1);
-            assert_eq!(DEFAULTED.load(Ordering::SeqCst), 2, "the default ttl ran out");
-            assert_eq!(FOREVER.load(Ordering::SeqCst), 1, "`ttl = None` did not expire");
+            assert_eq!(
+                DEFAULTED.load(Ordering::SeqCst),
+                2,
+                "the default ttl ran out"
+            );
+            assert_eq!(
+                FOREVER.load(Ordering::SeqCst),
+                1,
+                "`ttl = None` did not expire"
+            );
         }
 
         static FOREVER_SYNC: AtomicU32 = AtomicU32::new(0);
@@ -91,8 +99,16 @@ macro_rules! options_suite {
             std::thread::sleep(PAST_DEFAULT);
             assert_eq!(forever_sync(1), Some(1));
             assert_eq!(defaulted_sync(1), Some(1));
-            assert_eq!(DEFAULTED_SYNC.load(Ordering::SeqCst), 2, "the default ttl ran out");
-            assert_eq!(FOREVER_SYNC.load(Ordering::SeqCst), 1, "`ttl = None` did not expire");
+            assert_eq!(
+                DEFAULTED_SYNC.load(Ordering::SeqCst),
+                2,
+                "the default ttl ran out"
+            );
+            assert_eq!(
+                FOREVER_SYNC.load(Ordering::SeqCst),
+                1,
+                "`ttl = None` did not expire"
+            );
         }
 
         static AS_JSON: AtomicU32 = AtomicU32::new(0);
@@ -107,7 +123,11 @@ macro_rules! options_suite {
         fn sync_codec_round_trips() {
             assert_eq!(as_json(1), user(1));
             assert_eq!(as_json(1), user(1));
-            assert_eq!(AS_JSON.load(Ordering::SeqCst), 1, "the second call is a hit");
+            assert_eq!(
+                AS_JSON.load(Ordering::SeqCst),
+                1,
+                "the second call is a hit"
+            );
         }
 
         static AS_JSON_ASYNC: AtomicU32 = AtomicU32::new(0);
@@ -122,7 +142,11 @@ macro_rules! options_suite {
         async fn async_codec_round_trips() {
             assert_eq!(as_json_async(1).await, Ok(user(1)));
             assert_eq!(as_json_async(1).await, Ok(user(1)));
-            assert_eq!(AS_JSON_ASYNC.load(Ordering::SeqCst), 1, "the second call is a hit");
+            assert_eq!(
+                AS_JSON_ASYNC.load(Ordering::SeqCst),
+                1,
+                "the second call is a hit"
+            );
         }
 
         // Without counters, for the checks of the raw entries in Redis,
@@ -208,7 +232,10 @@ macro_rules! redis_checks {
             suite::stored_forever(7).await;
             suite::stored_defaulted(7).await;
             let mut raw = raw();
-            assert_eq!(raw_pttl(&mut raw, concat!($prefix, "cache:stored-forever-7")), -1);
+            assert_eq!(
+                raw_pttl(&mut raw, concat!($prefix, "cache:stored-forever-7")),
+                -1
+            );
             let defaulted = raw_pttl(&mut raw, concat!($prefix, "cache:stored-defaulted-7"));
             assert!(
                 defaulted > 0 && defaulted <= DEFAULT_TTL.as_millis() as i64,
@@ -221,7 +248,10 @@ macro_rules! redis_checks {
             assert_eq!(suite::stored_json(8).await, Ok(user(8)));
             suite::plain(8).await;
             let mut raw = raw();
-            assert_json(&raw_get(&mut raw, concat!($prefix, "cache:stored-json-8")), &user(8));
+            assert_json(
+                &raw_get(&mut raw, concat!($prefix, "cache:stored-json-8")),
+                &user(8),
+            );
             let plain = raw_get(&mut raw, concat!($prefix, "cache:plain-8"));
             assert_eq!(plain[0], b'M', "the client's codec, MessagePack");
             assert!(serde_json::from_slice::<User>(&plain[1..]).is_err());
@@ -230,7 +260,10 @@ macro_rules! redis_checks {
         #[test]
         fn sync_codec_json_writes_json() {
             suite::stored_json_sync(9);
-            assert_json(&raw_get(&mut raw(), concat!($prefix, "cache:stored-json-sync-9")), &user(9));
+            assert_json(
+                &raw_get(&mut raw(), concat!($prefix, "cache:stored-json-sync-9")),
+                &user(9),
+            );
         }
 
         static READ_BACK: AtomicU32 = AtomicU32::new(0);
@@ -309,12 +342,19 @@ mod redis_node {
     async fn codec_overrides_the_client_codec_through_the_near_cache() {
         assert_eq!(packed(1).await, user(1));
         let bytes = raw_get(&mut raw(), "optj:cache:packed-1");
-        assert_eq!(bytes[0], b'M', "the function's codec, not the client's JSON");
+        assert_eq!(
+            bytes[0], b'M',
+            "the function's codec, not the client's JSON"
+        );
         // A write leaves no near copy: the second call decodes Redis's
         // bytes (and keeps a copy), the third answers from the copy.
         assert_eq!(packed(1).await, user(1));
         assert_eq!(packed(1).await, user(1));
-        assert_eq!(PACKED.load(Ordering::SeqCst), 1, "read back with the function's codec");
+        assert_eq!(
+            PACKED.load(Ordering::SeqCst),
+            1,
+            "read back with the function's codec"
+        );
     }
 }
 

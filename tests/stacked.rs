@@ -290,7 +290,10 @@ mod trait_method {
         #[cached("find-{id}", ttl = 300, client = shared())]
         async fn find(&self, id: u32) -> Result<u32, AppError> {
             FINDS.fetch_add(1, Ordering::SeqCst);
-            assert!(Rows::find_is_locked(id).await?, "the middle layer holds its lock");
+            assert!(
+                Rows::find_is_locked(id).await?,
+                "the middle layer holds its lock"
+            );
             Ok(id)
         }
     }
@@ -303,7 +306,11 @@ mod trait_method {
         assert!(!Rows::find_is_locked(1).await.unwrap());
         Rows::find_reset(1).await.unwrap();
         assert_eq!(Rows.find(1).await, Ok(1));
-        assert_eq!(FINDS.load(Ordering::SeqCst), 2, "`_reset` cleared both cached layers");
+        assert_eq!(
+            FINDS.load(Ordering::SeqCst),
+            2,
+            "`_reset` cleared both cached layers"
+        );
         Rows::find_release(1).await.unwrap();
     }
 }
@@ -326,8 +333,14 @@ mod two_locks {
         assert!(!both_is_locked(1).unwrap());
         // The inner layer's lock, held through the lock API (same key as `#[lock]`).
         let guard = local().lock("two-inner-1").acquire_blocking().unwrap();
-        assert!(both_is_locked(1).unwrap(), "held when the inner layer's lock is");
-        assert!(matches!(both(1), Err(AppError::Cache(_))), "refused by the inner layer");
+        assert!(
+            both_is_locked(1).unwrap(),
+            "held when the inner layer's lock is"
+        );
+        assert!(
+            matches!(both(1), Err(AppError::Cache(_))),
+            "refused by the inner layer"
+        );
         both_release(1).unwrap();
         assert!(!both_is_locked(1).unwrap(), "`_release` freed it");
         assert_eq!(both(1), Ok(1));

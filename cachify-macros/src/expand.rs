@@ -119,7 +119,11 @@ fn local(name: &str) -> Ident {
 
 impl<'a> Key<'a> {
     /// Parses and checks one layer's arguments against the function.
-    fn new(layer: &stack::Layer, sig: &syn::Signature, owner: Option<&'a str>) -> syn::Result<Self> {
+    fn new(
+        layer: &stack::Layer,
+        sig: &syn::Signature,
+        owner: Option<&'a str>,
+    ) -> syn::Result<Self> {
         let kind = layer.kind;
         let args = attr::parse(kind, layer.args.clone())?;
         let pieces = fmt::parse(&args.template.value())
@@ -612,7 +616,9 @@ fn sibling_specs(kind: Kind, shown: &str) -> Vec<Sibling> {
             },
             Sibling {
                 suffix: "release",
-                doc: format!(" Releases the lock of `{shown}` for these arguments, whoever holds it."),
+                doc: format!(
+                    " Releases the lock of `{shown}` for these arguments, whoever holds it."
+                ),
                 ok: quote!(()),
                 runtime: "release",
                 combine: "all_layers",
@@ -682,7 +688,10 @@ fn siblings(keys: &[Key], function: &ItemFn, vis: &Visibility) -> Vec<TokenStrea
     let mut specs: Vec<(Sibling, Vec<&Key>)> = Vec::new();
     for key in keys.iter().rev() {
         for spec in sibling_specs(key.kind, &shown) {
-            match specs.iter_mut().find(|(seen, _)| seen.suffix == spec.suffix) {
+            match specs
+                .iter_mut()
+                .find(|(seen, _)| seen.suffix == spec.suffix)
+            {
                 Some((_, layers)) => layers.push(key),
                 None => specs.push((spec, vec![key])),
             }

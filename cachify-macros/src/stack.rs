@@ -108,7 +108,11 @@ pub(crate) fn take_layers(attrs: &mut Vec<Attribute>) -> syn::Result<Vec<Layer>>
 /// only repeat the outer one, and the inner `#[once]` or `#[lock]` would
 /// never get the lock that its outer layer holds. `layers` are outermost first.
 pub(crate) fn check(layers: &[(Kind, &Args)]) -> syn::Result<()> {
-    let client = |args: &Args| args.client.as_ref().map(|c| c.to_token_stream().to_string());
+    let client = |args: &Args| {
+        args.client
+            .as_ref()
+            .map(|c| c.to_token_stream().to_string())
+    };
     for (index, (kind, inner)) in layers.iter().enumerate() {
         let same = layers[..index].iter().any(|(outer_kind, outer)| {
             outer_kind == kind

@@ -127,7 +127,8 @@ where
     let clock = Clock::start();
     let span = observe::call_span(site.kind(), site.template(), site.function(), &key);
     let tally = site.tally(core.health());
-    let (output, outcome) = match core.cached_now::<P, R, K>(&key, site, &tally, typed, call.codec) {
+    let now = core.cached_now::<P, R, K>(&key, site, &tally, typed, call.codec);
+    let (output, outcome) = match now {
         Ok(hit) => (hit, local_hit(client, &span)),
         Err(lookup) => {
             let run = core.cached::<Async, P, R, F, U>(&key, &tally, lookup, call, body, unless);
@@ -164,7 +165,8 @@ where
     let clock = Clock::start();
     let span = observe::call_span(site.kind(), site.template(), site.function(), &key);
     let tally = site.tally(core.health());
-    let (output, outcome) = match core.cached_now::<P, R, K>(&key, site, &tally, typed, call.codec) {
+    let now = core.cached_now::<P, R, K>(&key, site, &tally, typed, call.codec);
+    let (output, outcome) = match now {
         Ok(hit) => (hit, local_hit(client, &span)),
         Err(lookup) => {
             let _entered = span.enter();

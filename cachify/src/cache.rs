@@ -672,16 +672,11 @@ mod tests {
             let _ = core
                 .read::<Async, u32>("k", &tally, &|_: &u32| true, None)
                 .await;
-            let lookup = match core.cached_now::<Whole, u32, (u64,)>(
-                "k",
-                &SITE,
-                &tally,
-                Some((1,)),
-                None,
-            ) {
-                Ok(_) => return,
-                Err(lookup) => lookup,
-            };
+            let lookup =
+                match core.cached_now::<Whole, u32, (u64,)>("k", &SITE, &tally, Some((1,)), None) {
+                    Ok(_) => return,
+                    Err(lookup) => lookup,
+                };
             let _ = core
                 .cached::<Async, Whole, u32, _, _>(
                     "k",
