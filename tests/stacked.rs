@@ -347,3 +347,38 @@ mod two_locks {
         drop(guard);
     }
 }
+
+/// A renamed import is not part of the stack above it: it expands after
+/// that stack, outside it (as documented), beside the stack's inert markers.
+mod renamed_import {
+    use super::*;
+    use cachify::cached as memo;
+
+    local_client!();
+
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+
+    #[once("renamed-outer-{id}", client = local(), return_on_locked = Err(AppError::Busy))]
+    #[memo("renamed-{id}", client = local())]
+    #[once("renamed-inner-{id}", client = local(), return_on_locked = Err(AppError::Busy))]
+    fn job(id: u32) -> Result<u32, AppError> {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
+
+    #[once("renamed-outer-{id}", client = local())]
+    fn while_outer_held(id: u32) -> Result<Result<u32, AppError>, AppError> {
+        Ok(job(id))
+    }
+
+    #[test]
+    fn a_renamed_attribute_expands_outside_the_stack_above_it() {
+        assert_eq!(job(1), Ok(1));
+        assert_eq!(job(1), Ok(1));
+        assert_eq!(RUNS.load(Ordering::SeqCst), 1);
+        // Outermost, the renamed `#[cached]` answers without the `once` locks.
+        assert_eq!(while_outer_held(1), Ok(Ok(1)));
+        job_reset(1).unwrap();
+        assert_eq!(while_outer_held(1), Ok(Err(AppError::Busy)));
+    }
+}

@@ -41,6 +41,11 @@ pub(crate) fn inert(attribute: &Attribute) -> Attribute {
     syn::parse_quote!(#[#path(#marker)])
 }
 
+/// Whether `attribute` is one left by [`inert`].
+fn is_inert(attribute: &Attribute) -> bool {
+    matches!(&attribute.meta, Meta::List(list) if already_expanded(&list.tokens))
+}
+
 /// `cached`, `cachify::cached` or `::cachify::cached` (and the same for every kind).
 pub(crate) fn macro_kind(path: &Path) -> Option<Kind> {
     let segments: Vec<String> = path
@@ -95,6 +100,9 @@ pub(crate) fn take_layers(attrs: &mut Vec<Attribute>) -> syn::Result<Vec<Layer>>
     let mut kept = Vec::with_capacity(attrs.len());
     for attribute in attrs.drain(..) {
         match macro_kind(attribute.path()) {
+            // An inert marker (see [`inert`]) is a layer some other attribute
+            // has expanded already (that of a renamed import, say).
+            Some(_) if is_inert(&attribute) => kept.push(attribute),
             Some(kind) => layers.push(Layer::of(kind, attribute)?),
             None => kept.push(attribute),
         }

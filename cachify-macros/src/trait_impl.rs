@@ -97,6 +97,12 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
             }
             Err(error) => {
                 errors.extend(error.to_compile_error());
+                // The layers under it too: they would expand on their own, with errors of their own.
+                for layer in &mut method.attrs {
+                    if macro_kind(layer.path()).is_some() {
+                        *layer = inert(layer);
+                    }
+                }
                 method.attrs.push(inert(&attribute));
             }
         }
