@@ -145,3 +145,95 @@ pub(crate) fn check(layers: &[(Kind, &Args)]) -> syn::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attributes(source: &str) -> Vec<Attribute> {
+        let function: syn::ItemFn = syn::parse_str(&format!("{source} fn f() {{}}")).unwrap();
+        function.attrs
+    }
+
+    fn layers(source: &str) -> (Vec<(&'static str, String)>, Vec<String>) {
+        let mut attrs = attributes(source);
+        let layers = take_layers(&mut attrs).unwrap();
+        let layers = layers
+            .iter()
+            .map(|layer| (layer.kind.name(), layer.args.to_string()))
+            .collect();
+        let kept = attrs
+            .iter()
+            .map(|attribute| attribute.to_token_stream().to_string())
+            .collect();
+        (layers, kept)
+    }
+
+    #[test]
+    fn layers_are_taken_outermost_first_and_the_rest_stays_in_order() {
+        let (taken, kept) = layers(
+            "#[doc = \"x\"] #[cachify::once(\"a\")] #[inline] #[::cachify::lock(\"b\")] \
+             #[cached(\"c\")] #[memo(\"d\")] #[other::cached(\"e\")]",
+        );
+        assert_eq!(
+            taken,
+            [
+                ("once", "\"a\"".to_owned()),
+                ("lock", "\"b\"".to_owned()),
+                ("cached", "\"c\"".to_owned()),
+            ]
+        );
+        assert_eq!(
+            kept,
+            [
+                "# [doc = \"x\"]",
+                "# [inline]",
+                "# [memo (\"d\")]",
+                "# [other :: cached (\"e\")]"
+            ]
+        );
+    }
+
+    #[test]
+    fn inert_markers_are_not_layers() {
+        let marked = inert(&attributes("#[once(\"a\")]")[0]);
+        let mut attrs = vec![marked.clone()];
+        assert!(take_layers(&mut attrs).unwrap().is_empty());
+        assert_eq!(attrs, [marked]);
+    }
+
+    #[test]
+    fn a_bare_attribute_is_an_error_on_it() {
+        let mut attrs = attributes("#[cached]");
+        let error = take_layers(&mut attrs).err().unwrap();
+        assert!(error.to_string().contains("key template"), "{error}");
+    }
+
+    fn args(kind: Kind, tokens: &str) -> Args {
+        attr::parse(kind, tokens.parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn same_kind_template_and_client_is_refused() {
+        let outer = args(Kind::Cached, "\"u-{id}\", ttl = 5");
+        let same = args(Kind::Cached, "\"u-{id}\", ttl = 300");
+        let other_client = args(Kind::Cached, "\"u-{id}\", client = &LOCAL");
+        let once = args(Kind::Once, "\"u-{id}\"");
+        assert!(check(&[(Kind::Cached, &outer), (Kind::Cached, &same)]).is_err());
+        assert!(check(&[(Kind::Cached, &outer), (Kind::Cached, &other_client)]).is_ok());
+        assert!(check(&[(Kind::Cached, &outer), (Kind::Once, &once)]).is_ok());
+        let locked = args(Kind::Once, "\"u-{id}\"");
+        let error = check(&[
+            (Kind::Once, &once),
+            (Kind::Cached, &outer),
+            (Kind::Once, &locked),
+        ]);
+        assert!(
+            error
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("never get the lock")
+        );
+    }
+}
