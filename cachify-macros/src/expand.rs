@@ -25,11 +25,7 @@ pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenS
             let error = error.to_compile_error();
             match syn::parse2::<ItemFn>(item.clone()) {
                 Ok(mut function) => {
-                    for attribute in &mut function.attrs {
-                        if stack::macro_kind(attribute.path()).is_some() {
-                            *attribute = stack::inert(attribute);
-                        }
-                    }
+                    stack::disarm(&mut function.attrs);
                     quote!(#error #function)
                 }
                 Err(_) => quote!(#error #item),

@@ -41,6 +41,16 @@ pub(crate) fn inert(attribute: &Attribute) -> Attribute {
     syn::parse_quote!(#[#path(#marker)])
 }
 
+/// Makes every cachify attribute in `attrs` inert: after an error, so
+/// that they do not expand on their own, with errors of their own.
+pub(crate) fn disarm(attrs: &mut [Attribute]) {
+    for attribute in attrs {
+        if macro_kind(attribute.path()).is_some() {
+            *attribute = inert(attribute);
+        }
+    }
+}
+
 /// Whether `attribute` is one left by [`inert`].
 fn is_inert(attribute: &Attribute) -> bool {
     matches!(&attribute.meta, Meta::List(list) if already_expanded(&list.tokens))

@@ -9,7 +9,7 @@ use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, Path, Type, Vi
 use crate::analysis;
 use crate::attr::Kind;
 use crate::expand::{self, Expansion};
-use crate::stack::{Layer, inert, macro_kind};
+use crate::stack::{self, Layer, inert, macro_kind};
 
 /// Expands `#[trait_impl]`. Errors come out as `compile_error!` beside the
 /// block, with the methods' attributes made inert, so that they are the
@@ -32,11 +32,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             let mut block = block;
             for item in &mut block.items {
                 if let ImplItem::Fn(method) = item {
-                    for attribute in &mut method.attrs {
-                        if macro_kind(attribute.path()).is_some() {
-                            *attribute = inert(attribute);
-                        }
-                    }
+                    stack::disarm(&mut method.attrs);
                 }
             }
             with_error(error, &block)
@@ -97,12 +93,8 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
             }
             Err(error) => {
                 errors.extend(error.to_compile_error());
-                // The layers under it too: they would expand on their own, with errors of their own.
-                for layer in &mut method.attrs {
-                    if macro_kind(layer.path()).is_some() {
-                        *layer = inert(layer);
-                    }
-                }
+                // The layers under it too.
+                stack::disarm(&mut method.attrs);
                 method.attrs.push(inert(&attribute));
             }
         }
