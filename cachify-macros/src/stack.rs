@@ -85,8 +85,9 @@ impl Layer {
     /// The layer of a cachify attribute written `attribute`.
     pub(crate) fn of(kind: Kind, attribute: Attribute) -> syn::Result<Self> {
         let args = match &attribute.meta {
-            Meta::List(list) => list.tokens.clone(),
-            // The parser's own message, on the attribute.
+            Meta::List(list) if !list.tokens.is_empty() => list.tokens.clone(),
+            // The parser's own message, on the attribute (not on the one
+            // being expanded, as an empty argument list would have it).
             _ => {
                 let message = match attr::parse(kind, TokenStream::new()) {
                     Err(error) => error.to_string(),
@@ -214,9 +215,11 @@ mod tests {
 
     #[test]
     fn a_bare_attribute_is_an_error_on_it() {
-        let mut attrs = attributes("#[cached]");
-        let error = take_layers(&mut attrs).err().unwrap();
-        assert!(error.to_string().contains("key template"), "{error}");
+        for source in ["#[cached]", "#[cached()]", "#[once = 1]"] {
+            let mut attrs = attributes(source);
+            let error = take_layers(&mut attrs).err().unwrap();
+            assert!(error.to_string().contains("key template"), "{error}");
+        }
     }
 
     fn args(kind: Kind, tokens: &str) -> Args {
