@@ -136,4 +136,22 @@ mod tests {
         assert!(kind.encode(&text, Codec::MessagePack).is_err());
         assert_eq!(take::<u8>(text), None);
     }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn a_function_codec_overrides_the_store_codec() {
+        let kind = ValueType::of::<u32>().with_codec(Some(Codec::Json));
+        let bytes = kind
+            .encode(&AnyValue::new(Arc::new(7_u32)), Codec::MessagePack)
+            .unwrap();
+        assert_eq!(bytes, b"J7");
+        assert_eq!(
+            take::<u32>(kind.decode(Codec::MessagePack, &bytes).unwrap()),
+            Some(7)
+        );
+        let store_codec = ValueType::of::<u32>();
+        assert!(store_codec.decode(Codec::MessagePack, &bytes).is_err());
+        assert_eq!(kind.codec(Codec::MessagePack), Codec::Json);
+        assert_eq!(store_codec.codec(Codec::MessagePack), Codec::MessagePack);
+    }
 }
