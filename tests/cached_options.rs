@@ -25,10 +25,12 @@ pub struct User {
 #[derive(Debug, PartialEq)]
 pub struct AppError;
 
-/// The clients' `default_ttl`: short, so that waiting past it is cheap.
-const DEFAULT_TTL: Duration = Duration::from_millis(400);
+/// The clients' `default_ttl`: short, so that waiting past it is cheap,
+/// and long enough to read an entry's PTTL before it runs out on a loaded
+/// machine.
+const DEFAULT_TTL: Duration = Duration::from_millis(1500);
 /// Comfortably past [`DEFAULT_TTL`].
-const PAST_DEFAULT: Duration = Duration::from_millis(1000);
+const PAST_DEFAULT: Duration = Duration::from_millis(2500);
 
 fn user(id: u32) -> User {
     User {
