@@ -11,7 +11,8 @@
 //! A cachify attribute is recognised by its path (`cached`,
 //! `cachify::cached`, `::cachify::cached`, the same for every [`Kind`]);
 //! one imported under another name (`use cachify::cached as c`) is not
-//! seen, and expands on its own, outside the stack.
+//! seen by the attributes above it, and expands after them, outside them,
+//! with siblings of its own.
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
@@ -76,8 +77,8 @@ pub(crate) struct Layer {
     pub(crate) kind: Kind,
     /// The tokens inside the attribute's parentheses.
     pub(crate) args: TokenStream,
-    /// The attribute itself, for `#[trait_impl]` and the inert marker;
-    /// `None` for the attribute being expanded, which rustc has taken off.
+    /// The attribute itself, to leave its inert marker; `None` for the
+    /// attribute being expanded, which rustc has taken off.
     pub(crate) attribute: Option<Attribute>,
 }
 
@@ -130,7 +131,7 @@ pub(crate) fn check(layers: &[(Kind, &Args)]) -> syn::Result<()> {
     let client = |args: &Args| {
         args.client
             .as_ref()
-            .map(|c| c.to_token_stream().to_string())
+            .map(|client| client.to_token_stream().to_string())
     };
     for (index, (kind, inner)) in layers.iter().enumerate() {
         let same = layers[..index].iter().any(|(outer_kind, outer)| {
