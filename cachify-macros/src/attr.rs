@@ -14,6 +14,9 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// Every kind, as the attributes that stack on one function (see `stack`).
+    pub(crate) const ALL: &'static [Kind] = &[Kind::Cached, Kind::Once, Kind::Lock];
+
     /// The attribute's name, as users write it.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -25,7 +28,9 @@ impl Kind {
 
     fn options(self) -> &'static [&'static str] {
         match self {
-            Kind::Cached => &["ttl", "none_ttl", "unless", "lock", "client", "tags"],
+            Kind::Cached => &[
+                "ttl", "none_ttl", "unless", "lock", "client", "tags", "codec",
+            ],
             Kind::Once => &["ttl", "return_on_locked", "client"],
             Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
         }
@@ -54,6 +59,10 @@ pub(crate) struct Args {
     pub(crate) client: Option<Expr>,
     /// `tags = ["user:{id}", ..]` on `#[cached]`: tag templates.
     pub(crate) tags: Option<Vec<LitStr>>,
+    /// `ttl = None` on `#[cached]`: never expires (`ttl` is then `None`).
+    pub(crate) ttl_never: Option<Span>,
+    /// `codec = <expr>` on `#[cached]`: a `cachify::Codec` for its entries.
+    pub(crate) codec: Option<Expr>,
 }
 
 /// Parses the tokens inside `#[cached(...)]`, `#[once(...)]` or `#[lock(...)]`.
@@ -74,6 +83,8 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
         fill_lock: None,
         client: None,
         tags: None,
+        ttl_never: None,
+        codec: None,
     };
     while !input.is_empty() {
         input.parse::<Token![,]>()?;
@@ -92,10 +103,17 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
                 format!("duplicate option `{option}` in `#[{}]`", kind.name()),
             )
         };
+        if let Some(span) = none_literal(&value) {
+            check_none(kind, &option, span)?;
+        }
         match option.as_str() {
             "ttl" => {
-                if args.ttl.is_some() {
+                if args.ttl.is_some() || args.ttl_never.is_some() {
                     return Err(duplicate());
+                }
+                if let Some(span) = none_literal(&value) {
+                    args.ttl_never = Some(span);
+                    continue;
                 }
                 args.ttl = Some(duration(
                     value,
@@ -123,6 +141,7 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
                 }
                 args.tags = Some(tags(value)?);
             }
+            "codec" => set_once(&mut args.codec, value, duplicate)?,
             _ => set_once(&mut args.client, value, duplicate)?,
         }
     }
@@ -158,7 +177,7 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         "wait" => format!(
             "option `wait` is not valid for `#[{macro_name}]` (only `#[lock]` waits); valid options are: {list}"
         ),
-        "unless" | "none_ttl" => format!(
+        "unless" | "none_ttl" | "codec" => format!(
             "option `{option}` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
         ),
         "tags" => format!(
@@ -173,6 +192,37 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         _ => format!("unknown option `{option}` for `#[{macro_name}]`; valid options are: {list}"),
     };
     Err(syn::Error::new(name.span(), message))
+}
+
+/// `None` (or `Option::None`, by any path), as an option's value: its span.
+fn none_literal(value: &Expr) -> Option<Span> {
+    let mut inner = value;
+    while let Expr::Group(group) = inner {
+        inner = &group.expr;
+    }
+    let Expr::Path(path) = inner else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    (path.qself.is_none() && last.ident == "None" && last.arguments.is_none())
+        .then(|| last.ident.span())
+}
+
+/// `option = None` means "never expires" for `ttl` on `#[cached]` only;
+/// anywhere else it is an error that says what to write instead.
+fn check_none(kind: Kind, option: &str, span: Span) -> syn::Result<()> {
+    let instead = match option {
+        "ttl" if kind == Kind::Cached => return Ok(()),
+        "ttl" => format!(
+            "`ttl = None` is not valid for `#[{}]`: a lock's lease must end, so that a crashed \
+             holder's lock frees itself; omit `ttl` to use the client's `lock_ttl`",
+            kind.name()
+        ),
+        "none_ttl" => "`none_ttl = None` is the default: omit it to not store `None`".to_owned(),
+        "wait" => "`wait = None`: omit `wait` (or write `wait = 0`) to not wait".to_owned(),
+        _ => return Ok(()),
+    };
+    Err(syn::Error::new(span, instead))
 }
 
 fn set_once(

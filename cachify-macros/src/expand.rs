@@ -12,16 +12,24 @@ use crate::analysis;
 use crate::attr::{self, Args, Duration, Kind};
 use crate::fmt::{self, Field, Piece};
 use crate::shape;
+use crate::stack;
 use crate::valid;
 
-/// Expands one attribute. Errors become `compile_error!` next to the item
-/// left untouched, so the error is the only one the user sees.
+/// Expands one attribute, with the layers stacked under it. Errors become
+/// `compile_error!` next to the item left untouched but for its other
+/// cachify attributes, made inert, so the error is the only one the user sees.
 pub(crate) fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     match try_expand(kind, args, item.clone(), None) {
         Ok(Expansion { function, siblings }) => quote!(#function #(#siblings)*),
         Err(error) => {
             let error = error.to_compile_error();
-            quote!(#error #item)
+            match syn::parse2::<ItemFn>(item.clone()) {
+                Ok(mut function) => {
+                    stack::disarm(&mut function.attrs);
+                    quote!(#error #function)
+                }
+                Err(_) => quote!(#error #item),
+            }
         }
     }
 }
@@ -42,42 +50,48 @@ pub(crate) struct Method<'a> {
     pub(crate) owner: String,
 }
 
-/// Expands one attribute; the siblings get the method's visibility if
-/// given, else the function's.
+/// Expands one attribute and the layers stacked under it (see
+/// [`stack`]); the siblings get the method's visibility if given, else
+/// the function's.
 pub(crate) fn try_expand(
     kind: Kind,
     args: TokenStream,
     item: TokenStream,
     method: Option<Method>,
 ) -> syn::Result<Expansion> {
-    let args = attr::parse(kind, args)?;
-    let function = valid::function(kind, item)?;
-    let pieces = fmt::parse(&args.template.value())
-        .map_err(|message| syn::Error::new(args.template.span(), message))?;
-    let roots = valid::placeholders(&function.sig, &args.template, &pieces)?;
-    let tags = tag_templates(&args, &function.sig)?;
-    valid::return_type(kind, &args, &function.sig)?;
-    let shape = shape::of(&function.sig.output);
-    valid::none_ttl(&args, &function.sig, shape.optional)?;
-
-    let key = Key {
+    let mut function = valid::function(kind, item)?;
+    let inner = stack::take_layers(&mut function.attrs)?;
+    let outer = stack::Layer {
         kind,
-        args: &args,
-        pieces: &pieces,
-        roots: &roots,
-        owner: method.as_ref().map(|method| method.owner.as_str()),
-        shape,
-        tags: &tags,
+        args,
+        attribute: None,
     };
+    let owner = method.as_ref().map(|method| method.owner.as_str());
+    // Outermost first, as written.
+    let keys = std::iter::once(&outer)
+        .chain(&inner)
+        .map(|layer| Key::new(layer, &function.sig, owner))
+        .collect::<syn::Result<Vec<Key>>>()?;
+    let layers: Vec<(Kind, &Args)> = keys.iter().map(|key| (key.kind, &key.args)).collect();
+    stack::check(&layers)?;
+
     let sibling_vis = method
         .as_ref()
         .map_or(&function.vis, |method| method.sibling_vis);
-    let mut siblings = siblings(&key, &function, sibling_vis);
-    if kind == Kind::Cached {
-        siblings.push(clear_sibling(&key, &function, sibling_vis));
+    let mut siblings = siblings(&keys, &function, sibling_vis);
+    siblings.extend(clear_sibling(&keys, &function, sibling_vis));
+    let mut wrapped = function.clone();
+    for key in keys.iter().rev() {
+        wrapped = wrap(key, &wrapped)?;
     }
+    wrapped.attrs.extend(
+        inner
+            .iter()
+            .filter_map(|layer| layer.attribute.as_ref())
+            .map(stack::inert),
+    );
     Ok(Expansion {
-        function: wrap(&key, &function),
+        function: wrapped.into_token_stream(),
         siblings,
     })
 }
@@ -107,19 +121,19 @@ fn tag_templates(args: &Args, sig: &syn::Signature) -> syn::Result<Vec<TagTempla
     Ok(templates)
 }
 
-/// Everything needed to render the key, shared by the function and its siblings.
+/// Everything needed to render one layer's key, shared by the function and its siblings.
 struct Key<'a> {
     kind: Kind,
-    args: &'a Args,
-    pieces: &'a [Piece],
+    args: Args,
+    pieces: Vec<Piece>,
     /// The parameter binding each placeholder reads, in template order.
-    roots: &'a [Ident],
+    roots: Vec<Ident>,
     /// `Type as Trait` for a method of a trait impl.
     owner: Option<&'a str>,
     /// The return type's storage policy (used by `#[cached]`).
     shape: shape::Shape,
     /// `tags = [..]` of `#[cached]`.
-    tags: &'a [TagTemplate],
+    tags: Vec<TagTemplate>,
 }
 
 /// Names of generated locals: mixed-site hygiene keeps them apart from user code.
@@ -127,7 +141,33 @@ fn local(name: &str) -> Ident {
     Ident::new(name, Span::mixed_site())
 }
 
-impl Key<'_> {
+impl<'a> Key<'a> {
+    /// Parses and checks one layer's arguments against the function.
+    fn new(
+        layer: &stack::Layer,
+        sig: &syn::Signature,
+        owner: Option<&'a str>,
+    ) -> syn::Result<Self> {
+        let kind = layer.kind;
+        let args = attr::parse(kind, layer.args.clone())?;
+        let pieces = fmt::parse(&args.template.value())
+            .map_err(|message| syn::Error::new(args.template.span(), message))?;
+        let roots = valid::placeholders(sig, &args.template, &pieces)?;
+        let tags = tag_templates(&args, sig)?;
+        valid::return_type(kind, &args, sig)?;
+        let shape = shape::of(&sig.output);
+        valid::none_ttl(&args, sig, shape.optional)?;
+        Ok(Key {
+            kind,
+            args,
+            pieces,
+            roots,
+            owner,
+            shape,
+            tags,
+        })
+    }
+
     /// Binds the client and the rendered key, as `__cachify_client` and `__cachify_key`.
     fn prelude(&self) -> TokenStream {
         let client = self.client_binding();
@@ -155,7 +195,7 @@ impl Key<'_> {
     /// `macro_rules!` wrote the function; the template's span puts a
     /// missing `Display` impl or field on the template.
     fn values(&self) -> Vec<TokenStream> {
-        template_values(self.pieces, self.roots, self.args.template.span())
+        template_values(&self.pieces, &self.roots, self.args.template.span())
     }
 
     /// The kind's variant name, the same in `KeyKind` and `CallKind`.
@@ -175,7 +215,7 @@ impl Key<'_> {
 
     /// The key template as a `KeyTemplate` constant named `name`.
     fn template_const(&self, name: &Ident) -> TokenStream {
-        template_const(name, &self.template_text(), self.pieces)
+        template_const(name, &self.template_text(), &self.pieces)
     }
 
     /// Binds the rendered tags as `__cachify_tags`, a `Vec<String>`.
@@ -211,7 +251,7 @@ impl Key<'_> {
         let kind = self.kind_variant();
         let span = self.args.template.span();
         let constant = self.template_const(&template_const);
-        let values = display_values(self.pieces, self.values(), span);
+        let values = display_values(&self.pieces, self.values(), span);
         quote! {
             #constant
             let #key_var = ::cachify::__private::key(
@@ -290,7 +330,7 @@ impl Key<'_> {
 
     /// Names the template and the client expression use, to pick the siblings' parameters.
     fn used_names(&self) -> HashSet<String> {
-        analysis::used_names(self.roots, self.args.client.as_ref())
+        analysis::used_names(&self.roots, self.args.client.as_ref())
     }
 }
 
@@ -435,8 +475,8 @@ impl<'a> Output<'a> {
     }
 }
 
-/// The function itself: signature untouched, body wrapped.
-fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
+/// The function itself: signature untouched, body wrapped in one layer.
+fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
     let ItemFn {
         attrs,
         vis,
@@ -447,13 +487,6 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
     let key_var = local("__cachify_key");
     let output = Output::new(&sig.output);
     let body = output.body(sig, block);
-    let ttl = match &key.args.ttl {
-        Some(ttl) => {
-            let ttl = duration(ttl);
-            quote!(::core::option::Option::Some(#ttl))
-        }
-        None => quote!(::core::option::Option::None),
-    };
     let dot_await = sig.asyncness.map(|_| quote!(.await));
     let (prelude, call) = if key.kind == Kind::Cached {
         let shape::Shape {
@@ -500,13 +533,39 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             }
             None => quote!(::core::option::Option::None),
         };
+        let ttl = match (&key.args.ttl, key.args.ttl_never) {
+            (Some(ttl), _) => {
+                let ttl = duration(ttl);
+                quote!(::cachify::__private::Ttl::For(#ttl))
+            }
+            (None, Some(never)) => quote_spanned!(never=> ::cachify::__private::Ttl::Never),
+            (None, None) => quote!(::cachify::__private::Ttl::Default),
+        };
+        let codec = match &key.args.codec {
+            Some(codec) => {
+                let var = local("__cachify_codec");
+                // The user's span on the whole binding keeps a type mismatch on their expression.
+                let codec = quote_spanned!(codec.span()=> {
+                    let #var: ::cachify::Codec = #codec;
+                    #var
+                });
+                quote!(::core::option::Option::Some(#codec))
+            }
+            None => quote!(::core::option::Option::None),
+        };
         let call = quote_spanned!(stored_span=>
             ::cachify::__private::#runner::<#policy, #ty, _, _, _>(
                 #client_var,
                 #key_var,
                 &#site,
                 #typed,
-                ::cachify::__private::CacheCall { ttl: #ttl, none_ttl: #none_ttl, fill_lock: #fill_lock, tags: #tags_var },
+                ::cachify::__private::CacheCall {
+                    ttl: #ttl,
+                    none_ttl: #none_ttl,
+                    fill_lock: #fill_lock,
+                    codec: #codec,
+                    tags: #tags_var,
+                },
                 #body,
                 #unless_var
             )
@@ -560,6 +619,13 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         };
         let site_var = local("__CACHIFY_SITE");
         let site = key.site(&sig.ident);
+        let ttl = match &key.args.ttl {
+            Some(ttl) => {
+                let ttl = duration(ttl);
+                quote!(::core::option::Option::Some(#ttl))
+            }
+            None => quote!(::core::option::Option::None),
+        };
         let call = quote! {
             #site
             match ::cachify::__private::#acquire(#client_var, &#site_var, #key_var, #ttl, #wait) #dot_await {
@@ -570,21 +636,18 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         };
         (key.prelude(), call)
     };
-    // Inner attributes (`#![allow(..)]` at the top of the body) stay inside.
-    let outer = attrs
-        .iter()
-        .filter(|attr| matches!(attr.style, AttrStyle::Outer));
-    let inner = attrs
-        .iter()
-        .filter(|attr| matches!(attr.style, AttrStyle::Inner(_)));
-    quote! {
-        #(#outer)*
-        #vis #sig {
-            #(#inner)*
-            #prelude
-            #call
-        }
-    }
+    // Inner attributes (`#![allow(..)]` at the top of the body) stay
+    // where they were: `ItemFn` prints them inside the braces.
+    let block = syn::parse2(quote! {{
+        #prelude
+        #call
+    }})?;
+    Ok(ItemFn {
+        attrs: attrs.clone(),
+        vis: vis.clone(),
+        sig: sig.clone(),
+        block: Box::new(block),
+    })
 }
 
 fn duration(duration: &Duration) -> TokenStream {
@@ -601,51 +664,106 @@ fn duration(duration: &Duration) -> TokenStream {
     }
 }
 
-/// `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
-fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> {
+/// A sibling that a kind of layer generates.
+struct Sibling {
+    /// It is named `<fn>_<suffix>`.
+    suffix: &'static str,
+    /// Its doc for a single layer.
+    doc: String,
+    /// What it returns in `Ok`.
+    ok: TokenStream,
+    /// The `__private` function that answers for one layer.
+    runtime: &'static str,
+    /// The `__private` function that combines the layers' answers.
+    combine: &'static str,
+}
+
+/// The siblings each kind generates: `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
+fn sibling_specs(kind: Kind, shown: &str) -> Vec<Sibling> {
+    match kind {
+        Kind::Cached => vec![Sibling {
+            suffix: "reset",
+            doc: format!(" Deletes the cached result of `{shown}` for these arguments."),
+            ok: quote!(()),
+            runtime: "delete",
+            combine: "all_layers",
+        }],
+        Kind::Once | Kind::Lock => vec![
+            Sibling {
+                suffix: "is_locked",
+                doc: format!(
+                    " Whether a call of `{shown}` with these arguments holds its lock right now."
+                ),
+                ok: quote!(bool),
+                runtime: "is_locked",
+                combine: "any_layer",
+            },
+            Sibling {
+                suffix: "release",
+                doc: format!(
+                    " Releases the lock of `{shown}` for these arguments, whoever holds it."
+                ),
+                ok: quote!(()),
+                runtime: "release",
+                combine: "all_layers",
+            },
+        ],
+    }
+}
+
+/// The siblings of a stack (`keys` outermost first): each one answers for
+/// every layer that has it, innermost first, so that one `<fn>_reset`
+/// clears every `#[cached]` layer.
+fn siblings(keys: &[Key], function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> {
     let sig = &function.sig;
     let name = &sig.ident;
-    let shown = name.unraw();
-    let used = key.used_names();
-    let (inputs, generics) = sibling_parameters(key, sig, &used);
+    let shown = name.unraw().to_string();
+    let used: HashSet<String> = keys.iter().flat_map(Key::used_names).collect();
+    // Only the parameters the keys need, so callers pass just those.
+    let (inputs, generics) = sibling_parameters(keys.iter(), sig, &used);
     let (generics, _, where_clause) = generics.split_for_impl();
     let attrs = sibling_attrs(function);
     let asyncness = &sig.asyncness;
-    let prelude = key.prelude();
     let client_var = local("__cachify_client");
     let key_var = local("__cachify_key");
     let blocking = if asyncness.is_some() { "" } else { "_blocking" };
     let dot_await = asyncness.map(|_| quote!(.await));
 
-    let specs: &[(&str, String, TokenStream, &str)] = match key.kind {
-        Kind::Cached => &[(
-            "reset",
-            format!(" Deletes the cached result of `{shown}` for these arguments."),
-            quote!(()),
-            "delete",
-        )],
-        Kind::Once | Kind::Lock => &[
-            (
-                "is_locked",
-                format!(
-                    " Whether a call of `{shown}` with these arguments holds its lock right now."
-                ),
-                quote!(bool),
-                "is_locked",
-            ),
-            (
-                "release",
-                format!(" Releases the lock of `{shown}` for these arguments, whoever holds it."),
-                quote!(()),
-                "release",
-            ),
-        ],
-    };
+    // Each sibling with the layers that have it, innermost first.
+    let mut specs: Vec<(Sibling, Vec<&Key>)> = Vec::new();
+    for key in keys.iter().rev() {
+        for spec in sibling_specs(key.kind, &shown) {
+            match specs
+                .iter_mut()
+                .find(|(seen, _)| seen.suffix == spec.suffix)
+            {
+                Some((_, layers)) => layers.push(key),
+                None => specs.push((spec, vec![key])),
+            }
+        }
+    }
     specs
-        .iter()
-        .map(|(suffix, doc, ok, runtime)| {
-            let sibling = format_ident!("{}_{}", name, suffix, span = name.span());
-            let runtime = format_ident!("{}{}", runtime, blocking);
+        .into_iter()
+        .map(|(spec, layers)| {
+            let sibling = format_ident!("{}_{}", name, spec.suffix, span = name.span());
+            let runtime = format_ident!("{}{}", spec.runtime, blocking);
+            let combine = format_ident!("{}", spec.combine);
+            let mut doc = spec.doc;
+            if layers.len() > 1 {
+                doc.push_str(&format!(
+                    " It answers for each of the {} stacked layers that have it, innermost \
+                     first; every layer is tried, and the first error is returned.",
+                    layers.len()
+                ));
+            }
+            let answers = layers.iter().map(|key| {
+                let prelude = key.prelude();
+                quote!({
+                    #prelude
+                    ::cachify::__private::#runtime(#client_var, #key_var) #dot_await
+                })
+            });
+            let ok = &spec.ok;
             quote! {
                 #(#attrs)*
                 #[doc = #doc]
@@ -655,8 +773,7 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
                     -> ::core::result::Result<#ok, ::cachify::Error>
                 #where_clause
                 {
-                    #prelude
-                    ::cachify::__private::#runtime(#client_var, #key_var) #dot_await
+                    ::cachify::__private::#combine([#(#answers),*])
                 }
             }
         })
@@ -666,8 +783,8 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
 /// A sibling's parameters: only those of the function that `used` names
 /// (plus `&self` if it names `self`), with the generic parameters their
 /// types and the client expression mention.
-fn sibling_parameters(
-    key: &Key,
+fn sibling_parameters<'k, 'a: 'k>(
+    keys: impl Iterator<Item = &'k Key<'a>>,
     sig: &syn::Signature,
     used: &HashSet<String>,
 ) -> (Vec<TokenStream>, syn::Generics) {
@@ -696,7 +813,7 @@ fn sibling_parameters(
             }
         }
     }
-    if let Some(client) = &key.args.client {
+    for client in keys.filter_map(|key| key.args.client.as_ref()) {
         client.to_tokens(&mut types);
     }
     let generics = analysis::sibling_generics(&sig.generics, &analysis::mentions(&types));
@@ -714,13 +831,25 @@ fn sibling_attrs(function: &ItemFn) -> Vec<&Attribute> {
         .collect()
 }
 
-/// `<fn>_clear` of `#[cached]`: deletes the entries of every argument. It
-/// takes only the parameters the `client` expression uses.
-fn clear_sibling(key: &Key, function: &ItemFn, vis: &Visibility) -> TokenStream {
+/// `<fn>_clear` of a stack with `#[cached]` layers: deletes the entries of
+/// every argument, in every cached layer (innermost first), and returns how
+/// many. It takes only the parameters the layers' `client` expressions use.
+fn clear_sibling(keys: &[Key], function: &ItemFn, vis: &Visibility) -> Option<TokenStream> {
+    let cached: Vec<&Key> = keys
+        .iter()
+        .rev()
+        .filter(|key| key.kind == Kind::Cached)
+        .collect();
+    if cached.is_empty() {
+        return None;
+    }
     let sig = &function.sig;
     let name = &sig.ident;
-    let used = analysis::used_names(&[], key.args.client.as_ref());
-    let (inputs, generics) = sibling_parameters(key, sig, &used);
+    let used = cached
+        .iter()
+        .flat_map(|key| analysis::used_names(&[], key.args.client.as_ref()))
+        .collect();
+    let (inputs, generics) = sibling_parameters(cached.iter().copied(), sig, &used);
     let (generics, _, where_clause) = generics.split_for_impl();
     let attrs = sibling_attrs(function);
     let asyncness = &sig.asyncness;
@@ -729,16 +858,30 @@ fn clear_sibling(key: &Key, function: &ItemFn, vis: &Visibility) -> TokenStream 
         None => (quote!(clear_blocking), TokenStream::new()),
     };
     let sibling = format_ident!("{}_clear", name, span = name.span());
-    let doc = format!(
+    let mut doc = format!(
         " Deletes the cached results of `{}` for every argument; returns how many entries were deleted.",
         name.unraw()
     );
-    let client = key.client_binding();
+    if cached.len() > 1 {
+        doc.push_str(&format!(
+            " It clears each of the {} stacked `#[cached]` layers, innermost first; every \
+             layer is tried, and the first error is returned.",
+            cached.len()
+        ));
+    }
     let client_var = local("__cachify_client");
     let template = local("__CACHIFY_TEMPLATE");
-    let constant = key.template_const(&template);
-    let integers = analysis::integer_placeholders(sig, key.pieces);
-    quote! {
+    let answers = cached.iter().map(|key| {
+        let client = key.client_binding();
+        let constant = key.template_const(&template);
+        let integers = analysis::integer_placeholders(sig, &key.pieces);
+        quote!({
+            #client
+            #constant
+            ::cachify::__private::#runtime(#client_var, &#template, &[#(#integers),*]) #dot_await
+        })
+    });
+    Some(quote! {
         #(#attrs)*
         #[doc = #doc]
         // Generated whether or not the caller needs it: unused is fine.
@@ -747,11 +890,9 @@ fn clear_sibling(key: &Key, function: &ItemFn, vis: &Visibility) -> TokenStream 
             -> ::core::result::Result<u64, ::cachify::Error>
         #where_clause
         {
-            #client
-            #constant
-            ::cachify::__private::#runtime(#client_var, &#template, &[#(#integers),*]) #dot_await
+            ::cachify::__private::total_of_layers([#(#answers),*])
         }
-    }
+    })
 }
 
 fn is_cfg(attr: &Attribute) -> bool {

@@ -9,6 +9,7 @@ mod attr;
 mod expand;
 mod fmt;
 mod shape;
+mod stack;
 mod trait_impl;
 mod valid;
 
@@ -84,6 +85,8 @@ use crate::attr::Kind;
 ///   number of seconds (at least 1); anything else must be an expression of
 ///   type `core::time::Duration`, e.g. `ttl = Duration::from_millis(500)`.
 ///   Without it the client's `default_ttl` applies (no expiry unless set).
+///   `ttl = None`: the entry never expires, even when the client has a
+///   `default_ttl`.
 /// - `none_ttl = 5`: store a `None` output (or `Ok(None)`) too, for this
 ///   long (seconds or a `Duration`); without it `None` is never stored, so a
 ///   row created after a miss is seen at once.
@@ -106,6 +109,11 @@ use crate::attr::Kind;
 ///   `cachify::invalidate_tags(["user:42"])` deletes it with every other
 ///   entry under that tag. A call that read its data before an
 ///   invalidation and stores its value after it has that value deleted.
+/// - `codec = <expr>`: a `cachify::Codec` (e.g. `Codec::Json`, with feature
+///   `json`) that writes and reads this function's entries instead of the
+///   client's codec. In-process values (the memory backend, the near
+///   cache's copies) are not encoded, so there it only changes the bytes
+///   in Redis.
 ///
 /// With Redis, every process that shares it shares the entries. Here a
 /// `Duration` TTL and `lock = true`, so a miss runs the body once across
@@ -129,6 +137,63 @@ use crate::attr::Kind;
 ///     Ok(())
 /// }
 /// ```
+///
+/// # Stacking
+///
+/// `#[cached]`, `#[once]` and `#[lock]` on one function compose, and the
+/// first written is the outermost layer, as Python's decorators read. The
+/// first attribute expands the ones below it too, so the stack has one set
+/// of siblings: `<fn>_reset` deletes the entry of every `#[cached]` layer,
+/// innermost first; `<fn>_is_locked` and `<fn>_release` answer for every
+/// lock layer. Each sibling takes the parameters any layer's key uses.
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use cachify::{Cachify, cached, once};
+///
+/// #[derive(Debug)]
+/// enum AppError {
+///     Busy,
+///     Cache(cachify::Error),
+/// }
+///
+/// impl From<cachify::Error> for AppError {
+///     fn from(error: cachify::Error) -> Self {
+///         AppError::Cache(error)
+///     }
+/// }
+///
+/// static LOCAL: LazyLock<Cachify> =
+///     LazyLock::new(|| Cachify::builder().memory().build_blocking().unwrap());
+/// static LOADS: AtomicU32 = AtomicU32::new(0);
+///
+/// #[cached("config-{name}", client = &LOCAL, ttl = 5)] // in this process, briefly
+/// #[cached("config-{name}", ttl = 300)] // then the global client (Redis, say)
+/// #[once("config-{name}", return_on_locked = Err(AppError::Busy))] // a miss loads under a lock
+/// async fn config(name: &str) -> Result<String, AppError> {
+///     LOADS.fetch_add(1, Ordering::Relaxed); // stands for a slow load
+///     Ok(format!("{name}: on"))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// config("search").await.unwrap();
+/// config("search").await.unwrap(); // the first layer answers
+/// assert_eq!(LOADS.load(Ordering::Relaxed), 1);
+///
+/// config_reset("search").await?; // both cached layers
+/// assert!(!config_is_locked("search").await?);
+/// config("search").await.unwrap();
+/// assert_eq!(LOADS.load(Ordering::Relaxed), 2);
+/// # Ok(()) }
+/// ```
+///
+/// Two layers of one kind with the same template and the same `client`
+/// expression are a compile error: they would share one key. The layers
+/// are found by their path (`cached`, `cachify::cached`,
+/// `::cachify::cached`, ...); one imported under another name is not part
+/// of the stack above it, and expands on its own, outside it.
 ///
 /// # Generated `<fn>_reset` and `<fn>_clear`
 ///
@@ -215,7 +280,8 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 /// when the return type allows it, and `return_on_locked` only otherwise.
 ///
 /// The key template is written as for [`macro@cached`]; `#[once]` keys live
-/// in their own key space.
+/// in their own key space. It stacks with the other attributes, the first
+/// written outermost: see [`macro@cached`].
 ///
 /// # Options
 ///
@@ -290,6 +356,8 @@ pub fn once(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// The key template and the generated `<fn>_is_locked` and `<fn>_release`
 /// work as for [`macro@once`]; `#[lock]` keys live in their own key space.
+/// It stacks with the other attributes, the first written outermost: see
+/// [`macro@cached`].
 #[proc_macro_attribute]
 pub fn lock(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_function(Kind::Lock, args, item)
@@ -297,7 +365,7 @@ pub fn lock(args: TokenStream, item: TokenStream) -> TokenStream {
 
 fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     let args = args.into();
-    if trait_impl::already_expanded(&args) {
+    if stack::already_expanded(&args) {
         return item;
     }
     expand::expand(kind, args, item.into()).into()
@@ -348,7 +416,8 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
 ///
 /// A sibling such as `find_reset` is not a member of the trait, so it cannot
 /// sit beside the method as it does in an inherent `impl`. This attribute
-/// expands each method's `#[cached]`, `#[once]` or `#[lock]` (written bare,
+/// expands each method's `#[cached]`, `#[once]` or `#[lock]` (or a stack of
+/// them, as on a function; written bare,
 /// as `cachify::cached` or as `::cachify::cached`; a renamed import is not
 /// recognised) exactly as on a function, keeps the wrapped method in the trait
 /// impl and puts its siblings in `impl<..> Type { .. }`, with the impl's

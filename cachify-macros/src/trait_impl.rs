@@ -4,24 +4,12 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
 use syn::visit_mut::{self, VisitMut};
-use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, Meta, Path, Type, Visibility};
+use syn::{Attribute, Ident, ImplItem, ImplItemFn, Item, ItemImpl, Path, Type, Visibility};
 
 use crate::analysis;
-use crate::attr::{self, Kind};
+use crate::attr::Kind;
 use crate::expand::{self, Expansion};
-
-/// The argument of a `#[cached]`, `#[once]` or `#[lock]` that `#[trait_impl]`
-/// has already expanded: the attribute then returns the method as it is.
-const EXPANDED: &str = "__cachify_expanded_by_trait_impl";
-
-/// Whether these are the arguments `#[trait_impl]` leaves on a method it expanded.
-pub(crate) fn already_expanded(args: &TokenStream) -> bool {
-    let mut tokens = args.clone().into_iter();
-    matches!(
-        (tokens.next(), tokens.next()),
-        (Some(proc_macro2::TokenTree::Ident(ident)), None) if ident == EXPANDED
-    )
-}
+use crate::stack::{self, Layer, inert, macro_kind};
 
 /// Expands `#[trait_impl]`. Errors come out as `compile_error!` beside the
 /// block, with the methods' attributes made inert, so that they are the
@@ -44,24 +32,12 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             let mut block = block;
             for item in &mut block.items {
                 if let ImplItem::Fn(method) = item {
-                    for attribute in &mut method.attrs {
-                        if macro_kind(attribute.path()).is_some() {
-                            *attribute = inert(attribute);
-                        }
-                    }
+                    stack::disarm(&mut method.attrs);
                 }
             }
             with_error(error, &block)
         }
     }
-}
-
-/// The attribute as `#[trait_impl]` leaves it on a method it has expanded:
-/// kept, so that the user's `use cachify::cached` counts as used, but inert.
-fn inert(attribute: &Attribute) -> Attribute {
-    let path = attribute.path();
-    let marker = Ident::new(EXPANDED, Span::call_site());
-    syn::parse_quote!(#[#path(#marker)])
 }
 
 fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<TokenStream> {
@@ -86,7 +62,7 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
         let ImplItem::Fn(method) = item else {
             continue;
         };
-        let Some((kind, attribute)) = take_attribute(method)? else {
+        let Some((kind, attribute)) = take_attribute(method) else {
             continue;
         };
         if method
@@ -117,6 +93,8 @@ fn expand_block(mut block: ItemImpl, sibling_vis: &Visibility) -> syn::Result<To
             }
             Err(error) => {
                 errors.extend(error.to_compile_error());
+                // The layers under it too.
+                stack::disarm(&mut method.attrs);
                 method.attrs.push(inert(&attribute));
             }
         }
@@ -221,49 +199,18 @@ fn trait_impl_block(item: TokenStream) -> syn::Result<ItemImpl> {
     Ok(block)
 }
 
-/// Removes the method's `#[cached]`, `#[once]` or `#[lock]`, if it has one.
-fn take_attribute(method: &mut ImplItemFn) -> syn::Result<Option<(Kind, Attribute)>> {
-    let mut found: Option<(Kind, Attribute)> = None;
-    let mut kept = Vec::with_capacity(method.attrs.len());
-    for attribute in method.attrs.drain(..) {
-        let Some(kind) = macro_kind(attribute.path()) else {
-            kept.push(attribute);
-            continue;
-        };
-        if let Some((first, _)) = &found {
-            return Err(syn::Error::new_spanned(
-                &attribute,
-                format!(
-                    "`#[{}]` cannot be combined with `#[{}]` on one method",
-                    kind.name(),
-                    first.name()
-                ),
-            ));
-        }
-        found = Some((kind, attribute));
-    }
-    method.attrs = kept;
-    Ok(found)
-}
-
-/// `cached`, `cachify::cached` or `::cachify::cached` (and the same for `once` and `lock`).
-fn macro_kind(path: &Path) -> Option<Kind> {
-    let segments: Vec<String> = path
-        .segments
+/// Removes the method's first `#[cached]`, `#[once]` or `#[lock]`, if it
+/// has one; the others stay, as the layers under it (see [`crate::stack`]).
+fn take_attribute(method: &mut ImplItemFn) -> Option<(Kind, Attribute)> {
+    let (index, kind) = method
+        .attrs
         .iter()
-        .map(|segment| segment.ident.to_string())
-        .collect();
-    let name = match segments.as_slice() {
-        [name] if path.leading_colon.is_none() => name,
-        [krate, name] if krate == "cachify" => name,
-        _ => return None,
-    };
-    [Kind::Cached, Kind::Once, Kind::Lock]
-        .into_iter()
-        .find(|kind| kind.name() == name)
+        .enumerate()
+        .find_map(|(index, attribute)| Some((index, macro_kind(attribute.path())?)))?;
+    Some((kind, method.attrs.remove(index)))
 }
 
-/// Expands one method's attribute, with the same code as on a function.
+/// Expands one method's attributes, with the same code as on a function.
 fn expand_method(
     kind: Kind,
     attribute: &Attribute,
@@ -271,17 +218,8 @@ fn expand_method(
     sibling_vis: &Visibility,
     owner: &str,
 ) -> syn::Result<Expansion> {
-    let args = match &attribute.meta {
-        Meta::List(list) => list.tokens.clone(),
-        // The parser's own message, on the attribute rather than on `#[trait_impl]`.
-        _ => {
-            let message = match attr::parse(kind, TokenStream::new()) {
-                Err(error) => error.to_string(),
-                Ok(_) => unreachable!("an empty attribute has no template"),
-            };
-            return Err(syn::Error::new_spanned(attribute, message));
-        }
-    };
+    // The parser's own message for a bare attribute, on the attribute rather than on `#[trait_impl]`.
+    let args = Layer::of(kind, attribute.clone())?.args;
     let ImplItemFn {
         attrs,
         vis,

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{self, CallOutcome, Clock};
 
-pub use crate::cache::CacheCall;
+pub use crate::cache::{CacheCall, Ttl};
 pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
 pub use crate::locks::LockGuard;
 pub use crate::observe::CallKind;
@@ -127,7 +127,8 @@ where
     let clock = Clock::start();
     let span = observe::call_span(site.kind(), site.template(), site.function(), &key);
     let tally = site.tally(core.health());
-    let (output, outcome) = match core.cached_now::<P, R, K>(&key, site, &tally, typed) {
+    let now = core.cached_now::<P, R, K>(&key, site, &tally, typed, call.codec);
+    let (output, outcome) = match now {
         Ok(hit) => (hit, local_hit(client, &span)),
         Err(lookup) => {
             let run = core.cached::<Async, P, R, F, U>(&key, &tally, lookup, call, body, unless);
@@ -164,7 +165,8 @@ where
     let clock = Clock::start();
     let span = observe::call_span(site.kind(), site.template(), site.function(), &key);
     let tally = site.tally(core.health());
-    let (output, outcome) = match core.cached_now::<P, R, K>(&key, site, &tally, typed) {
+    let now = core.cached_now::<P, R, K>(&key, site, &tally, typed, call.codec);
+    let (output, outcome) = match now {
         Ok(hit) => (hit, local_hit(client, &span)),
         Err(lookup) => {
             let _entered = span.enter();
@@ -341,4 +343,30 @@ pub async fn is_locked(client: &Cachify, key: String) -> Result<bool, Error> {
 pub fn is_locked_blocking(client: &Cachify, key: String) -> Result<bool, Error> {
     let holder = drive(client.core().locks.holder::<Blocking>(&key))?;
     Ok(holder.is_some())
+}
+
+/// The siblings of stacked attributes: every layer's answer to `_reset` or
+/// `_release`, in order; the first error, if any.
+pub fn all_layers<const N: usize>(answers: [Result<(), Error>; N]) -> Result<(), Error> {
+    answers.into_iter().collect()
+}
+
+/// `_clear` of stacked attributes: how many entries every layer deleted;
+/// the first error, if any (every layer is tried).
+pub fn total_of_layers<const N: usize>(answers: [Result<u64, Error>; N]) -> Result<u64, Error> {
+    let mut total = 0u64;
+    for answer in answers {
+        total = total.saturating_add(answer?);
+    }
+    Ok(total)
+}
+
+/// `_is_locked` of stacked attributes: whether any layer's lock is held;
+/// the first error, if any.
+pub fn any_layer<const N: usize>(answers: [Result<bool, Error>; N]) -> Result<bool, Error> {
+    let mut held = false;
+    for answer in answers {
+        held |= answer?;
+    }
+    Ok(held)
 }

@@ -31,14 +31,38 @@ use crate::value::{AnyValue, CacheValue, ValueType, take};
 /// How a `#[cached]` call runs, from the attribute.
 #[derive(Clone, Debug)]
 pub struct CacheCall {
-    /// Time to live; `None`: the client's default.
-    pub ttl: Option<Duration>,
+    /// Time to live.
+    pub ttl: Ttl,
     /// How long an empty output (`None`) is stored; `None`: it is not.
     pub none_ttl: Option<Duration>,
     /// `lock = true`: concurrent misses across processes run the function once.
     pub fill_lock: bool,
     /// The call's rendered tags (`tags = [..]`); empty when it has none.
     pub tags: Vec<String>,
+    /// `codec = ..`: the codec of this function's entries; `None`: the client's.
+    pub codec: Option<Codec>,
+}
+
+/// How long a `#[cached]` value lives, from the attribute's `ttl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// No `ttl`: the client's `default_ttl` (no expiry without one).
+    Default,
+    /// `ttl = None`: no expiry, whatever the client's `default_ttl`.
+    Never,
+    /// `ttl = ..`: this long.
+    For(Duration),
+}
+
+impl Ttl {
+    /// The expiry to store with (`None`: none), given the client's default.
+    fn resolve(self, default: Option<Duration>) -> Option<Duration> {
+        match self {
+            Ttl::Default => default,
+            Ttl::Never => None,
+            Ttl::For(ttl) => Some(ttl),
+        }
+    }
 }
 
 /// Pause between two looks at the cache while another process fills it.
@@ -60,6 +84,8 @@ pub(crate) struct Fetch<'a, A> {
     pub(crate) accept: A,
     /// The tags the value is stored under.
     pub(crate) tags: &'a [String],
+    /// The codec of the entry (`None`: the client's).
+    pub(crate) codec: Option<Codec>,
 }
 
 /// What the caller's own computation produced.
@@ -233,15 +259,17 @@ impl Core {
         key: &str,
         tally: &Tally,
         accept: &impl Fn(&T) -> bool,
+        codec: Option<Codec>,
     ) -> Lookup<T> {
         if !self.health.breaker.allows() {
             tally.bypass();
             return Lookup::Bypassed;
         }
-        if let Some((pending, codec)) = self.values.get_encoded(key) {
+        let kind = ValueType::of::<T>().with_codec(codec);
+        if let Some((pending, codec)) = self.values.get_encoded(key, kind) {
             return Lookup::Encoded(pending, codec);
         }
-        match self.values.get(key, ValueType::of::<T>()) {
+        match self.values.get(key, kind) {
             StoreFuture::Ready(Some(found)) => {
                 let found = found.map(|found| found.and_then(take));
                 Lookup::Now(self.found(key, tally, found, accept))
@@ -275,14 +303,16 @@ impl Core {
         }
     }
 
-    /// Reads the cache: `Some` on a hit. Counts hits, misses and failures.
+    /// Reads the cache (`codec`: the entry's, `None` for the client's):
+    /// `Some` on a hit. Counts hits, misses and failures.
     pub(crate) async fn read<M: Mode, T: CacheValue>(
         &self,
         key: &str,
         tally: &Tally,
         accept: &impl Fn(&T) -> bool,
+        codec: Option<Codec>,
     ) -> Option<T> {
-        let lookup = self.lookup(key, tally, accept);
+        let lookup = self.lookup(key, tally, accept, codec);
         self.finish::<M, T>(key, tally, lookup, accept).await
     }
 
@@ -313,21 +343,22 @@ impl Core {
         value
     }
 
-    /// Stores a value unless the breaker is open; never fails the caller.
-    /// Whether it was stored.
+    /// Stores a value (`codec`: the entry's, `None` for the client's)
+    /// unless the breaker is open; never fails the caller. Whether it was
+    /// stored.
     pub(crate) async fn write<M: Mode, T: CacheValue>(
         &self,
         key: &str,
         tally: &Tally,
         value: Arc<T>,
         ttl: Option<Duration>,
+        codec: Option<Codec>,
     ) -> bool {
         if !self.health.breaker.allows() {
             return false;
         }
-        let set = self
-            .values
-            .set(key, AnyValue::new(value), ValueType::of::<T>(), ttl);
+        let kind = ValueType::of::<T>().with_codec(codec);
+        let set = self.values.set(key, AnyValue::new(value), kind, ttl);
         let written = M::io(set).await;
         self.observe(tally, "write", key, &written);
         if let Ok(false) = written {
@@ -357,6 +388,7 @@ impl Core {
         key: &str,
         tally: &Tally,
         accept: &impl Fn(&T) -> bool,
+        codec: Option<Codec>,
     ) -> Fill<T> {
         let fill_key = self.keys.fill(key);
         let mut patience = Patience::new(self.fill_wait);
@@ -368,7 +400,7 @@ impl Core {
             {
                 Ok(guard) => {
                     // The previous holder may have stored it just before releasing.
-                    return match self.read::<M, T>(key, tally, accept).await {
+                    return match self.read::<M, T>(key, tally, accept, codec).await {
                         Some(value) => Fill::Filled(value),
                         None => Fill::Run(Some(Box::new(guard))),
                     };
@@ -379,7 +411,7 @@ impl Core {
                         return Fill::Run(None);
                     }
                     M::sleep(FILL_POLL).await;
-                    if let Some(value) = self.read::<M, T>(key, tally, accept).await {
+                    if let Some(value) = self.read::<M, T>(key, tally, accept, codec).await {
                         return Fill::Filled(value);
                     }
                 }
@@ -405,10 +437,11 @@ impl Core {
             read,
             accept,
             tags,
+            codec,
         } = fetch;
         let mut look = read;
         let leader = loop {
-            if look && let Some(value) = self.read::<M, T>(key, tally, &accept).await {
+            if look && let Some(value) = self.read::<M, T>(key, tally, &accept, codec).await {
                 return Served::Cached(value);
             }
             look = true;
@@ -427,7 +460,7 @@ impl Core {
             }
         };
         let fill_guard = match (&leader, fill_lock) {
-            (Some(leader), true) => match self.fill::<M, T>(key, tally, &accept).await {
+            (Some(leader), true) => match self.fill::<M, T>(key, tally, &accept, codec).await {
                 Fill::Filled(value) => {
                     leader.publish(Outcome::Value(AnyValue::new(Arc::new(value.clone()))));
                     return Served::Cached(value);
@@ -449,7 +482,7 @@ impl Core {
         // so it is not stored.
         if let (true, Some(value), Some(versions)) = (computed.store, &computed.value, versions)
             && self
-                .write::<M, T>(key, tally, Arc::clone(value), computed.ttl)
+                .write::<M, T>(key, tally, Arc::clone(value), computed.ttl, codec)
                 .await
         {
             self.tag_written::<M>(key, tags, computed.ttl, versions)
@@ -524,8 +557,9 @@ impl Core {
         site: &Site,
         tally: &Tally,
         typed: Option<K>,
+        codec: Option<Codec>,
     ) -> Result<R, Lookup<P::Stored>> {
-        match self.lookup(key, tally, &accept_any::<P::Stored>) {
+        match self.lookup(key, tally, &accept_any::<P::Stored>, codec) {
             Lookup::Now(Some(stored)) => {
                 if let Some(typed) = typed {
                     self.index_typed::<K, P::Stored>(site, typed, key);
@@ -573,6 +607,7 @@ impl Core {
             read: false,
             accept,
             tags: &call.tags,
+            codec: call.codec,
         };
         let compute = async {
             let output = body.await;
@@ -582,7 +617,7 @@ impl Core {
                 Some(stored) if P::is_empty(stored) => {
                     (call.none_ttl.is_some() && !unless(stored), call.none_ttl)
                 }
-                Some(stored) => (!unless(stored), call.ttl.or(self.default_ttl)),
+                Some(stored) => (!unless(stored), call.ttl.resolve(self.default_ttl)),
                 None => (false, None),
             };
             Computed {
@@ -655,21 +690,24 @@ mod tests {
             memory,
         ));
         let call = CacheCall {
-            ttl: None,
+            ttl: Ttl::Default,
             none_ttl: None,
             fill_lock: true,
             tags: vec!["t".to_owned()],
+            codec: None,
         };
         is_send(async move {
             let core = &*core;
             static SITE: Site = Site::new(CallKind::Cached, "k", "tests::k");
             let tally = SITE.tally(core.health());
-            let _ = core.read::<Async, u32>("k", &tally, &|_: &u32| true).await;
-            let lookup = match core.cached_now::<Whole, u32, (u64,)>("k", &SITE, &tally, Some((1,)))
-            {
-                Ok(_) => return,
-                Err(lookup) => lookup,
-            };
+            let _ = core
+                .read::<Async, u32>("k", &tally, &|_: &u32| true, None)
+                .await;
+            let lookup =
+                match core.cached_now::<Whole, u32, (u64,)>("k", &SITE, &tally, Some((1,)), None) {
+                    Ok(_) => return,
+                    Err(lookup) => lookup,
+                };
             let _ = core
                 .cached::<Async, Whole, u32, _, _>(
                     "k",

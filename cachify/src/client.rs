@@ -518,7 +518,9 @@ impl CachifyBuilder {
         self
     }
 
-    /// The format of values stored in Redis. Default MessagePack.
+    /// The format of values stored in Redis. Default MessagePack. A
+    /// `#[cached]` function may pick another for its own entries with
+    /// `codec = ..`.
     ///
     /// ```no_run
     /// # async fn start() -> Result<(), cachify::Error> {

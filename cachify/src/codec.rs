@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use crate::error::CodecError;
 
 /// The format of values stored in Redis. The memory backend stores values
-/// as they are and does not encode them.
+/// as they are and does not encode them. A client has one
+/// ([`CachifyBuilder::codec`](crate::CachifyBuilder::codec)); a `#[cached]`
+/// function may name its own with `codec = Codec::Json`.
 ///
 /// ```
 /// use cachify::{Cachify, Codec};

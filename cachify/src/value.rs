@@ -51,11 +51,13 @@ impl AnyValue {
 
 /// How to turn one value type into bytes and back: what a byte store needs
 /// to know of a type it never names. Two function pointers, made per type
-/// by [`ValueType::of`].
+/// by [`ValueType::of`], and the codec its function asked for, if any.
 #[derive(Clone, Copy)]
 pub(crate) struct ValueType {
     encode: fn(&(dyn Any + Send + Sync), Codec) -> Result<Vec<u8>, CodecError>,
     decode: fn(Codec, &[u8]) -> Result<AnyValue, CodecError>,
+    /// `codec = ..` on `#[cached]`: overrides the store's codec.
+    codec: Option<Codec>,
 }
 
 impl ValueType {
@@ -63,15 +65,29 @@ impl ValueType {
         Self {
             encode: encode_as::<T>,
             decode: decode_as::<T>,
+            codec: None,
         }
     }
 
-    pub(crate) fn encode(self, value: &AnyValue, codec: Codec) -> Result<Vec<u8>, CodecError> {
-        (self.encode)(value.as_any(), codec)
+    /// The same type, written and read with `codec` when it is `Some`
+    /// instead of the store's codec.
+    pub(crate) fn with_codec(self, codec: Option<Codec>) -> Self {
+        Self { codec, ..self }
     }
 
-    pub(crate) fn decode(self, codec: Codec, bytes: &[u8]) -> Result<AnyValue, CodecError> {
-        (self.decode)(codec, bytes)
+    /// The codec for this value: its function's, else the store's `default`.
+    pub(crate) fn codec(self, default: Codec) -> Codec {
+        self.codec.unwrap_or(default)
+    }
+
+    /// Encodes with [`ValueType::codec`].
+    pub(crate) fn encode(self, value: &AnyValue, default: Codec) -> Result<Vec<u8>, CodecError> {
+        (self.encode)(value.as_any(), self.codec(default))
+    }
+
+    /// Decodes with [`ValueType::codec`].
+    pub(crate) fn decode(self, default: Codec, bytes: &[u8]) -> Result<AnyValue, CodecError> {
+        (self.decode)(self.codec(default), bytes)
     }
 }
 
@@ -119,5 +135,23 @@ mod tests {
         let text = AnyValue::new(Arc::new("text".to_owned()));
         assert!(kind.encode(&text, Codec::MessagePack).is_err());
         assert_eq!(take::<u8>(text), None);
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn a_function_codec_overrides_the_store_codec() {
+        let kind = ValueType::of::<u32>().with_codec(Some(Codec::Json));
+        let bytes = kind
+            .encode(&AnyValue::new(Arc::new(7_u32)), Codec::MessagePack)
+            .unwrap();
+        assert_eq!(bytes, b"J7");
+        assert_eq!(
+            take::<u32>(kind.decode(Codec::MessagePack, &bytes).unwrap()),
+            Some(7)
+        );
+        let store_codec = ValueType::of::<u32>();
+        assert!(store_codec.decode(Codec::MessagePack, &bytes).is_err());
+        assert_eq!(kind.codec(Codec::MessagePack), Codec::Json);
+        assert_eq!(store_codec.codec(Codec::MessagePack), Codec::MessagePack);
     }
 }

@@ -201,7 +201,7 @@ where
     if plan.head {
         if !plan.refresh
             && let Some(entry) = core
-                .read::<Async, Entry>(&plan.key, &tally, &accept)
+                .read::<Async, Entry>(&plan.key, &tally, &accept, None)
                 .instrument(span.clone())
                 .await
         {
@@ -277,7 +277,7 @@ where
             let computed = compute.await;
             if let (true, Some(entry)) = (computed.store, &computed.value) {
                 let _stored = core
-                    .write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(kept))
+                    .write::<Async, Entry>(&plan.key, &tally, Arc::clone(entry), Some(kept), None)
                     .await;
             }
             Served::Ran(computed.output)
@@ -289,6 +289,7 @@ where
                 read: true,
                 accept: &accept,
                 tags: &[],
+                codec: None,
             };
             core.fetch::<Async, Entry, _, _, _>(fetch, compute).await
         }

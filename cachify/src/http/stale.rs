@@ -181,7 +181,7 @@ async fn refresh_entry<S, ReqBody, ResBody>(
         && let Ok(Handled::Storable(entry, ..)) =
             run(&settings, core, &key, ttl, &mut inner, request).await
     {
-        core.write::<Async, Entry>(&key, &tally, Arc::new(entry), Some(kept))
+        core.write::<Async, Entry>(&key, &tally, Arc::new(entry), Some(kept), None)
             .await;
     }
     if let Some(guard) = guard {

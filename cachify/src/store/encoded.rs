@@ -8,8 +8,9 @@ use crate::codec::Codec;
 use crate::keyspace::KeyMatch;
 use crate::value::{AnyValue, ValueType};
 
-/// Encodes values with `codec` on their way into a byte store, and refuses
-/// (with a warning) values over `max_value_size`.
+/// Encodes values with `codec` (or the codec their [`ValueType`] names) on
+/// their way into a byte store, and refuses (with a warning) values over
+/// `max_value_size`.
 pub(crate) struct Encoded<B> {
     bytes: Arc<B>,
     codec: Codec,
@@ -70,7 +71,11 @@ impl<B: ByteStore> ValueStore for Encoded<B> {
         self.bytes.delete_matching(matching)
     }
 
-    fn get_encoded(&self, key: &str) -> Option<(StoreFuture<Option<Vec<u8>>>, Codec)> {
-        Some((self.bytes.get(key), self.codec))
+    fn get_encoded(
+        &self,
+        key: &str,
+        kind: ValueType,
+    ) -> Option<(StoreFuture<Option<Vec<u8>>>, Codec)> {
+        Some((self.bytes.get(key), kind.codec(self.codec)))
     }
 }

@@ -169,10 +169,15 @@ pub(crate) trait ValueStore: Send + Sync + 'static {
     fn delete_prefix(&self, prefix: &str) -> StoreFuture<u64>;
 
     /// For a store that keeps nothing but encoded bytes: the bytes under
-    /// `key` and the codec they were written with, for the caller to decode
-    /// straight into its own type, where [`ValueStore::get`] would box a
-    /// decode and share the value behind an `Arc`. `None` from other stores.
-    fn get_encoded(&self, _key: &str) -> Option<(StoreFuture<Option<Vec<u8>>>, Codec)> {
+    /// `key` and the codec they were written with (`kind`'s, else the
+    /// store's), for the caller to decode straight into its own type, where
+    /// [`ValueStore::get`] would box a decode and share the value behind an
+    /// `Arc`. `None` from other stores.
+    fn get_encoded(
+        &self,
+        _key: &str,
+        _kind: ValueType,
+    ) -> Option<(StoreFuture<Option<Vec<u8>>>, Codec)> {
         None
     }
 
