@@ -1,4 +1,4 @@
-//! Code generation: the wrapped function and its `_reset`/`_is_locked`/`_release` siblings.
+//! Code generation: the wrapped function and its `_reset`/`_is_locked`/`_release`/`_pool_size` siblings.
 
 use std::collections::HashSet;
 
@@ -56,6 +56,7 @@ pub(crate) fn try_expand(
         .map_err(|message| syn::Error::new(args.template.span(), message))?;
     let roots = valid::placeholders(&function.sig, &args.template, &pieces)?;
     valid::return_type(kind, &args, &function.sig)?;
+    valid::max_size(kind, &args)?;
     let shape = shape::of(&function.sig.output);
     valid::none_ttl(&args, &function.sig, shape.optional)?;
 
@@ -149,6 +150,7 @@ impl Key<'_> {
             Kind::Cached => quote!(Cached),
             Kind::Once => quote!(Once),
             Kind::Lock => quote!(Lock),
+            Kind::Pooled => quote!(Pool),
         }
     }
 
@@ -428,11 +430,20 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         };
         (prelude, call)
     } else {
-        let (acquire, run) = if sig.asyncness.is_some() {
-            (quote!(acquire), quote!(run_locked))
-        } else {
-            (quote!(acquire_blocking), quote!(run_locked_blocking))
+        let (acquire, run) = match (key.kind, sig.asyncness.is_some()) {
+            (Kind::Pooled, true) => (quote!(pool_acquire), quote!(run_pooled)),
+            (Kind::Pooled, false) => (quote!(pool_acquire_blocking), quote!(run_pooled_blocking)),
+            (_, true) => (quote!(acquire), quote!(run_locked)),
+            (_, false) => (quote!(acquire_blocking), quote!(run_locked_blocking)),
         };
+        // A pool's cap, typed where the user wrote it.
+        let max_size = key.args.max_size.as_ref().map(|max_size| {
+            let var = local("__cachify_max_size");
+            quote_spanned!(max_size.span()=> {
+                let #var: usize = #max_size;
+                #var
+            },)
+        });
         let wait = match &key.args.wait {
             Some(wait) => duration(wait),
             None => quote!(::core::time::Duration::ZERO),
@@ -440,7 +451,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         let guard = local("__cachify_guard");
         // The refused arm runs instead of the body, so the user's expression may
         // still use the arguments the body would have moved.
-        let refused = match &key.args.return_on_locked {
+        let refused = match key.args.refusal() {
             // A backend failure is an error when the output can say so.
             Some(value) if output.nameable => {
                 let error = local("__cachify_error");
@@ -472,7 +483,7 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
         let site = key.site(&sig.ident);
         let call = quote! {
             #site
-            match ::cachify::__private::#acquire(#client_var, &#site_var, #key_var, #ttl, #wait) #dot_await {
+            match ::cachify::__private::#acquire(#client_var, &#site_var, #key_var, #max_size #ttl, #wait) #dot_await {
                 ::core::result::Result::Ok(#guard) =>
                     ::cachify::__private::#run(#guard, #body) #dot_await,
                 #refused,
@@ -511,7 +522,7 @@ fn duration(duration: &Duration) -> TokenStream {
     }
 }
 
-/// `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
+/// `<fn>_reset`, `<fn>_is_locked` and `<fn>_release`, or `<fn>_pool_size`.
 fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> {
     let sig = &function.sig;
     let name = &sig.ident;
@@ -588,6 +599,12 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
                 "release",
             ),
         ],
+        Kind::Pooled => &[(
+            "pool_size",
+            format!(" How many calls of `{shown}` with these arguments hold a slot of its pool right now."),
+            quote!(usize),
+            "pool_size",
+        )],
     };
     specs
         .iter()

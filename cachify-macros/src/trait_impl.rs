@@ -246,7 +246,7 @@ fn take_attribute(method: &mut ImplItemFn) -> syn::Result<Option<(Kind, Attribut
     Ok(found)
 }
 
-/// `cached`, `cachify::cached` or `::cachify::cached` (and the same for `once` and `lock`).
+/// `cached`, `cachify::cached` or `::cachify::cached` (and the same for `once`, `lock` and `pooled`).
 fn macro_kind(path: &Path) -> Option<Kind> {
     let segments: Vec<String> = path
         .segments
@@ -258,7 +258,7 @@ fn macro_kind(path: &Path) -> Option<Kind> {
         [krate, name] if krate == "cachify" => name,
         _ => return None,
     };
-    [Kind::Cached, Kind::Once, Kind::Lock]
+    [Kind::Cached, Kind::Once, Kind::Lock, Kind::Pooled]
         .into_iter()
         .find(|kind| kind.name() == name)
 }

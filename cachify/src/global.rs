@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use crate::client::Cachify;
 use crate::error::Error;
 use crate::locks::LockBuilder;
+use crate::pools::PoolBuilder;
 
 static GLOBAL: OnceLock<Cachify> = OnceLock::new();
 
@@ -103,6 +104,35 @@ fn fallback() -> &'static Cachify {
 /// ```
 pub fn lock(name: impl Into<String>) -> LockBuilder<'static> {
     LockBuilder::on_global(name.into(), || &global().core().locks)
+}
+
+/// Starts building a pool of at most `max_size` concurrent holders on the
+/// global client (see [`global`]), as it is when the pool is used, like
+/// [`lock()`]: a distributed semaphore across every process sharing the
+/// backend.
+///
+/// `name` is used as written: `cachify::pool("export-7", 3)` and
+/// `#[pooled("export-{tenant}", max_size = 3)]` called with `tenant = 7`
+/// share one pool. Callers of one pool should agree on `max_size`: each
+/// caller is admitted while fewer than its own `max_size` slots are held.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// use std::time::Duration;
+///
+/// let slot = cachify::pool("exports", 3)
+///     .ttl(Duration::from_secs(60))
+///     .wait(Duration::from_secs(5))
+///     .acquire()
+///     .await?;
+/// assert_eq!(cachify::pool("exports", 3).size().await?, 1); // slots in use
+/// // ... at most three holders run this at once, across every process ...
+/// slot.release().await?;
+/// # Ok(()) }
+/// ```
+pub fn pool(name: impl Into<String>, max_size: usize) -> PoolBuilder<'static> {
+    PoolBuilder::on_global(name.into(), max_size, || global().pools())
 }
 
 /// Runs `future` with `client` in place of the global client.

@@ -8,8 +8,9 @@
 //! | fill lock of `#[cached(lock = true)]` | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
 //! | fencing counter of a lock | `{prefix}fence:{` + lock key + `}` | `cachify:fence:{cachify:lock:nightly}` |
 //! | HTTP response | `{prefix}http:{namespace}:{request}` | `cachify:http:users:GET:/users?a=1` |
+//! | `#[pooled]`, [`crate::pool()`] (a sorted set: slot token -> lease end) | `{prefix}pool:{name}` | `cachify:pool:exports` |
 //!
-//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`)
+//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `pool:`)
 //! differs from the others, so kinds never share a key.
 //!
 //! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
@@ -53,6 +54,8 @@ pub enum KeyKind {
     Once,
     /// `#[lock]` locks and [`crate::lock()`] values.
     Lock,
+    /// `#[pooled]` pools and [`crate::pool()`] values.
+    Pool,
 }
 
 impl KeyKind {
@@ -62,6 +65,7 @@ impl KeyKind {
             KeyKind::Cached => "cache:",
             KeyKind::Once => "once:",
             KeyKind::Lock => "lock:",
+            KeyKind::Pool => "pool:",
         }
     }
 }
@@ -187,6 +191,16 @@ impl Keyspace {
         let mut key = String::with_capacity(self.prefix.len() + 8 + name.len());
         key.push_str(&self.prefix);
         key.push_str(KeyKind::Lock.tag());
+        key.push_str(name);
+        shorten(key, 0)
+    }
+
+    /// The key of a pool named by the caller ([`crate::pool()`]): used as
+    /// written, so it matches `#[pooled]` with the same rendered template.
+    pub(crate) fn pool(&self, name: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 8 + name.len());
+        key.push_str(&self.prefix);
+        key.push_str(KeyKind::Pool.tag());
         key.push_str(name);
         shorten(key, 0)
     }
@@ -495,6 +509,11 @@ mod tests {
             "cachify:lock:user-42"
         );
         assert_eq!(keys.lock("user-42"), "cachify:lock:user-42");
+        assert_eq!(
+            keys.render(KeyKind::Pool, &USER, &[&42]),
+            "cachify:pool:user-42"
+        );
+        assert_eq!(keys.pool("user-42"), "cachify:pool:user-42");
         assert_eq!(
             keys.fill("cachify:cache:user-42"),
             "cachify:fill:cache:user-42"

@@ -74,17 +74,20 @@ pub enum CallKind {
     Lock,
     /// A lookup of the HTTP response cache (feature `axum`).
     Http,
+    /// A `#[pooled]` function or a [`crate::pool()`] value.
+    Pool,
 }
 
 impl CallKind {
     /// The kind as it appears in spans and metric labels: `cached`, `once`,
-    /// `lock` or `http`.
+    /// `lock`, `http` or `pool`.
     pub const fn as_str(self) -> &'static str {
         match self {
             CallKind::Cached => "cached",
             CallKind::Once => "once",
             CallKind::Lock => "lock",
             CallKind::Http => "http",
+            CallKind::Pool => "pool",
         }
     }
 }
@@ -93,6 +96,10 @@ impl CallKind {
 /// values are counted: lock names are often built per resource, and one
 /// label per name would grow without bound.
 pub const LOCK_API_TEMPLATE: &str = "cachify::lock";
+
+/// The template under which [`crate::pool()`] and [`crate::Cachify::pool`]
+/// values are counted, for the same reason as [`LOCK_API_TEMPLATE`].
+pub const POOL_API_TEMPLATE: &str = "cachify::pool";
 
 /// The counters of one (kind, template) on one client, from
 /// [`crate::Cachify::stats_by_template`]. Functions that share a template
@@ -132,9 +139,10 @@ pub struct TemplateStats {
     pub errors: u64,
     /// Cache reads skipped because the breaker was open.
     pub bypassed: u64,
-    /// Locks granted.
+    /// Locks granted (pool slots, for kind [`CallKind::Pool`]).
     pub locks_acquired: u64,
-    /// Lock requests refused because someone else held the lock.
+    /// Lock requests refused because someone else held the lock (slot
+    /// requests refused because the pool was full, for [`CallKind::Pool`]).
     pub lock_contention: u64,
 }
 
