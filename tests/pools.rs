@@ -106,8 +106,12 @@ on_every_backend!(
 
 #[derive(Debug, PartialEq)]
 pub enum AppError {
+    /// From `cachify::Error::PoolFull`.
     Full,
+    /// Any other `cachify::Error`.
     Backend,
+    /// What `return_on_full` answers.
+    Busy,
 }
 
 impl From<Error> for AppError {
@@ -549,6 +553,53 @@ async fn redis_an_expired_slot_is_lost_and_not_released_by_its_old_holder() {
         "the old holder's release did not free the newcomer's slot"
     );
     newcomer.release().await.unwrap();
+
+    let mut raw = server.connection();
+    expired_before_any_renewal(&client, |command| command.query(&mut raw).unwrap()).await;
+}
+
+/// A slot whose lease ended (its end moved into the past through `raw`)
+/// before its watchdog's first renewal, and before anyone else touched the
+/// pool: it no longer counts, and its holder's release is refused.
+async fn expired_before_any_renewal(
+    client: &Cachify,
+    mut raw: impl FnMut(&redis::Cmd) -> redis::Value,
+) {
+    let name = "unpurged";
+    let slot = client
+        .pool(name, 1)
+        .ttl(Duration::from_secs(60))
+        .acquire()
+        .await
+        .unwrap();
+    let held = members(raw(redis::cmd("ZRANGE").arg(slot.key()).arg(0).arg(-1)));
+    assert_eq!(held.len(), 1, "one slot token in the set");
+    raw(redis::cmd("ZADD")
+        .arg(slot.key())
+        .arg("XX")
+        .arg(1)
+        .arg(&held[0]));
+    assert_eq!(client.pool(name, 1).size().await.unwrap(), 0);
+    assert!(
+        matches!(slot.release().await, Err(Error::NotOwner)),
+        "a slot whose lease ended cannot be released"
+    );
+    let left = members(raw(redis::cmd("ZRANGE").arg(pool_key(client, name)).arg(0).arg(-1)));
+    assert!(left.is_empty(), "the expired member is removed: {left:?}");
+}
+
+/// The members of a `ZRANGE` reply.
+fn members(reply: redis::Value) -> Vec<String> {
+    match reply {
+        redis::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                redis::Value::BulkString(bytes) => String::from_utf8(bytes).unwrap(),
+                other => panic!("a member that is not a string: {other:?}"),
+            })
+            .collect(),
+        other => panic!("not a ZRANGE reply: {other:?}"),
+    }
 }
 
 /// Cluster: the slot's lease end moved into the past (as the server would
@@ -585,6 +636,35 @@ async fn cluster_an_expired_slot_is_lost_and_not_released_by_its_old_holder() {
     assert!(matches!(slot.release().await, Err(Error::NotOwner)));
     assert_eq!(client.pool(name, 1).size().await.unwrap(), 1);
     newcomer.release().await.unwrap();
+
+    expired_before_any_renewal(&client, |command| command.query(&mut raw).unwrap()).await;
+}
+
+/// An acquire that timed out must not leave a slot taken by nobody: its
+/// script may still run once the server answers again, and the abandoned
+/// attempt then frees what it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_timed_out_acquire_leaves_no_orphan_slot() {
+    let server = RedisServer::start();
+    let client = redis_client(&server).await;
+    // Loads the script, so the frozen server's late run takes a slot (a
+    // first `EVALSHA` would only find the script missing).
+    let warm = client.pool("orphan", 1).acquire().await.unwrap();
+    warm.release().await.unwrap();
+    let frozen = Frozen::new(&server);
+    let result = client.pool("orphan", 1).acquire().await;
+    assert!(
+        matches!(&result, Err(Error::Backend(error)) if error.is_timeout()),
+        "{result:?}"
+    );
+    drop(frozen);
+    let slot = client
+        .pool("orphan", 1)
+        .wait(SOON)
+        .acquire()
+        .await
+        .expect("no orphan slot is left behind");
+    slot.release().await.unwrap();
 }
 
 /// The pool key expires by itself once its last lease is over, so an
@@ -740,7 +820,7 @@ async fn cluster_a_crashed_holders_slot_frees_after_one_lease() {
 
 static EXPORTS: OwnServer = OwnServer::new();
 
-#[pooled("report-{id}", max_size = 1, return_on_full = Err(AppError::Full), client = EXPORTS.client())]
+#[pooled("report-{id}", max_size = 1, return_on_full = Err(AppError::Busy), client = EXPORTS.client())]
 async fn report(id: u32, door: Door) -> Result<u32, AppError> {
     door.pass().await;
     Ok(id)
@@ -757,7 +837,11 @@ async fn an_outage_is_an_error_not_full() {
         assert!(started.elapsed() < SOON, "the holder never took its slot");
         tokio::time::sleep(POLL).await;
     }
-    assert_eq!(report(1, Door::default()).await, Err(AppError::Full));
+    assert_eq!(
+        report(1, Door::default()).await,
+        Err(AppError::Busy),
+        "full: return_on_full"
+    );
     door.open();
     assert_eq!(holder.await.unwrap(), Ok(1));
     EXPORTS.stop();
