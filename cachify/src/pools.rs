@@ -414,8 +414,11 @@ impl PoolSlot {
                 Ok(())
             }
             Ok(false) => {
-                lost_event(&self.key);
-                self.lost.mark();
+                // Reported once, whether the watchdog or this release found it.
+                if !self.lost.is_marked() {
+                    lost_event(&self.key);
+                    self.lost.mark();
+                }
                 Err(Error::NotOwner)
             }
             Err(error) => {
