@@ -650,7 +650,10 @@ async fn pools_log_acquired_full_lost_and_released() {
         .unwrap();
     let debug = |what: &str| (Level::DEBUG, what.to_owned());
 
-    assert!(export(&client, 1).await.unwrap(), "the nested call is refused");
+    assert!(
+        export(&client, 1).await.unwrap(),
+        "the nested call is refused"
+    );
     assert_eq!(
         pool_events("obs6:pool:obs-export-1"),
         [debug("acquired"), debug("full"), debug("released")]

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cachify::{CallKind, Cachify, Error, pooled};
+use cachify::{Cachify, CallKind, Error, pooled};
 use support::{Frozen, OwnServer, RedisServer};
 
 const PREFIX: &str = "pl:";
@@ -208,7 +208,10 @@ async fn the_cap_holds_async(client: &Cachify) {
     let door = Door::default();
     let mut holders = Vec::new();
     for _ in 0..3 {
-        holders.push(tokio::spawn(cachify::scope(client, export(7, door.clone()))));
+        holders.push(tokio::spawn(cachify::scope(
+            client,
+            export(7, door.clone()),
+        )));
     }
     until_size(3, || export_pool_size(7)).await;
     assert_eq!(
@@ -216,14 +219,26 @@ async fn the_cap_holds_async(client: &Cachify) {
         Err(AppError::Full),
         "a fourth call is refused"
     );
-    assert_eq!(export_pool_size(8).await.unwrap(), 0, "another key, another pool");
+    assert_eq!(
+        export_pool_size(8).await.unwrap(),
+        0,
+        "another key, another pool"
+    );
     assert_eq!(client.pool("export-7", 3).size().await.unwrap(), 3);
-    assert_full(client.pool("export-7", 3).acquire().await, client, "export-7");
+    assert_full(
+        client.pool("export-7", 3).acquire().await,
+        client,
+        "export-7",
+    );
     door.open();
     for holder in holders {
         assert_eq!(holder.await.unwrap(), Ok(7));
     }
-    assert_eq!(export_pool_size(7).await.unwrap(), 0, "released after the run");
+    assert_eq!(
+        export_pool_size(7).await.unwrap(),
+        0,
+        "released after the run"
+    );
     assert_eq!(export(7, door).await, Ok(7));
 
     let stats = client.stats_by_template();
@@ -328,7 +343,10 @@ async fn wait_gets_a_slot_that_frees(client: &Cachify) {
         .await;
     let waited = started.elapsed();
     assert_full(result, client, name);
-    assert!(waited >= Duration::from_millis(150), "gave up after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(150),
+        "gave up after {waited:?}"
+    );
     assert!(waited < SOON, "gave up only after {waited:?}");
 
     // Gets a slot freed during the wait.
@@ -393,10 +411,7 @@ async fn release_on_drop_panic_and_cancellation(client: &Cachify) {
     // A panicking `#[pooled]` body on a thread.
     let thread_client = client.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        std::thread::spawn(move || {
-            cachify::scope_blocking(&thread_client, || panicking(1))
-        })
-        .join()
+        std::thread::spawn(move || cachify::scope_blocking(&thread_client, || panicking(1))).join()
     })
     .await
     .unwrap();
@@ -406,7 +421,10 @@ async fn release_on_drop_panic_and_cancellation(client: &Cachify) {
     // A `#[pooled]` future dropped mid-run (a timeout cancels it).
     let door = Door::default();
     let outcome = tokio::time::timeout(Duration::from_millis(300), export(9, door.clone())).await;
-    assert!(outcome.is_err(), "the timeout cancelled the call: {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "the timeout cancelled the call: {outcome:?}"
+    );
     until_size(0, || export_pool_size(9)).await;
 
     // An aborted task holding a slot.
@@ -430,7 +448,9 @@ async fn the_watchdog_keeps_a_short_lease(client: &Cachify) {
     assert_eq!(client.pool(name, 1).size().await.unwrap(), 1);
     assert_full(client.pool(name, 1).acquire().await, client, name);
     assert!(!slot.is_lost());
-    slot.release().await.expect("still the owner after four leases");
+    slot.release()
+        .await
+        .expect("still the owner after four leases");
 }
 
 async fn max_size_zero_is_an_error_not_a_hang(client: &Cachify) {
@@ -480,7 +500,10 @@ async fn methods_and_trait_impls(client: &Cachify) {
     let door = Door::default();
     let running = {
         let (exporter, door) = (exporter.clone(), door.clone());
-        tokio::spawn(cachify::scope(client, async move { exporter.run(door).await }))
+        tokio::spawn(cachify::scope(
+            client,
+            async move { exporter.run(door).await },
+        ))
     };
     until_size(1, || exporter.run_pool_size()).await;
     assert_eq!(exporter.run(Door::default()).await, Err(AppError::Full));
@@ -498,7 +521,10 @@ async fn methods_and_trait_impls(client: &Cachify) {
                 });
                 let started = Instant::now();
                 while exporter_for_thread.work_pool_size().unwrap() == 0 {
-                    assert!(started.elapsed() < SOON, "the trait method never took its slot");
+                    assert!(
+                        started.elapsed() < SOON,
+                        "the trait method never took its slot"
+                    );
                     std::thread::sleep(POLL);
                 }
                 let full = exporter_for_thread.work(Door::default());
@@ -584,7 +610,10 @@ async fn expired_before_any_renewal(
         matches!(slot.release().await, Err(Error::NotOwner)),
         "a slot whose lease ended cannot be released"
     );
-    let left = members(raw(redis::cmd("ZRANGE").arg(pool_key(client, name)).arg(0).arg(-1)));
+    let left = members(raw(redis::cmd("ZRANGE")
+        .arg(pool_key(client, name))
+        .arg(0)
+        .arg(-1)));
     assert!(left.is_empty(), "the expired member is removed: {left:?}");
 }
 
@@ -775,10 +804,18 @@ async fn a_crashed_holders_slot_frees_after_one_lease(client: &Cachify, seeds: &
     }
     // Held past its lease: the child's watchdog renews it.
     tokio::time::sleep(CRASH_LEASE * 2).await;
-    assert_full(client.pool(CRASH_POOL, 1).acquire().await, client, CRASH_POOL);
+    assert_full(
+        client.pool(CRASH_POOL, 1).acquire().await,
+        client,
+        CRASH_POOL,
+    );
 
     let pid = child.0.id() as libc::pid_t;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill the child");
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill the child"
+    );
     let status = child.0.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     let killed = Instant::now();
@@ -850,10 +887,7 @@ async fn an_outage_is_an_error_not_full() {
         Err(AppError::Backend),
         "Redis down is the backend error, not return_on_full"
     );
-    assert!(matches!(
-        report_pool_size(1).await,
-        Err(Error::Backend(_))
-    ));
+    assert!(matches!(report_pool_size(1).await, Err(Error::Backend(_))));
 }
 
 static THUMBS: OwnServer = OwnServer::new();
@@ -867,7 +901,11 @@ fn thumb(id: u32) -> Option<u32> {
 #[test]
 fn without_an_error_type_return_on_full_answers_both() {
     assert_eq!(thumb(1), Some(1));
-    let held = THUMBS.client().pool("thumb-1", 1).acquire_blocking().unwrap();
+    let held = THUMBS
+        .client()
+        .pool("thumb-1", 1)
+        .acquire_blocking()
+        .unwrap();
     assert_eq!(thumb(1), None, "full");
     held.release_blocking().unwrap();
     assert_eq!(thumb(1), Some(1));

@@ -601,7 +601,9 @@ fn siblings(key: &Key, function: &ItemFn, vis: &Visibility) -> Vec<TokenStream> 
         ],
         Kind::Pooled => &[(
             "pool_size",
-            format!(" How many calls of `{shown}` with these arguments hold a slot of its pool right now."),
+            format!(
+                " How many calls of `{shown}` with these arguments hold a slot of its pool right now."
+            ),
             quote!(usize),
             "pool_size",
         )],

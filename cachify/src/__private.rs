@@ -19,8 +19,8 @@ pub use crate::cache::CacheCall;
 pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
 pub use crate::locks::LockGuard;
 pub use crate::observe::CallKind;
-pub use crate::pools::PoolSlot;
 pub use crate::policy::{JsonBody, OkOnly, Optional, Policy, Whole};
+pub use crate::pools::PoolSlot;
 pub use crate::site::{Probe, ScalarKey, Site, TypedKey, TypedProbe, Untyped, UntypedProbe};
 
 /// The client in force: the innermost scope's, else the global client, else

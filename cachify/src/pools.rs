@@ -251,9 +251,7 @@ impl<'a> PoolBuilder<'a> {
     async fn acquire_in<M: Mode>(self) -> Result<PoolSlot, Error> {
         let pools = self.pools();
         let key = pools.keys.pool(&self.name);
-        let tally = pools
-            .health
-            .tally(CallKind::Pool, POOL_API_TEMPLATE, None);
+        let tally = pools.health.tally(CallKind::Pool, POOL_API_TEMPLATE, None);
         pools
             .acquire::<M>(key, self.max_size, self.ttl, self.wait, &tally)
             .await

@@ -10,9 +10,7 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
 use super::local::{LocalValues, expiry_after};
-use super::{
-    Fence, Local, LockStore, PoolStore, StoreFuture, ValueStore, clamp_ttl, next_fence,
-};
+use super::{Fence, Local, LockStore, PoolStore, StoreFuture, ValueStore, clamp_ttl, next_fence};
 use crate::value::{AnyValue, ValueType};
 
 #[derive(Clone)]
@@ -259,53 +257,49 @@ impl PoolStore for MemoryStore {
     ) -> StoreFuture<bool> {
         let mut taken = false;
         // Each pool's compute runs alone for its key: count and take are one step.
-        self.pools
-            .entry(key.to_owned())
-            .and_compute_with(|held| {
-                let now = Instant::now();
-                let mut live = held.map(|entry| entry.value().live(now)).unwrap_or_default();
-                if live.0.len() < max_size {
-                    live.0.push((token.into(), now + clamp_ttl(lease)));
-                    taken = true;
-                }
-                live.put()
-            });
+        self.pools.entry(key.to_owned()).and_compute_with(|held| {
+            let now = Instant::now();
+            let mut live = held
+                .map(|entry| entry.value().live(now))
+                .unwrap_or_default();
+            if live.0.len() < max_size {
+                live.0.push((token.into(), now + clamp_ttl(lease)));
+                taken = true;
+            }
+            live.put()
+        });
         StoreFuture::ready(Ok(taken))
     }
 
     fn renew_slot(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
         let mut renewed = false;
-        self.pools
-            .entry(key.to_owned())
-            .and_compute_with(|held| {
-                let Some(held) = held else {
-                    return Op::Nop;
-                };
-                let now = Instant::now();
-                let mut live = held.value().live(now);
-                if let Some(slot) = live.0.iter_mut().find(|(held, _)| &**held == token) {
-                    slot.1 = now + clamp_ttl(lease);
-                    renewed = true;
-                }
-                live.put()
-            });
+        self.pools.entry(key.to_owned()).and_compute_with(|held| {
+            let Some(held) = held else {
+                return Op::Nop;
+            };
+            let now = Instant::now();
+            let mut live = held.value().live(now);
+            if let Some(slot) = live.0.iter_mut().find(|(held, _)| &**held == token) {
+                slot.1 = now + clamp_ttl(lease);
+                renewed = true;
+            }
+            live.put()
+        });
         StoreFuture::ready(Ok(renewed))
     }
 
     fn release_slot(&self, key: &str, token: &str) -> StoreFuture<bool> {
         let mut released = false;
-        self.pools
-            .entry(key.to_owned())
-            .and_compute_with(|held| {
-                let Some(held) = held else {
-                    return Op::Nop;
-                };
-                let mut live = held.value().live(Instant::now());
-                let before = live.0.len();
-                live.0.retain(|(held, _)| &**held != token);
-                released = live.0.len() < before;
-                live.put()
-            });
+        self.pools.entry(key.to_owned()).and_compute_with(|held| {
+            let Some(held) = held else {
+                return Op::Nop;
+            };
+            let mut live = held.value().live(Instant::now());
+            let before = live.0.len();
+            live.0.retain(|(held, _)| &**held != token);
+            released = live.0.len() < before;
+            live.put()
+        });
         StoreFuture::ready(Ok(released))
     }
 
@@ -415,20 +409,44 @@ mod tests {
         let memory = MemoryStore::new(100);
         let lease = Duration::from_millis(300);
         assert!(now(memory.acquire_slot("p", "a", 2, lease)));
-        assert!(now(memory.acquire_slot("p", "b", 2, Duration::from_secs(5))));
+        assert!(now(memory.acquire_slot(
+            "p",
+            "b",
+            2,
+            Duration::from_secs(5)
+        )));
         assert!(!now(memory.acquire_slot("p", "c", 2, lease)), "full");
         assert_eq!(now(memory.pool_size("p")), 2);
-        assert!(!now(memory.release_slot("p", "c")), "only a holder releases");
-        assert!(!now(memory.renew_slot("p", "c", lease)), "only a holder renews");
+        assert!(
+            !now(memory.release_slot("p", "c")),
+            "only a holder releases"
+        );
+        assert!(
+            !now(memory.renew_slot("p", "c", lease)),
+            "only a holder renews"
+        );
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(now(memory.pool_size("p")), 1, "a's lease ended");
-        assert!(!now(memory.renew_slot("p", "a", lease)), "an ended lease is gone");
-        assert!(!now(memory.release_slot("p", "a", )), "and cannot be released");
-        assert!(now(memory.acquire_slot("p", "c", 2, lease)), "its slot is free");
+        assert!(
+            !now(memory.renew_slot("p", "a", lease)),
+            "an ended lease is gone"
+        );
+        assert!(
+            !now(memory.release_slot("p", "a",)),
+            "and cannot be released"
+        );
+        assert!(
+            now(memory.acquire_slot("p", "c", 2, lease)),
+            "its slot is free"
+        );
         assert!(now(memory.release_slot("p", "b")));
         assert!(now(memory.release_slot("p", "c")));
         assert_eq!(now(memory.pool_size("p")), 0);
         memory.pools.run_pending_tasks();
-        assert_eq!(memory.pools.entry_count(), 0, "an empty pool leaves nothing");
+        assert_eq!(
+            memory.pools.entry_count(),
+            0,
+            "an empty pool leaves nothing"
+        );
     }
 }
