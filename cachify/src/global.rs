@@ -48,8 +48,9 @@ pub fn init(client: Cachify) -> Result<(), Error> {
 /// used before any `init`, an in-process memory client (with one warning
 /// logged).
 ///
-/// This is the client every `#[cached]`, `#[once]` and `#[lock]` function
-/// without a `client = ..` argument uses, and [`lock()`].
+/// This is the client every `#[cached]`, `#[once]`, `#[lock]` and
+/// `#[pooled]` function without a `client = ..` argument uses, and
+/// [`lock()`] and [`pool()`].
 ///
 /// ```
 /// assert_eq!(cachify::global().prefix(), "cachify:");
@@ -138,9 +139,9 @@ pub fn pool(name: impl Into<String>, max_size: usize) -> PoolBuilder<'static> {
 /// Runs `future` with `client` in place of the global client.
 ///
 /// Everything the future does while it runs sees `client` as [`global`]:
-/// `#[cached]`, `#[once]` and `#[lock]` functions without a `client = ..`
-/// argument, async or sync, their `_reset`, `_release` and `_is_locked`
-/// siblings, and [`lock()`]. That holds across `.await`s and whichever
+/// `#[cached]`, `#[once]`, `#[lock]` and `#[pooled]` functions without a
+/// `client = ..` argument, async or sync, their `_reset`, `_release`,
+/// `_is_locked` and `_pool_size` siblings, and [`lock()`] and [`pool()`]. That holds across `.await`s and whichever
 /// worker thread polls the future. Scopes nest: the innermost one wins, and
 /// the outer one is back when it ends. [`init`] is not needed, and an
 /// `init` done elsewhere is not touched.

@@ -490,6 +490,28 @@ mod tests {
     }
 
     #[test]
+    fn no_tag_starts_another() {
+        let mut tags = vec![
+            KeyKind::Cached.tag(),
+            KeyKind::Once.tag(),
+            KeyKind::Lock.tag(),
+            KeyKind::Pool.tag(),
+            FILL_TAG,
+            FENCE_TAG,
+        ];
+        #[cfg(feature = "axum")]
+        tags.push(HTTP_TAG);
+        for (at, tag) in tags.iter().enumerate() {
+            for (other_at, other) in tags.iter().enumerate() {
+                assert!(
+                    at == other_at || !other.starts_with(tag),
+                    "`{tag}` starts `{other}`: two kinds could share a key"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn reads_as_written() {
         const USER: KeyTemplate = KeyTemplate {
             text: "user-{id}",
