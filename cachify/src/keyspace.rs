@@ -491,16 +491,16 @@ mod tests {
 
     #[test]
     fn no_tag_starts_another() {
-        let mut tags = vec![
+        let tags = [
             KeyKind::Cached.tag(),
             KeyKind::Once.tag(),
             KeyKind::Lock.tag(),
             KeyKind::Pool.tag(),
             FILL_TAG,
             FENCE_TAG,
+            #[cfg(feature = "axum")]
+            HTTP_TAG,
         ];
-        #[cfg(feature = "axum")]
-        tags.push(HTTP_TAG);
         for (at, tag) in tags.iter().enumerate() {
             for (other_at, other) in tags.iter().enumerate() {
                 assert!(
