@@ -768,7 +768,8 @@ impl Drop for KillOnDrop {
 
 /// A child holds the pool's only slot with a 1 s lease, renewed by its
 /// watchdog; SIGKILLed (no destructor, no release), its slot frees within
-/// about one lease.
+/// about one lease (bounded at two here, for a loaded machine; the default
+/// lease would be 30 s).
 async fn a_crashed_holders_slot_frees_after_one_lease(client: &Cachify, seeds: &str) {
     use std::os::unix::process::ExitStatusExt;
 
@@ -828,7 +829,7 @@ async fn a_crashed_holders_slot_frees_after_one_lease(client: &Cachify, seeds: &
         .expect("the crashed holder's slot frees");
     let freed = killed.elapsed();
     assert!(
-        freed <= CRASH_LEASE + Duration::from_millis(500),
+        freed <= CRASH_LEASE * 2,
         "freed {freed:?} after the kill, for a {CRASH_LEASE:?} lease"
     );
     slot.release().await.unwrap();
