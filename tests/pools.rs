@@ -742,7 +742,7 @@ async fn crash_child_takes_a_slot_and_waits_to_be_killed() {
         .await
         .expect("child: connect");
     let slot = client
-        .pool(CRASH_POOL, 1)
+        .pool(CRASH_POOL, 2)
         .ttl(CRASH_LEASE)
         .acquire()
         .await
@@ -766,8 +766,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A child holds the pool's only slot with a 1 s lease, renewed by its
-/// watchdog; SIGKILLed (no destructor, no release), its slot frees within
+/// A child holds one of the pool's two slots with a 1 s lease, renewed by
+/// its watchdog, and this process the other, renewed all along (so the
+/// pool's key never expires as a whole: the child's slot must expire on
+/// its own). SIGKILLed (no destructor, no release), its slot frees within
 /// about one lease (bounded at two here, for a loaded machine; the default
 /// lease would be 30 s).
 async fn a_crashed_holders_slot_frees_after_one_lease(client: &Cachify, seeds: &str) {
@@ -803,10 +805,16 @@ async fn a_crashed_holders_slot_frees_after_one_lease(client: &Cachify, seeds: &
             Err(_) => panic!("the child never took the slot:\n{}", seen.join("\n")),
         }
     }
+    let keeper = client
+        .pool(CRASH_POOL, 2)
+        .ttl(CRASH_LEASE)
+        .acquire()
+        .await
+        .unwrap();
     // Held past its lease: the child's watchdog renews it.
     tokio::time::sleep(CRASH_LEASE * 2).await;
     assert_full(
-        client.pool(CRASH_POOL, 1).acquire().await,
+        client.pool(CRASH_POOL, 2).acquire().await,
         client,
         CRASH_POOL,
     );
@@ -820,9 +828,9 @@ async fn a_crashed_holders_slot_frees_after_one_lease(client: &Cachify, seeds: &
     let status = child.0.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     let killed = Instant::now();
-    assert_eq!(client.pool(CRASH_POOL, 1).size().await.unwrap(), 1);
+    assert_eq!(client.pool(CRASH_POOL, 2).size().await.unwrap(), 2);
     let slot = client
-        .pool(CRASH_POOL, 1)
+        .pool(CRASH_POOL, 2)
         .wait(Duration::from_secs(5))
         .acquire()
         .await
@@ -833,6 +841,7 @@ async fn a_crashed_holders_slot_frees_after_one_lease(client: &Cachify, seeds: &
         "freed {freed:?} after the kill, for a {CRASH_LEASE:?} lease"
     );
     slot.release().await.unwrap();
+    keeper.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
