@@ -581,6 +581,7 @@ async fn redis_an_expired_slot_is_lost_and_not_released_by_its_old_holder() {
     newcomer.release().await.unwrap();
 
     let mut raw = server.connection();
+    expired_at_a_renewal(&client, |command| command.query(&mut raw).unwrap()).await;
     expired_before_any_renewal(&client, |command| command.query(&mut raw).unwrap()).await;
 }
 
@@ -632,32 +633,34 @@ fn members(reply: redis::Value) -> Vec<String> {
 }
 
 /// Cluster: the slot's lease end moved into the past (as the server would
-/// see an expired lease); the next renewal finds it over.
+/// see an expired lease), at a renewal and before any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_an_expired_slot_is_lost_and_not_released_by_its_old_holder() {
     let client = cluster_client("expired").await;
-    let name = "expired";
+    let mut raw = support::cluster::shared_cluster().connection();
+    expired_at_a_renewal(&client, |command| command.query(&mut raw).unwrap()).await;
+    expired_before_any_renewal(&client, |command| command.query(&mut raw).unwrap()).await;
+}
+
+/// A slot whose lease end is moved into the past through `raw`: its next
+/// renewal finds it over, so the watchdog reports it lost, its place goes
+/// to a newcomer, and the old holder's release is refused and frees
+/// nothing.
+async fn expired_at_a_renewal(client: &Cachify, mut raw: impl FnMut(&redis::Cmd) -> redis::Value) {
+    let name = "expired-at-renewal";
     let slot = client
         .pool(name, 1)
         .ttl(Duration::from_millis(600))
         .acquire()
         .await
         .unwrap();
-    let mut raw = support::cluster::shared_cluster().connection();
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(slot.key())
-        .arg(0)
-        .arg(-1)
-        .query(&mut raw)
-        .unwrap();
-    assert_eq!(members.len(), 1, "one slot token in the set");
-    let _: i64 = redis::cmd("ZADD")
+    let held = members(raw(redis::cmd("ZRANGE").arg(slot.key()).arg(0).arg(-1)));
+    assert_eq!(held.len(), 1, "one slot token in the set");
+    raw(redis::cmd("ZADD")
         .arg(slot.key())
         .arg("XX")
         .arg(1)
-        .arg(&members[0])
-        .query(&mut raw)
-        .unwrap();
+        .arg(&held[0]));
     tokio::time::timeout(SOON, slot.lost())
         .await
         .expect("the watchdog reports the slot lost");
@@ -665,8 +668,6 @@ async fn cluster_an_expired_slot_is_lost_and_not_released_by_its_old_holder() {
     assert!(matches!(slot.release().await, Err(Error::NotOwner)));
     assert_eq!(client.pool(name, 1).size().await.unwrap(), 1);
     newcomer.release().await.unwrap();
-
-    expired_before_any_renewal(&client, |command| command.query(&mut raw).unwrap()).await;
 }
 
 /// An acquire that timed out must not leave a slot taken by nobody: its
