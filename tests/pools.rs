@@ -96,6 +96,7 @@ on_every_backend!(
     the_cap_holds_sync,
     the_api_caps_and_counts,
     wait_gets_a_slot_that_frees,
+    sync_wait_gets_a_slot_that_frees,
     release_on_drop_panic_and_cancellation,
     the_watchdog_keeps_a_short_lease,
     max_size_zero_is_an_error_not_a_hang,
@@ -385,6 +386,43 @@ async fn wait_gets_a_slot_that_frees(client: &Cachify) {
         "ran beside a holder of its only slot"
     );
     assert_eq!(first.await.unwrap(), Ok(1));
+}
+
+/// Sync and waiting: blocks its thread until a slot frees.
+#[pooled("slow-{id}", max_size = 1, wait = Duration::from_secs(5))]
+fn slow(id: u64, work: Duration) -> Result<u64, AppError> {
+    std::thread::sleep(work);
+    Ok(id)
+}
+
+async fn sync_wait_gets_a_slot_that_frees(client: &Cachify) {
+    let client = client.clone();
+    let (first, second, waited) = tokio::task::spawn_blocking(move || {
+        let holder = {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                cachify::scope_blocking(&client, || slow(2, Duration::from_millis(300)))
+            })
+        };
+        cachify::scope_blocking(&client, || {
+            let started = Instant::now();
+            while slow_pool_size(2).unwrap() == 0 {
+                assert!(started.elapsed() < SOON, "the holder never took its slot");
+                std::thread::sleep(POLL);
+            }
+            let started = Instant::now();
+            let second = slow(2, Duration::ZERO);
+            (holder.join().unwrap(), second, started.elapsed())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, Ok(2));
+    assert_eq!(second, Ok(2), "the waiter got the slot once it freed");
+    assert!(
+        waited >= Duration::from_millis(100),
+        "ran beside the holder of the only slot ({waited:?})"
+    );
 }
 
 async fn release_on_drop_panic_and_cancellation(client: &Cachify) {
