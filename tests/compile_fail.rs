@@ -1,4 +1,4 @@
-//! Misuses of `#[cached]`, `#[once]` and `#[lock]` must fail to compile with
+//! Misuses of `#[cached]`, `#[once]`, `#[lock]` and `#[pooled]` must fail to compile with
 //! a clear message pointing at the offending token. The expected output is in
 //! `tests/ui/*.stderr`; regenerate it with `TRYBUILD=overwrite`.
 

@@ -4,7 +4,8 @@
 //! - every `#[cached]` call runs in a TRACE span `cachify.call` with its
 //!   kind, template, function, rendered key and outcome (hit, miss, near,
 //!   bypass), typed hits included;
-//! - lock acquisition, contention, loss and release are DEBUG events;
+//! - lock acquisition, contention, loss and release are DEBUG events, and
+//!   so are a pool slot's (acquired, full, lost, released);
 //! - `stats_by_template()` counts per (kind, template) for cached, once,
 //!   lock, `cachify::lock()` and HTTP calls, and serializes.
 //!
@@ -604,4 +605,97 @@ fn trait_impl_methods_are_named_by_their_impl() {
         .filter(|event| event.fields.get("template").map(String::as_str) == Some("obs-trait-{id}"))
         .count();
     assert_eq!(warned, 1);
+}
+
+// ============================================================ pool events
+
+/// The `cachify::pool` events of pool `key`, as their `pool` field.
+fn pool_events(key: &str) -> Vec<(Level, String)> {
+    captured()
+        .events
+        .iter()
+        .filter(|event| event.target == "cachify::pool")
+        .filter(|event| event.fields.get("key").map(String::as_str) == Some(key))
+        .map(|event| {
+            let what = event.fields.get("pool").cloned().unwrap_or_default();
+            (event.level, what)
+        })
+        .collect()
+}
+
+#[cachify::pooled("obs-export-{n}", max_size = 1, client = client)]
+async fn export(client: &Cachify, n: u64) -> Result<bool, Error> {
+    // Calls itself while holding the only slot: the inner call is refused.
+    Ok(matches!(
+        Box::pin(export_inner(client, n)).await,
+        Err(Error::PoolFull { .. })
+    ))
+}
+
+#[cachify::pooled("obs-export-{n}", max_size = 1, client = client)]
+async fn export_inner(client: &Cachify, n: u64) -> Result<bool, Error> {
+    let _ = client;
+    Ok(false)
+}
+
+#[tokio::test]
+async fn pools_log_acquired_full_lost_and_released() {
+    let _deadline = Deadline::new(TEST_LIMIT, "pool events");
+    capture();
+    let client = Cachify::builder()
+        .memory()
+        .prefix("obs6:")
+        .build()
+        .await
+        .unwrap();
+    let debug = |what: &str| (Level::DEBUG, what.to_owned());
+
+    assert!(
+        export(&client, 1).await.unwrap(),
+        "the nested call is refused"
+    );
+    assert_eq!(
+        pool_events("obs6:pool:obs-export-1"),
+        [debug("acquired"), debug("full"), debug("released")]
+    );
+    let pool = row(&client, CallKind::Pool, "obs-export-{n}");
+    assert_eq!((pool.locks_acquired, pool.lock_contention), (1, 1));
+
+    let held = client.pool("obs-held", 1).acquire().await.unwrap();
+    let _ = client.pool("obs-held", 1).acquire().await.unwrap_err();
+    drop(held);
+    assert_eq!(
+        pool_events("obs6:pool:obs-held"),
+        [debug("acquired"), debug("full"), debug("released")]
+    );
+    let api = row(&client, CallKind::Pool, cachify::POOL_API_TEMPLATE);
+    assert_eq!((api.locks_acquired, api.lock_contention), (1, 1));
+
+    // Lost: the pool deleted from outside while its holder runs.
+    let server = RedisServer::start();
+    let client = Cachify::builder()
+        .redis(server.url())
+        .prefix("obs6:")
+        .build()
+        .await
+        .unwrap();
+    let slot = client
+        .pool("obs-lost", 1)
+        .ttl(Duration::from_millis(90))
+        .acquire()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(slot.key())
+        .query(&mut server.connection())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), slot.lost())
+        .await
+        .expect("the watchdog finds the slot gone");
+    assert!(matches!(slot.release().await, Err(Error::NotOwner)));
+    assert_eq!(
+        pool_events("obs6:pool:obs-lost"),
+        [debug("acquired"), debug("lost")],
+        "found lost by the watchdog, reported once"
+    );
 }

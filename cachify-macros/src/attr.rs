@@ -5,17 +5,18 @@ use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
 use syn::{Expr, Ident, Lit, LitStr, Token};
 
-/// Which of the three macros is being expanded.
+/// Which of the four macros is being expanded.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Cached,
     Once,
     Lock,
+    Pooled,
 }
 
 impl Kind {
     /// Every kind, as the attributes that stack on one function (see `stack`).
-    pub(crate) const ALL: &'static [Kind] = &[Kind::Cached, Kind::Once, Kind::Lock];
+    pub(crate) const ALL: &'static [Kind] = &[Kind::Cached, Kind::Once, Kind::Lock, Kind::Pooled];
 
     /// The attribute's name, as users write it.
     pub(crate) fn name(self) -> &'static str {
@@ -23,6 +24,7 @@ impl Kind {
             Kind::Cached => "cached",
             Kind::Once => "once",
             Kind::Lock => "lock",
+            Kind::Pooled => "pooled",
         }
     }
 
@@ -33,6 +35,7 @@ impl Kind {
             ],
             Kind::Once => &["ttl", "return_on_locked", "client"],
             Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
+            Kind::Pooled => &["max_size", "ttl", "wait", "return_on_full", "client"],
         }
     }
 }
@@ -63,9 +66,23 @@ pub(crate) struct Args {
     pub(crate) ttl_never: Option<Span>,
     /// `codec = <expr>` on `#[cached]`: a `cachify::Codec` for its entries.
     pub(crate) codec: Option<Expr>,
+    /// `max_size = <usize>` on `#[pooled]`: how many callers run at once.
+    pub(crate) max_size: Option<Expr>,
+    /// `return_on_full` on `#[pooled]`.
+    pub(crate) return_on_full: Option<Expr>,
 }
 
-/// Parses the tokens inside `#[cached(...)]`, `#[once(...)]` or `#[lock(...)]`.
+impl Args {
+    /// The value returned instead of running the body when it may not run:
+    /// `return_on_locked` or `return_on_full`.
+    pub(crate) fn refusal(&self) -> Option<&Expr> {
+        self.return_on_locked
+            .as_ref()
+            .or(self.return_on_full.as_ref())
+    }
+}
+
+/// Parses the tokens inside `#[cached(...)]`, `#[once(...)]`, `#[lock(...)]` or `#[pooled(...)]`.
 pub(crate) fn parse(kind: Kind, args: TokenStream) -> syn::Result<Args> {
     let parser = |input: ParseStream| parse_args(kind, input);
     parser.parse2(args)
@@ -85,6 +102,8 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
         tags: None,
         ttl_never: None,
         codec: None,
+        max_size: None,
+        return_on_full: None,
     };
     while !input.is_empty() {
         input.parse::<Token![,]>()?;
@@ -142,6 +161,8 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
                 args.tags = Some(tags(value)?);
             }
             "codec" => set_once(&mut args.codec, value, duplicate)?,
+            "max_size" => set_once(&mut args.max_size, value, duplicate)?,
+            "return_on_full" => set_once(&mut args.return_on_full, value, duplicate)?,
             _ => set_once(&mut args.client, value, duplicate)?,
         }
     }
@@ -175,7 +196,7 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
     let macro_name = kind.name();
     let message = match option {
         "wait" => format!(
-            "option `wait` is not valid for `#[{macro_name}]` (only `#[lock]` waits); valid options are: {list}"
+            "option `wait` is not valid for `#[{macro_name}]` (only `#[lock]` and `#[pooled]` wait); valid options are: {list}"
         ),
         "unless" | "none_ttl" | "codec" => format!(
             "option `{option}` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
@@ -186,8 +207,14 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         "lock" => format!(
             "option `lock` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
         ),
+        "return_on_locked" if kind == Kind::Pooled => format!(
+            "option `return_on_locked` is not valid for `#[pooled]`: a pool is full, not locked, so write `return_on_full`; valid options are: {list}"
+        ),
         "return_on_locked" => format!(
             "option `return_on_locked` is not valid for `#[{macro_name}]` (only `#[once]` and `#[lock]` take it); valid options are: {list}"
+        ),
+        "max_size" | "return_on_full" => format!(
+            "option `{option}` is not valid for `#[{macro_name}]` (only `#[pooled]` takes it); valid options are: {list}"
         ),
         _ => format!("unknown option `{option}` for `#[{macro_name}]`; valid options are: {list}"),
     };

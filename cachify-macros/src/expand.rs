@@ -1,4 +1,4 @@
-//! Code generation: the wrapped function and its `_reset`/`_clear`/`_is_locked`/`_release` siblings.
+//! Code generation: the wrapped function and its `_reset`/`_clear`/`_is_locked`/`_release`/`_pool_size` siblings.
 
 use std::collections::HashSet;
 
@@ -155,6 +155,7 @@ impl<'a> Key<'a> {
         let roots = valid::placeholders(sig, &args.template, &pieces)?;
         let tags = tag_templates(&args, sig)?;
         valid::return_type(kind, &args, sig)?;
+        valid::max_size(kind, &args)?;
         let shape = shape::of(&sig.output);
         valid::none_ttl(&args, sig, shape.optional)?;
         Ok(Key {
@@ -204,6 +205,7 @@ impl<'a> Key<'a> {
             Kind::Cached => quote!(Cached),
             Kind::Once => quote!(Once),
             Kind::Lock => quote!(Lock),
+            Kind::Pooled => quote!(Pool),
         }
     }
 
@@ -577,11 +579,20 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
         };
         (prelude, call)
     } else {
-        let (acquire, run) = if sig.asyncness.is_some() {
-            (quote!(acquire), quote!(run_locked))
-        } else {
-            (quote!(acquire_blocking), quote!(run_locked_blocking))
+        let (acquire, run) = match (key.kind, sig.asyncness.is_some()) {
+            (Kind::Pooled, true) => (quote!(pool_acquire), quote!(run_pooled)),
+            (Kind::Pooled, false) => (quote!(pool_acquire_blocking), quote!(run_pooled_blocking)),
+            (_, true) => (quote!(acquire), quote!(run_locked)),
+            (_, false) => (quote!(acquire_blocking), quote!(run_locked_blocking)),
         };
+        // A pool's cap, typed where the user wrote it.
+        let max_size = key.args.max_size.as_ref().map(|max_size| {
+            let var = local("__cachify_max_size");
+            quote_spanned!(max_size.span()=> {
+                let #var: usize = #max_size;
+                #var
+            },)
+        });
         let wait = match &key.args.wait {
             Some(wait) => duration(wait),
             None => quote!(::core::time::Duration::ZERO),
@@ -589,7 +600,7 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
         let guard = local("__cachify_guard");
         // The refused arm runs instead of the body, so the user's expression may
         // still use the arguments the body would have moved.
-        let refused = match &key.args.return_on_locked {
+        let refused = match key.args.refusal() {
             // A backend failure is an error when the output can say so.
             Some(value) if output.nameable => {
                 let error = local("__cachify_error");
@@ -628,7 +639,7 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
         };
         let call = quote! {
             #site
-            match ::cachify::__private::#acquire(#client_var, &#site_var, #key_var, #ttl, #wait) #dot_await {
+            match ::cachify::__private::#acquire(#client_var, &#site_var, #key_var, #max_size #ttl, #wait) #dot_await {
                 ::core::result::Result::Ok(#guard) =>
                     ::cachify::__private::#run(#guard, #body) #dot_await,
                 #refused,
@@ -678,7 +689,7 @@ struct Sibling {
     combine: &'static str,
 }
 
-/// The siblings each kind generates: `<fn>_reset`, or `<fn>_is_locked` and `<fn>_release`.
+/// The siblings each kind generates: `<fn>_reset`, `<fn>_is_locked` and\n/// `<fn>_release`, or `<fn>_pool_size`.
 fn sibling_specs(kind: Kind, shown: &str) -> Vec<Sibling> {
     match kind {
         Kind::Cached => vec![Sibling {
@@ -708,6 +719,15 @@ fn sibling_specs(kind: Kind, shown: &str) -> Vec<Sibling> {
                 combine: "all_layers",
             },
         ],
+        Kind::Pooled => vec![Sibling {
+            suffix: "pool_size",
+            doc: format!(
+                " How many calls of `{shown}` with these arguments hold a slot of its pool right now."
+            ),
+            ok: quote!(usize),
+            runtime: "pool_size",
+            combine: "busiest_layer",
+        }],
     }
 }
 

@@ -1,4 +1,4 @@
-//! Attribute macros for [cachify](https://docs.rs/cachify): `#[cached]`, `#[once]` and `#[lock]`,
+//! Attribute macros for [cachify](https://docs.rs/cachify): `#[cached]`, `#[once]`, `#[lock]` and `#[pooled]`,
 //! and `#[trait_impl]`, which lets them work on the methods of a trait implementation.
 //!
 //! Use them through the `cachify` crate, which re-exports them; the code they
@@ -363,6 +363,90 @@ pub fn lock(args: TokenStream, item: TokenStream) -> TokenStream {
     expand_function(Kind::Lock, args, item)
 }
 
+/// Caps how many calls run at once per key, across every process sharing
+/// the backend: a distributed semaphore of `max_size` slots.
+///
+/// ```
+/// use cachify::pooled;
+///
+/// #[derive(Debug)]
+/// enum AppError {
+///     Cache(cachify::Error),
+/// }
+///
+/// impl From<cachify::Error> for AppError {
+///     fn from(error: cachify::Error) -> Self {
+///         AppError::Cache(error)
+///     }
+/// }
+///
+/// // At most three exports per tenant at once; a fourth gets
+/// // `Err(AppError::Cache(cachify::Error::PoolFull { .. }))`.
+/// #[pooled("export-{tenant}", max_size = 3)]
+/// async fn export(tenant: u64) -> Result<String, AppError> {
+///     // While the body runs it holds one of the three slots.
+///     assert_eq!(export_pool_size(tenant).await?, 1);
+///     Ok(format!("export of {tenant}"))
+/// }
+///
+/// // Waits up to 5 s for a slot; when none frees, returns `None`.
+/// #[pooled("thumb-{id}", max_size = 8, ttl = 600, wait = 5, return_on_full = None)]
+/// fn thumbnail(id: u64) -> Option<Vec<u8>> {
+///     Some(vec![0; 16]) // runs under a slot
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), AppError> {
+/// assert_eq!(export(7).await?, "export of 7");
+/// assert_eq!(export_pool_size(7).await?, 0); // released when the body returned
+/// assert!(thumbnail(1).is_some());
+/// # Ok(()) }
+/// ```
+///
+/// A slot is taken before the body runs and released when it finishes
+/// (also on panic, and when the future is dropped). When no slot can be
+/// taken (all `max_size` are held, or the backend failed: a pool never
+/// runs its body unprotected), the function returns at once without
+/// running the body: `return_on_full` if given and the pool is full,
+/// otherwise `Err(E::from(error))` where `error` is the `cachify::Error`
+/// that refused the slot ([`PoolFull`](https://docs.rs/cachify/latest/cachify/enum.Error.html#variant.PoolFull)
+/// for a full pool); the latter needs a return type `Result<_, E>` with
+/// `E: From<cachify::Error>`. Busy is not broken: with `return_on_full`, a
+/// backend failure is still `Err(E::from(error))` when the return type
+/// allows it, and `return_on_full` only otherwise.
+///
+/// The key template is written as for [`macro@cached`]; pools live in their
+/// own key space, shared with `cachify::pool(name, max_size)` values of the
+/// same rendered name.
+///
+/// # Options
+///
+/// - `max_size = 3` (required): how many calls with one key may run at
+///   once; any expression of type `usize`. A literal `0` is refused at
+///   compile time, a zero at run time is an `Err(cachify::Error::Config)`.
+/// - `ttl = 30`: a slot's lease, renewed by a watchdog while the body runs,
+///   so it only decides how soon a crashed holder's slot frees itself.
+///   Integer seconds (at least 1) or a `core::time::Duration` expression;
+///   without it the client's `lock_ttl` applies.
+/// - `wait = 5`: how long to wait for a free slot. Integer seconds (`0`
+///   means do not wait) or a `core::time::Duration` expression; default zero.
+///   On a plain `fn` the wait blocks the thread.
+/// - `return_on_full = <expr>`: the value returned when the pool is full
+///   (and when the backend fails, if the return type cannot carry a
+///   `cachify::Error`). It may use the function's parameters.
+/// - `client = <expr>`: a `&cachify::Cachify` to use instead of the global client.
+///
+/// # Generated sibling
+///
+/// `<fn>_pool_size` returns `Result<usize, cachify::Error>`, how many slots
+/// of the pool for these arguments are held now. Its parameters are those
+/// the key template uses, as for `<fn>_reset` of [`macro@cached`], and it
+/// is `async` when the function is.
+#[proc_macro_attribute]
+pub fn pooled(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand_function(Kind::Pooled, args, item)
+}
+
 fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     let args = args.into();
     if stack::already_expanded(&args) {
@@ -371,7 +455,7 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
     expand::expand(kind, args, item.into()).into()
 }
 
-/// Lets `#[cached]`, `#[once]` and `#[lock]` work on the methods of an
+/// Lets `#[cached]`, `#[once]`, `#[lock]` and `#[pooled]` work on the methods of an
 /// `impl Trait for Type` block.
 ///
 /// ```
@@ -416,7 +500,7 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
 ///
 /// A sibling such as `find_reset` is not a member of the trait, so it cannot
 /// sit beside the method as it does in an inherent `impl`. This attribute
-/// expands each method's `#[cached]`, `#[once]` or `#[lock]` (or a stack of
+/// expands each method's `#[cached]`, `#[once]`, `#[lock]` or `#[pooled]` (or a stack of
 /// them, as on a function; written bare,
 /// as `cachify::cached` or as `::cachify::cached`; a renamed import is not
 /// recognised) exactly as on a function, keeps the wrapped method in the trait

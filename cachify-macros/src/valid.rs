@@ -156,11 +156,16 @@ pub(crate) fn return_type(kind: Kind, args: &Args, sig: &Signature) -> syn::Resu
             ReturnType::Default => Ok(()),
         };
     }
-    if args.return_on_locked.is_some() || is_result_like(&sig.output) {
+    if args.refusal().is_some() || is_result_like(&sig.output) {
         return Ok(());
     }
+    let option = if kind == Kind::Pooled {
+        "return_on_full"
+    } else {
+        "return_on_locked"
+    };
     let message = format!(
-        "`#[{}]` needs `return_on_locked = <expr>`, or a return type `Result<_, E>` with `E: From<cachify::Error>`",
+        "`#[{}]` needs `{option} = <expr>`, or a return type `Result<_, E>` with `E: From<cachify::Error>`",
         kind.name()
     );
     Err(match &sig.output {
@@ -240,6 +245,36 @@ fn opaque(ty: &Type) -> Option<&syn::TypeImplTrait> {
     let mut found = Opaque(None);
     found.visit_type(ty);
     found.0
+}
+
+/// `#[pooled]` needs a `max_size`, and a literal one of at least 1: a pool
+/// of no slots would refuse every call.
+pub(crate) fn max_size(kind: Kind, args: &Args) -> syn::Result<()> {
+    if kind != Kind::Pooled {
+        return Ok(());
+    }
+    let Some(max_size) = &args.max_size else {
+        return Err(syn::Error::new(
+            args.template.span(),
+            "`#[pooled]` needs `max_size = <usize>`: how many calls may run at once, e.g. `#[pooled(\"export-{tenant}\", max_size = 3)]`",
+        ));
+    };
+    let mut inner = max_size;
+    while let syn::Expr::Group(group) = inner {
+        inner = &group.expr;
+    }
+    if let syn::Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Int(int),
+        ..
+    }) = inner
+        && int.base10_parse::<u128>()? == 0
+    {
+        return Err(syn::Error::new(
+            int.span(),
+            "max_size must be at least 1: a pool of 0 slots would refuse every call",
+        ));
+    }
+    Ok(())
 }
 
 /// `none_ttl` says how long a `None` is stored: the output must have one

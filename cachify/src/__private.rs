@@ -20,6 +20,7 @@ pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
 pub use crate::locks::LockGuard;
 pub use crate::observe::CallKind;
 pub use crate::policy::{JsonBody, OkOnly, Optional, Policy, Whole};
+pub use crate::pools::PoolSlot;
 pub use crate::site::{Probe, ScalarKey, Site, TypedKey, TypedProbe, Untyped, UntypedProbe};
 
 /// The client in force: the innermost scope's, else the global client, else
@@ -247,7 +248,8 @@ impl<R> Refused<R> {
 
 /// Chosen for outputs `Result<T, E>` with `E: From<cachify::Error>`.
 pub trait RefusalAsError<R> {
-    /// `None` when the lock is held elsewhere, else the error as `Err`.
+    /// `None` when the lock is held elsewhere (or the pool is full), else
+    /// the error as `Err`.
     fn into_output(self) -> Option<R>;
 }
 
@@ -255,7 +257,7 @@ impl<T, E: From<Error>> RefusalAsError<Result<T, E>> for Refused<Result<T, E>> {
     #[inline]
     fn into_output(self) -> Option<Result<T, E>> {
         match self.0 {
-            Error::Locked { .. } => None,
+            Error::Locked { .. } | Error::PoolFull { .. } => None,
             error => Some(Err(E::from(error))),
         }
     }
@@ -274,7 +276,7 @@ impl<R> RefusalAsFallback<R> for &Refused<R> {
     }
 }
 
-/// Converts a refused lock (`Locked` or `Backend`) into the function's error type.
+/// Converts a refused lock or slot (`Locked`, `PoolFull` or `Backend`) into the function's error type.
 #[inline]
 pub fn lock_error<E: From<Error>>(error: Error) -> E {
     E::from(error)
@@ -361,6 +363,16 @@ pub fn total_of_layers<const N: usize>(answers: [Result<u64, Error>; N]) -> Resu
     Ok(total)
 }
 
+/// `_pool_size` of stacked attributes: the most slots in use of any pool
+/// layer; the first error, if any (every layer is asked).
+pub fn busiest_layer<const N: usize>(answers: [Result<usize, Error>; N]) -> Result<usize, Error> {
+    let mut busiest = 0;
+    for answer in answers {
+        busiest = busiest.max(answer?);
+    }
+    Ok(busiest)
+}
+
 /// `_is_locked` of stacked attributes: whether any layer's lock is held;
 /// the first error, if any.
 pub fn any_layer<const N: usize>(answers: [Result<bool, Error>; N]) -> Result<bool, Error> {
@@ -369,4 +381,70 @@ pub fn any_layer<const N: usize>(answers: [Result<bool, Error>; N]) -> Result<bo
         held |= answer?;
     }
     Ok(held)
+}
+
+/// Takes a slot for a `#[pooled]` call, in either mode.
+async fn pool_acquire_in<M: Mode>(
+    client: &Cachify,
+    site: &'static Site,
+    key: String,
+    max_size: usize,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<PoolSlot, Error> {
+    let tally = site.tally(client.core().health());
+    client
+        .pools()
+        .acquire::<M>(key, max_size, ttl, wait, &tally)
+        .await
+}
+
+/// Takes a slot for a `#[pooled]` call.
+pub async fn pool_acquire(
+    client: &Cachify,
+    site: &'static Site,
+    key: String,
+    max_size: usize,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<PoolSlot, Error> {
+    pool_acquire_in::<Async>(client, site, key, max_size, ttl, wait).await
+}
+
+/// Blocking twin of [`pool_acquire`].
+pub fn pool_acquire_blocking(
+    client: &Cachify,
+    site: &'static Site,
+    key: String,
+    max_size: usize,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<PoolSlot, Error> {
+    drive(pool_acquire_in::<Blocking>(
+        client, site, key, max_size, ttl, wait,
+    ))
+}
+
+/// Runs an async body while holding `slot`, then releases it.
+pub async fn run_pooled<F: Future>(slot: PoolSlot, body: F) -> F::Output {
+    let output = body.await;
+    slot.release_after_run::<Async>().await;
+    output
+}
+
+/// Runs a blocking body while holding `slot`, then releases it.
+pub fn run_pooled_blocking<R>(slot: PoolSlot, body: impl FnOnce() -> R) -> R {
+    let output = body();
+    drive(slot.release_after_run::<Blocking>());
+    output
+}
+
+/// `<fn>_pool_size`: slots of the pool in use.
+pub async fn pool_size(client: &Cachify, key: String) -> Result<usize, Error> {
+    client.pools().size::<Async>(&key).await
+}
+
+/// Blocking `<fn>_pool_size`.
+pub fn pool_size_blocking(client: &Cachify, key: String) -> Result<usize, Error> {
+    drive(client.pools().size::<Blocking>(&key))
 }

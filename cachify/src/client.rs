@@ -15,13 +15,14 @@ use crate::keyspace::Keyspace;
 use crate::locks::{LockBuilder, Locks};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::TemplateStats;
+use crate::pools::{PoolBuilder, Pools};
 use crate::store::cluster::ClusterStore;
 use crate::store::memory::MemoryStore;
 use crate::store::near::NearStore;
 use crate::store::protocol::{ConnectSettings, Link};
 use crate::store::redis::{RedisStore, redact};
 use crate::store::tracking::Tracking;
-use crate::store::{Encoded, LockStore, StoreFuture, TagStore, ValueStore};
+use crate::store::{Encoded, LockStore, PoolStore, StoreFuture, TagStore, ValueStore};
 
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_FENCE_IDLE: Duration = Duration::from_secs(24 * 3600);
@@ -58,6 +59,7 @@ struct Inner {
     core: Core,
     /// Where values live, with any password replaced, for `Debug`.
     shown_backend: String,
+    pools: Pools,
 }
 
 impl fmt::Debug for Cachify {
@@ -94,6 +96,21 @@ impl Cachify {
     /// ```
     pub fn lock(&self, name: impl Into<String>) -> LockBuilder<'_> {
         self.inner.core.locks.builder(name.into())
+    }
+
+    /// Starts building a pool of at most `max_size` concurrent holders on
+    /// this client; see [`crate::pool()`].
+    ///
+    /// ```
+    /// let client = cachify::Cachify::builder().memory().build_blocking()?;
+    /// let slot = client.pool("exports", 3).acquire_blocking()?;
+    /// assert_eq!(slot.key(), "cachify:pool:exports");
+    /// assert_eq!(client.pool("exports", 3).size_blocking()?, 1);
+    /// slot.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn pool(&self, name: impl Into<String>, max_size: usize) -> PoolBuilder<'_> {
+        self.inner.pools.builder(name.into(), max_size)
     }
 
     /// The prefix put in front of every key.
@@ -244,6 +261,11 @@ impl Cachify {
         &self.inner.core
     }
 
+    /// The pools of this client.
+    pub(crate) fn pools(&self) -> &Pools {
+        &self.inner.pools
+    }
+
     /// The in-memory client used when cachify is used before [`crate::init`].
     pub(crate) fn memory_fallback() -> Self {
         let builder = CachifyBuilder::default();
@@ -364,6 +386,7 @@ struct Stores {
     values: Arc<dyn ValueStore>,
     locks: Arc<dyn LockStore>,
     tags: Arc<dyn TagStore>,
+    pools: Arc<dyn PoolStore>,
 }
 
 impl CachifyBuilder {
@@ -783,7 +806,8 @@ impl CachifyBuilder {
         Stores {
             values: memory.clone(),
             locks: memory.clone(),
-            tags: memory,
+            tags: memory.clone(),
+            pools: memory,
         }
     }
 
@@ -822,11 +846,18 @@ impl CachifyBuilder {
         Stores {
             values,
             locks: link.clone(),
-            tags: link,
+            tags: link.clone(),
+            pools: link,
         }
     }
 
     fn assemble(self, keys: Keyspace, stores: Stores, health: Arc<Health>) -> Cachify {
+        let pools = Pools::new(
+            stores.pools,
+            keys.clone(),
+            self.lock_ttl,
+            Arc::clone(&health),
+        );
         let locks = Locks::new(
             stores.locks,
             keys.clone(),
@@ -847,6 +878,7 @@ impl CachifyBuilder {
             inner: Arc::new(Inner {
                 core,
                 shown_backend: self.target.shown(),
+                pools,
             }),
         }
     }

@@ -42,6 +42,12 @@ pub enum Error {
     /// Invalid configuration, such as a malformed Redis URL.
     #[error("invalid cachify configuration: {0}")]
     Config(String),
+    /// Every slot of the pool is taken (and `wait` ran out, if one was set).
+    #[error("pool `{key}` is full")]
+    PoolFull {
+        /// The full backend key of the pool.
+        key: String,
+    },
 }
 
 /// A failure reported by the backend. Opaque so the Redis client can change

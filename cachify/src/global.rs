@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use crate::client::Cachify;
 use crate::error::Error;
 use crate::locks::LockBuilder;
+use crate::pools::PoolBuilder;
 
 static GLOBAL: OnceLock<Cachify> = OnceLock::new();
 
@@ -47,8 +48,9 @@ pub fn init(client: Cachify) -> Result<(), Error> {
 /// used before any `init`, an in-process memory client (with one warning
 /// logged).
 ///
-/// This is the client every `#[cached]`, `#[once]` and `#[lock]` function
-/// without a `client = ..` argument uses, and [`lock()`].
+/// This is the client every `#[cached]`, `#[once]`, `#[lock]` and
+/// `#[pooled]` function without a `client = ..` argument uses, and
+/// [`lock()`] and [`pool()`].
 ///
 /// ```
 /// assert_eq!(cachify::global().prefix(), "cachify:");
@@ -103,6 +105,35 @@ fn fallback() -> &'static Cachify {
 /// ```
 pub fn lock(name: impl Into<String>) -> LockBuilder<'static> {
     LockBuilder::on_global(name.into(), || &global().core().locks)
+}
+
+/// Starts building a pool of at most `max_size` concurrent holders on the
+/// global client (see [`global`]), as it is when the pool is used, like
+/// [`lock()`]: a distributed semaphore across every process sharing the
+/// backend.
+///
+/// `name` is used as written: `cachify::pool("export-7", 3)` and
+/// `#[pooled("export-{tenant}", max_size = 3)]` called with `tenant = 7`
+/// share one pool. Callers of one pool should agree on `max_size`: each
+/// caller is admitted while fewer than its own `max_size` slots are held.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cachify::Error> {
+/// use std::time::Duration;
+///
+/// let slot = cachify::pool("exports", 3)
+///     .ttl(Duration::from_secs(60))
+///     .wait(Duration::from_secs(5))
+///     .acquire()
+///     .await?;
+/// assert_eq!(cachify::pool("exports", 3).size().await?, 1); // slots in use
+/// // ... at most three holders run this at once, across every process ...
+/// slot.release().await?;
+/// # Ok(()) }
+/// ```
+pub fn pool(name: impl Into<String>, max_size: usize) -> PoolBuilder<'static> {
+    PoolBuilder::on_global(name.into(), max_size, || global().pools())
 }
 
 /// Deletes every entry stored under any of `tags`, on the global client
@@ -169,9 +200,9 @@ pub fn clear_blocking() -> Result<u64, Error> {
 /// Runs `future` with `client` in place of the global client.
 ///
 /// Everything the future does while it runs sees `client` as [`global`]:
-/// `#[cached]`, `#[once]` and `#[lock]` functions without a `client = ..`
-/// argument, async or sync, their `_reset`, `_release` and `_is_locked`
-/// siblings, and [`lock()`]. That holds across `.await`s and whichever
+/// `#[cached]`, `#[once]`, `#[lock]` and `#[pooled]` functions without a
+/// `client = ..` argument, async or sync, their `_reset`, `_release`,
+/// `_is_locked` and `_pool_size` siblings, and [`lock()`] and [`pool()`]. That holds across `.await`s and whichever
 /// worker thread polls the future. Scopes nest: the innermost one wins, and
 /// the outer one is back when it ends. [`init`] is not needed, and an
 /// `init` done elsewhere is not touched.

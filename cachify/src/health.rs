@@ -46,9 +46,10 @@ pub struct Stats {
     pub bypassed: u64,
     /// Cache writes skipped because the value was over the size limit.
     pub oversized: u64,
-    /// Locks granted.
+    /// Locks granted, and pool slots granted.
     pub locks_acquired: u64,
-    /// Lock requests refused because someone else held the lock.
+    /// Lock requests refused because someone else held the lock, and slot
+    /// requests refused because the pool was full.
     pub lock_contention: u64,
     /// Reads the near cache answered without asking Redis
     /// ([`crate::CachifyBuilder::near_cache`]); they count as hits too.

@@ -11,8 +11,9 @@
 //! | refresh lock of an HTTP response served stale | `{prefix}fill:{entry key without prefix}` | `cachify:fill:http:users:GET:/users?a=1` |
 //! | version of a tag (`tags = [..]`) | `{prefix}tag:{` + encoded tag + `}:v` | `cachify:tag:{user:42}:v` |
 //! | index of a tag's entries | `{prefix}tag:{` + encoded tag + `}:i` | `cachify:tag:{user:42}:i` |
+//! | `#[pooled]`, [`crate::pool()`] (a sorted set: slot token -> lease end) | `{prefix}pool:{name}` | `cachify:pool:exports` |
 //!
-//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`)
+//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`, `pool:`)
 //! differs from the others, so kinds never share a key.
 //!
 //! **Tags.** A tag's version and index share one hash tag, the encoded tag
@@ -63,6 +64,8 @@ pub enum KeyKind {
     Once,
     /// `#[lock]` locks and [`crate::lock()`] values.
     Lock,
+    /// `#[pooled]` pools and [`crate::pool()`] values.
+    Pool,
 }
 
 impl KeyKind {
@@ -72,6 +75,7 @@ impl KeyKind {
             KeyKind::Cached => "cache:",
             KeyKind::Once => "once:",
             KeyKind::Lock => "lock:",
+            KeyKind::Pool => "pool:",
         }
     }
 }
@@ -201,6 +205,16 @@ impl Keyspace {
         let mut key = String::with_capacity(self.prefix.len() + 8 + name.len());
         key.push_str(&self.prefix);
         key.push_str(KeyKind::Lock.tag());
+        key.push_str(name);
+        shorten(key, 0)
+    }
+
+    /// The key of a pool named by the caller ([`crate::pool()`]): used as
+    /// written, so it matches `#[pooled]` with the same rendered template.
+    pub(crate) fn pool(&self, name: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 8 + name.len());
+        key.push_str(&self.prefix);
+        key.push_str(KeyKind::Pool.tag());
         key.push_str(name);
         shorten(key, 0)
     }
@@ -680,6 +694,28 @@ mod tests {
     }
 
     #[test]
+    fn no_tag_starts_another() {
+        let tags = [
+            KeyKind::Cached.tag(),
+            KeyKind::Once.tag(),
+            KeyKind::Lock.tag(),
+            KeyKind::Pool.tag(),
+            FILL_TAG,
+            FENCE_TAG,
+            #[cfg(feature = "axum")]
+            HTTP_TAG,
+        ];
+        for (at, tag) in tags.iter().enumerate() {
+            for (other_at, other) in tags.iter().enumerate() {
+                assert!(
+                    at == other_at || !other.starts_with(tag),
+                    "`{tag}` starts `{other}`: two kinds could share a key"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn reads_as_written() {
         const USER: KeyTemplate = KeyTemplate {
             text: "user-{id}",
@@ -699,6 +735,11 @@ mod tests {
             "cachify:lock:user-42"
         );
         assert_eq!(keys.lock("user-42"), "cachify:lock:user-42");
+        assert_eq!(
+            keys.render(KeyKind::Pool, &USER, &[&42]),
+            "cachify:pool:user-42"
+        );
+        assert_eq!(keys.pool("user-42"), "cachify:pool:user-42");
         assert_eq!(
             keys.fill("cachify:cache:user-42"),
             "cachify:fill:cache:user-42"

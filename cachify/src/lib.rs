@@ -7,6 +7,8 @@
 //!   for a key, across every process that shares the Redis.
 //! - [`#[lock]`](macro@lock) does the same but can wait for the lock.
 //! - [`lock()`] is the same lock as a value, with a fencing token.
+//! - [`#[pooled]`](macro@pooled) and [`pool()`] cap how many callers run at
+//!   once (a distributed semaphore).
 //! - [`http::CacheLayer`][CacheLayer] caches whole axum responses (feature `axum`).
 //!
 //! # Quickstart
@@ -158,6 +160,7 @@ mod locks;
 mod mode;
 mod observe;
 mod policy;
+mod pools;
 mod site;
 mod store;
 mod value;
@@ -165,16 +168,17 @@ mod value;
 #[doc(hidden)]
 pub mod __private;
 
-pub use cachify_macros::{cached, lock, once, trait_impl};
+pub use cachify_macros::{cached, lock, once, pooled, trait_impl};
 
 pub use crate::client::{Cachify, CachifyBuilder};
 pub use crate::codec::Codec;
 pub use crate::error::{BackendError, CodecError, Error};
 pub use crate::global::{
     Scoped, clear, clear_blocking, global, init, invalidate_tags, invalidate_tags_blocking, lock,
-    scope, scope_blocking,
+    pool, scope, scope_blocking,
 };
 pub use crate::health::{BreakerState, Stats};
 pub use crate::locks::{LockBuilder, LockGuard};
-pub use crate::observe::{CallKind, LOCK_API_TEMPLATE, TemplateStats};
+pub use crate::observe::{CallKind, LOCK_API_TEMPLATE, POOL_API_TEMPLATE, TemplateStats};
+pub use crate::pools::{PoolBuilder, PoolSlot};
 pub use crate::value::CacheValue;

@@ -322,17 +322,35 @@ pub struct LockGuard {
     watchdog: Option<AbortHandle>,
 }
 
-/// Set by the watchdog when it finds the lock is no longer ours.
+/// Set by the watchdog when it finds the lock (or a pool slot) is no
+/// longer ours.
 #[derive(Default)]
-struct Lost {
+pub(crate) struct Lost {
     flag: AtomicBool,
     notify: Notify,
 }
 
 impl Lost {
-    fn mark(&self) {
+    pub(crate) fn mark(&self) {
         self.flag.store(true, Ordering::Release);
         self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_marked(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Resolves once marked.
+    pub(crate) async fn marked(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_marked() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -556,7 +574,7 @@ impl Drop for Attempt<'_> {
 }
 
 /// A random 128-bit token, as 32 hex digits.
-fn new_token() -> Result<String, Error> {
+pub(crate) fn new_token() -> Result<String, Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)
         .map_err(|error| Error::Config(format!("no randomness for a lock token: {error}")))?;

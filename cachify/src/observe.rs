@@ -14,13 +14,16 @@
 //! `acquired`, `contended` (the lock was held by someone else and this
 //! request gave up), `lost` (the watchdog found it taken away) and
 //! `released` (its holder let go of it; on drop the store is told in the
-//! background, so the event comes before the store confirms). Backend
+//! background, so the event comes before the store confirms). Pools log
+//! the same way at target `cachify::pool`, with a field `pool`: `acquired`,
+//! `full`, `lost` and `released`. Backend
 //! failures stay WARN lines, at most one per kind every five seconds.
 //!
 //! **Metrics** (feature `metrics`). Each is labelled `kind` (`cached`,
-//! `once`, `lock` or `http`) and `template` (the key template as written,
-//! the namespace of an HTTP cache, or `cachify::lock` for every
-//! [`crate::lock()`] value), never by the rendered key:
+//! `once`, `lock`, `http` or `pool`) and `template` (the key template as
+//! written, the namespace of an HTTP cache, `cachify::lock` for every
+//! [`crate::lock()`] value, or `cachify::pool` for every [`crate::pool()`]
+//! value), never by the rendered key:
 //!
 //! | name | type | counts |
 //! |---|---|---|
@@ -28,8 +31,8 @@
 //! | `cachify_misses_total` | counter | reads that found nothing usable |
 //! | `cachify_errors_total` | counter | backend operations that failed |
 //! | `cachify_bypasses_total` | counter | reads skipped, breaker open |
-//! | `cachify_lock_acquisitions_total` | counter | locks granted |
-//! | `cachify_lock_contention_total` | counter | locks refused, held elsewhere |
+//! | `cachify_lock_acquisitions_total` | counter | locks granted (pool slots, kind `pool`) |
+//! | `cachify_lock_contention_total` | counter | locks refused, held elsewhere (pools full, kind `pool`) |
 //! | `cachify_call_seconds` | histogram | `#[cached]` call latency, with an `outcome` label as in the span |
 //!
 //! The counters are kept per client, per (kind, template), hung off each
@@ -74,17 +77,20 @@ pub enum CallKind {
     Lock,
     /// A lookup of the HTTP response cache (feature `axum`).
     Http,
+    /// A `#[pooled]` function or a [`crate::pool()`] value.
+    Pool,
 }
 
 impl CallKind {
     /// The kind as it appears in spans and metric labels: `cached`, `once`,
-    /// `lock` or `http`.
+    /// `lock`, `http` or `pool`.
     pub const fn as_str(self) -> &'static str {
         match self {
             CallKind::Cached => "cached",
             CallKind::Once => "once",
             CallKind::Lock => "lock",
             CallKind::Http => "http",
+            CallKind::Pool => "pool",
         }
     }
 }
@@ -93,6 +99,10 @@ impl CallKind {
 /// values are counted: lock names are often built per resource, and one
 /// label per name would grow without bound.
 pub const LOCK_API_TEMPLATE: &str = "cachify::lock";
+
+/// The template under which [`crate::pool()`] and [`crate::Cachify::pool`]
+/// values are counted, for the same reason as [`LOCK_API_TEMPLATE`].
+pub const POOL_API_TEMPLATE: &str = "cachify::pool";
 
 /// The counters of one (kind, template) on one client, from
 /// [`crate::Cachify::stats_by_template`]. Functions that share a template
@@ -132,9 +142,10 @@ pub struct TemplateStats {
     pub errors: u64,
     /// Cache reads skipped because the breaker was open.
     pub bypassed: u64,
-    /// Locks granted.
+    /// Locks granted (pool slots, for kind [`CallKind::Pool`]).
     pub locks_acquired: u64,
-    /// Lock requests refused because someone else held the lock.
+    /// Lock requests refused because someone else held the lock (slot
+    /// requests refused because the pool was full, for [`CallKind::Pool`]).
     pub lock_contention: u64,
 }
 

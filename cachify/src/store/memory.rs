@@ -1,5 +1,5 @@
-//! The in-process store: values kept as they are (no encoding), locks and
-//! fencing tokens for callers in this process, and cache tags.
+//! The in-process store: values kept as they are (no encoding), locks,
+//! fencing tokens and pools for callers in this process, and cache tags.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,9 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
 use super::local::{LocalValues, expiry_after};
-use super::{Fence, Local, LockStore, StoreFuture, TagStore, ValueStore, clamp_ttl, next_fence};
+use super::{
+    Fence, Local, LockStore, PoolStore, StoreFuture, TagStore, ValueStore, clamp_ttl, next_fence,
+};
 use crate::keyspace::{KeyMatch, TagKeys};
 use crate::value::{AnyValue, ValueType};
 
@@ -40,6 +42,58 @@ impl Expiry<String, Lease> for PerEntryTtl {
     }
 }
 
+/// The live slots of one pool: each slot's token and when its lease ends.
+#[derive(Clone, Default)]
+struct Slots(Vec<(Arc<str>, Instant)>);
+
+impl Slots {
+    /// The slots whose lease has not ended at `now`.
+    fn live(&self, now: Instant) -> Self {
+        Slots(
+            self.0
+                .iter()
+                .filter(|(_, ends)| *ends > now)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Keeps these slots, or drops the pool when none is left.
+    fn put(self) -> Op<Slots> {
+        if self.0.is_empty() {
+            Op::Remove
+        } else {
+            Op::Put(self)
+        }
+    }
+}
+
+/// Keeps a pool exactly as long as its longest lease.
+struct LongestLease;
+
+impl LongestLease {
+    fn left(slots: &Slots, now: Instant) -> Option<Duration> {
+        let ends = slots.0.iter().map(|(_, ends)| *ends).max()?;
+        Some(ends.saturating_duration_since(now))
+    }
+}
+
+impl Expiry<String, Slots> for LongestLease {
+    fn expire_after_create(&self, _: &String, slots: &Slots, now: Instant) -> Option<Duration> {
+        Self::left(slots, now)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        slots: &Slots,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::left(slots, now)
+    }
+}
+
 /// The in-process store. Values are kept as they are (no encoding), so a
 /// hit costs a lookup and a clone; a value of another type under the same
 /// key is a miss. Locks live in a moka cache; fencing tokens come from one
@@ -56,6 +110,9 @@ pub(crate) struct MemoryStore {
     /// Cache tags, by their version key. One lock for all: a tag's index
     /// and version change together, as in one Redis script.
     tags: Mutex<TagBook>,
+    /// Unbounded for the same reason as `locks`; a pool goes when its
+    /// longest lease ends.
+    pools: Cache<String, Slots>,
 }
 
 /// Every tag in use, and when to sweep out the ones that are done.
@@ -103,6 +160,7 @@ impl MemoryStore {
             locks: Cache::builder().expire_after(PerEntryTtl).build(),
             last_fence: AtomicU64::new(0),
             tags: Mutex::default(),
+            pools: Cache::builder().expire_after(LongestLease).build(),
         }
     }
 
@@ -276,6 +334,71 @@ impl TagStore for MemoryStore {
     }
 }
 
+impl PoolStore for MemoryStore {
+    fn acquire_slot(
+        &self,
+        key: &str,
+        token: &str,
+        max_size: usize,
+        lease: Duration,
+    ) -> StoreFuture<bool> {
+        let mut taken = false;
+        // Each pool's compute runs alone for its key: count and take are one step.
+        self.pools.entry(key.to_owned()).and_compute_with(|held| {
+            let now = Instant::now();
+            let mut live = held
+                .map(|entry| entry.value().live(now))
+                .unwrap_or_default();
+            if live.0.len() < max_size {
+                live.0.push((token.into(), now + clamp_ttl(lease)));
+                taken = true;
+            }
+            live.put()
+        });
+        StoreFuture::ready(Ok(taken))
+    }
+
+    fn renew_slot(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+        let mut renewed = false;
+        self.pools.entry(key.to_owned()).and_compute_with(|held| {
+            let Some(held) = held else {
+                return Op::Nop;
+            };
+            let now = Instant::now();
+            let mut live = held.value().live(now);
+            if let Some(slot) = live.0.iter_mut().find(|(held, _)| &**held == token) {
+                slot.1 = now + clamp_ttl(lease);
+                renewed = true;
+            }
+            live.put()
+        });
+        StoreFuture::ready(Ok(renewed))
+    }
+
+    fn release_slot(&self, key: &str, token: &str) -> StoreFuture<bool> {
+        let mut released = false;
+        self.pools.entry(key.to_owned()).and_compute_with(|held| {
+            let Some(held) = held else {
+                return Op::Nop;
+            };
+            let mut live = held.value().live(Instant::now());
+            let before = live.0.len();
+            live.0.retain(|(held, _)| &**held != token);
+            released = live.0.len() < before;
+            live.put()
+        });
+        StoreFuture::ready(Ok(released))
+    }
+
+    fn pool_size(&self, key: &str) -> StoreFuture<usize> {
+        let size = self
+            .pools
+            .get(key)
+            .map_or(0, |slots| slots.live(Instant::now()).0.len());
+        StoreFuture::ready(Ok(size))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -416,5 +539,51 @@ mod tests {
         let live = keys.tag("live");
         now(memory.tag_entry(&live, "k", None));
         assert_eq!(memory.tags().tags.len(), 1, "only the live tag is left");
+    }
+
+    #[test]
+    fn pool_slots_are_capped_owned_and_expire() {
+        let memory = MemoryStore::new(100);
+        let lease = Duration::from_millis(300);
+        assert!(now(memory.acquire_slot("p", "a", 2, lease)));
+        assert!(now(memory.acquire_slot(
+            "p",
+            "b",
+            2,
+            Duration::from_secs(5)
+        )));
+        assert!(!now(memory.acquire_slot("p", "c", 2, lease)), "full");
+        assert_eq!(now(memory.pool_size("p")), 2);
+        assert!(
+            !now(memory.release_slot("p", "c")),
+            "only a holder releases"
+        );
+        assert!(
+            !now(memory.renew_slot("p", "c", lease)),
+            "only a holder renews"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(now(memory.pool_size("p")), 1, "a's lease ended");
+        assert!(
+            !now(memory.renew_slot("p", "a", lease)),
+            "an ended lease is gone"
+        );
+        assert!(
+            !now(memory.release_slot("p", "a",)),
+            "and cannot be released"
+        );
+        assert!(
+            now(memory.acquire_slot("p", "c", 2, lease)),
+            "its slot is free"
+        );
+        assert!(now(memory.release_slot("p", "b")));
+        assert!(now(memory.release_slot("p", "c")));
+        assert_eq!(now(memory.pool_size("p")), 0);
+        memory.pools.run_pending_tasks();
+        assert_eq!(
+            memory.pools.entry_count(),
+            0,
+            "an empty pool leaves nothing"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Where entries and locks live, behind three traits.
+//! Where entries, locks and pools live, behind four traits.
 //!
 //! - [`ValueStore`]: typed cache entries. The memory store implements it
 //!   directly and keeps values as they are; a [`ByteStore`] gets it from
@@ -6,6 +6,7 @@
 //! - [`ByteStore`]: bytes under keys, with TTLs (Redis, Redis Cluster).
 //! - [`LockStore`]: owned locks with fencing tokens.
 //! - [`TagStore`]: the versions and entry indexes of cache tags.
+//! - [`PoolStore`]: pools of owned slots (a distributed semaphore).
 //!
 //! Every operation returns a [`StoreFuture`]: an answer already known
 //! (in-process stores), I/O to await, or bytes to fetch and then decode
@@ -283,4 +284,29 @@ pub(crate) trait TagStore: Send + Sync + 'static {
     /// Removes `members` (as [`TagStore::bump_tag`] returned them) from the
     /// tag's index.
     fn untag(&self, tag: &TagKeys, members: &[String]) -> StoreFuture<()>;
+}
+
+/// Pools (a distributed semaphore): up to `max_size` owned slots per key,
+/// each a random token with its own lease, all timed by the store's clock.
+pub(crate) trait PoolStore: Send + Sync + 'static {
+    /// Takes a slot for `token` for `lease` if fewer than `max_size` live
+    /// slots are held; false when the pool is full. Expired slots are
+    /// dropped first, in the same atomic step.
+    fn acquire_slot(
+        &self,
+        key: &str,
+        token: &str,
+        max_size: usize,
+        lease: Duration,
+    ) -> StoreFuture<bool>;
+
+    /// Renews the lease of `token`'s slot if it is still live; false when
+    /// it expired or is gone.
+    fn renew_slot(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool>;
+
+    /// Frees `token`'s slot; false when it had already expired or was gone.
+    fn release_slot(&self, key: &str, token: &str) -> StoreFuture<bool>;
+
+    /// How many live slots the pool holds.
+    fn pool_size(&self, key: &str) -> StoreFuture<usize>;
 }

@@ -1,6 +1,6 @@
 //! The Redis protocol, shared by the stores that speak it (one server, a
 //! cluster): the commands and Lua scripts, and one implementation of
-//! [`ByteStore`], [`LockStore`] and [`TagStore`] over a [`Link`], which is
+//! [`ByteStore`], [`LockStore`], [`TagStore`] and [`PoolStore`] over a [`Link`], which is
 //! all such a store has to provide.
 
 use std::future::Future;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::{Cmd, ConnectionInfo, FromRedisValue, Script, ScriptInvocation};
 
-use super::{ByteStore, Fence, Io, LockStore, StoreFuture, TagStore, millis};
+use super::{ByteStore, Fence, Io, LockStore, PoolStore, StoreFuture, TagStore, millis};
 use crate::error::{BackendError, Error};
 use crate::keyspace::{KeyMatch, TagKeys};
 
@@ -61,6 +61,81 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
              return 0 \
          end",
     )
+});
+
+/// The server's clock in milliseconds, as the pool scripts start: `now`.
+/// A pool is a sorted set of slot tokens scored by when their lease ends
+/// (server milliseconds); a member whose score is not above `now` is
+/// expired. Every script touches only its one key (cluster-safe), and a
+/// write keeps the set's own expiry at least as far out as its longest
+/// lease, so an abandoned pool disappears by itself.
+const POOL_CLOCK: &str = "redis.replicate_commands() \
+     local time = redis.call('TIME') \
+     local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) ";
+
+/// Drops expired slots, then takes one for ARGV[1] (token) for ARGV[3]
+/// milliseconds if fewer than ARGV[2] are held: 1 taken, 0 full.
+static POOL_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{POOL_CLOCK} \
+         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) \
+         if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then \
+             return 0 \
+         end \
+         local lease = tonumber(ARGV[3]) \
+         redis.call('ZADD', KEYS[1], now + lease, ARGV[1]) \
+         if redis.call('PTTL', KEYS[1]) < lease then \
+             redis.call('PEXPIRE', KEYS[1], lease) \
+         end \
+         return 1"
+    ))
+});
+
+/// Renews ARGV[1]'s slot for ARGV[2] milliseconds if it is still live: 1
+/// renewed, 0 expired or gone (an expired member is removed).
+static POOL_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{POOL_CLOCK} \
+         local ends = redis.call('ZSCORE', KEYS[1], ARGV[1]) \
+         if not ends then \
+             return 0 \
+         end \
+         if tonumber(ends) <= now then \
+             redis.call('ZREM', KEYS[1], ARGV[1]) \
+             return 0 \
+         end \
+         local lease = tonumber(ARGV[2]) \
+         redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[1]) \
+         if redis.call('PTTL', KEYS[1]) < lease then \
+             redis.call('PEXPIRE', KEYS[1], lease) \
+         end \
+         return 1"
+    ))
+});
+
+/// Frees ARGV[1]'s slot: 1 when it was live, 0 when it had expired or was
+/// gone (an expired member is removed all the same).
+static POOL_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{POOL_CLOCK} \
+         local ends = redis.call('ZSCORE', KEYS[1], ARGV[1]) \
+         if not ends then \
+             return 0 \
+         end \
+         redis.call('ZREM', KEYS[1], ARGV[1]) \
+         if tonumber(ends) <= now then \
+             return 0 \
+         end \
+         return 1"
+    ))
+});
+
+/// How many slots are live now (read-only).
+static POOL_SIZE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{POOL_CLOCK} \
+         return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', now), '+inf')"
+    ))
 });
 
 /// A value and its remaining time to live, read in one atomic step for the
@@ -253,6 +328,39 @@ impl<L: Link> LockStore for L {
 
     fn force_unlock(&self, key: &str) -> StoreFuture<()> {
         StoreFuture::Io(self.send(keyed("DEL", key)))
+    }
+}
+
+impl<L: Link> PoolStore for L {
+    fn acquire_slot(
+        &self,
+        key: &str,
+        token: &str,
+        max_size: usize,
+        lease: Duration,
+    ) -> StoreFuture<bool> {
+        let mut invocation = POOL_ACQUIRE.key(key);
+        invocation.arg(token).arg(max_size).arg(millis(lease));
+        StoreFuture::Io(self.script(invocation)).map(|taken: i64| Ok(taken == 1))
+    }
+
+    fn renew_slot(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+        let mut invocation = POOL_RENEW.key(key);
+        invocation.arg(token).arg(millis(lease));
+        StoreFuture::Io(self.script(invocation)).map(|renewed: i64| Ok(renewed == 1))
+    }
+
+    fn release_slot(&self, key: &str, token: &str) -> StoreFuture<bool> {
+        let mut invocation = POOL_RELEASE.key(key);
+        invocation.arg(token);
+        StoreFuture::Io(self.script(invocation)).map(|released: i64| Ok(released == 1))
+    }
+
+    fn pool_size(&self, key: &str) -> StoreFuture<usize> {
+        StoreFuture::Io(self.script(POOL_SIZE.key(key))).map(|size: i64| {
+            usize::try_from(size)
+                .map_err(|_| Error::Backend(BackendError::new("a pool size below zero")))
+        })
     }
 }
 

@@ -1,0 +1,577 @@
+//! Pools, a distributed semaphore: at most `max_size` holders of one pool
+//! at a time, across every process sharing the store.
+//!
+//! A slot is owned like a lock: a random token with a lease, renewed by a
+//! watchdog while its holder runs, released only by its holder, and lost
+//! (never silently regained) once its lease ran out. Pools fail closed: a
+//! backend error is `Err(Error::Backend)`, never a run without a slot.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::health::Health;
+use crate::io;
+use crate::keyspace::Keyspace;
+use crate::locks::{Lost, new_token};
+use crate::mode::{Async, Blocking, Mode, drive};
+use crate::observe::{CallKind, POOL_API_TEMPLATE, Tally};
+use crate::store::{PoolStore, StoreFuture, clamp_ttl};
+
+/// First pause between two attempts while waiting for a free slot; it
+/// doubles up to [`MAX_RETRY_PAUSE`] (as lock waits do).
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Shortest gap between two renewals, whatever the lease.
+const MIN_RENEW_PERIOD: Duration = Duration::from_millis(1);
+
+/// The pools of one client: its pool store and the default lease.
+pub(crate) struct Pools {
+    store: Arc<dyn PoolStore>,
+    keys: Keyspace,
+    lock_ttl: Duration,
+    health: Arc<Health>,
+}
+
+impl fmt::Debug for Pools {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pools")
+            .field("prefix", &self.keys.prefix())
+            .field("lock_ttl", &self.lock_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pools {
+    pub(crate) fn new(
+        store: Arc<dyn PoolStore>,
+        keys: Keyspace,
+        lock_ttl: Duration,
+        health: Arc<Health>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            lock_ttl,
+            health,
+        }
+    }
+
+    /// Takes a slot of the pool `key`, waiting up to `wait` while it is
+    /// full. `tally`: the counters of the caller's template.
+    pub(crate) async fn acquire<M: Mode>(
+        &self,
+        key: String,
+        max_size: usize,
+        ttl: Option<Duration>,
+        wait: Duration,
+        tally: &Tally,
+    ) -> Result<PoolSlot, Error> {
+        if max_size == 0 {
+            return Err(Error::Config(format!(
+                "pool `{key}`: max_size must be at least 1 (a pool of 0 slots never admits anyone)"
+            )));
+        }
+        let lease = clamp_ttl(ttl.unwrap_or(self.lock_ttl));
+        let token = new_token()?;
+        // A wait too long to represent is a wait without end.
+        let deadline = Instant::now().checked_add(wait);
+        let mut pause = FIRST_RETRY_PAUSE;
+        loop {
+            let attempt = Attempt {
+                store: &self.store,
+                key: &key,
+                token: &token,
+                lease,
+                armed: true,
+            };
+            match M::io(self.store.acquire_slot(&key, &token, max_size, lease)).await {
+                Ok(true) => {
+                    attempt.settle();
+                    break;
+                }
+                Ok(false) => attempt.settle(),
+                Err(error) => {
+                    tally.error();
+                    if let Some(suppressed) = self.health.lock_log.admit() {
+                        tracing::warn!(key, %error, suppressed, "cachify: could not take a pool slot; refusing to run without it");
+                    }
+                    // Dropping the armed attempt takes back what the script may yet take.
+                    drop(attempt);
+                    return Err(error);
+                }
+            }
+            let now = Instant::now();
+            let pause_now = match deadline {
+                Some(deadline) if now >= deadline => {
+                    tally.lock_contended();
+                    tracing::debug!(
+                        target: "cachify::pool",
+                        pool = "full",
+                        key,
+                        max_size,
+                        ?wait,
+                        "cachify: pool full; giving up"
+                    );
+                    return Err(Error::PoolFull { key });
+                }
+                Some(deadline) => pause.min(deadline - now),
+                None => pause,
+            };
+            M::sleep(pause_now).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+        }
+        tally.lock_acquired();
+        tracing::debug!(
+            target: "cachify::pool",
+            pool = "acquired",
+            key,
+            max_size,
+            ?lease,
+            "cachify: pool slot acquired"
+        );
+        let lost = Arc::new(Lost::default());
+        let watchdog = io::spawn(renew(
+            Arc::clone(&self.store),
+            key.clone(),
+            token.clone(),
+            lease,
+            Arc::clone(&lost),
+        ))
+        .abort_handle();
+        Ok(PoolSlot {
+            store: Arc::clone(&self.store),
+            key,
+            token,
+            lease,
+            lost,
+            watchdog: Some(watchdog),
+        })
+    }
+
+    /// How many slots of the pool `key` are held now.
+    pub(crate) async fn size<M: Mode>(&self, key: &str) -> Result<usize, Error> {
+        M::io(self.store.pool_size(key)).await
+    }
+
+    /// Starts building a pool named `name` on these pools.
+    pub(crate) fn builder(&self, name: String, max_size: usize) -> PoolBuilder<'_> {
+        PoolBuilder::new(Target::Client(self), name, max_size)
+    }
+}
+
+/// Whose pools a builder uses.
+#[derive(Debug)]
+enum Target<'a> {
+    Client(&'a Pools),
+    /// Looked up when used, so a builder made before `cachify::init`
+    /// still uses the client given to it.
+    Global(fn() -> &'static Pools),
+}
+
+/// Configures one pool before taking a slot or counting; from
+/// [`crate::pool()`] or [`crate::Cachify::pool`].
+#[must_use = "a slot is only taken by `acquire()` or `acquire_blocking()`"]
+#[derive(Debug)]
+pub struct PoolBuilder<'a> {
+    target: Target<'a>,
+    name: String,
+    max_size: usize,
+    ttl: Option<Duration>,
+    wait: Duration,
+}
+
+impl PoolBuilder<'static> {
+    /// A pool on the global client, resolved when it is used.
+    pub(crate) fn on_global(name: String, max_size: usize, pools: fn() -> &'static Pools) -> Self {
+        Self::new(Target::Global(pools), name, max_size)
+    }
+}
+
+impl<'a> PoolBuilder<'a> {
+    fn new(target: Target<'a>, name: String, max_size: usize) -> Self {
+        Self {
+            target,
+            name,
+            max_size,
+            ttl: None,
+            wait: Duration::ZERO,
+        }
+    }
+
+    fn pools(&self) -> &'a Pools {
+        match self.target {
+            Target::Client(pools) => pools,
+            Target::Global(global) => global(),
+        }
+    }
+
+    /// A slot's lease: how long it outlives a holder that crashed. While
+    /// the holder is alive a watchdog renews it every `ttl / 3`. Defaults
+    /// to the client's `lock_ttl`; below one millisecond rounds up to 1 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let slot = cachify::pool("exports", 3)
+    ///     .ttl(Duration::from_secs(60))
+    ///     .acquire_blocking()?;
+    /// slot.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long to wait for a free slot before giving up with
+    /// [`Error::PoolFull`]. Defaults to zero: a full pool is refused at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let held = cachify::pool("single", 1).acquire_blocking()?;
+    /// // The one slot is held above: this waits 50 ms, then gives up.
+    /// let second = cachify::pool("single", 1)
+    ///     .wait(Duration::from_millis(50))
+    ///     .acquire_blocking();
+    /// assert!(matches!(second, Err(cachify::Error::PoolFull { .. })));
+    /// held.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    async fn acquire_in<M: Mode>(self) -> Result<PoolSlot, Error> {
+        let pools = self.pools();
+        let key = pools.keys.pool(&self.name);
+        let tally = pools.health.tally(CallKind::Pool, POOL_API_TEMPLATE, None);
+        pools
+            .acquire::<M>(key, self.max_size, self.ttl, self.wait, &tally)
+            .await
+    }
+
+    /// Takes a slot, waiting up to `wait` while the pool is full. A
+    /// `max_size` of zero is `Err(Error::Config)`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let slot = cachify::pool("exports", 3).acquire().await?;
+    /// // ... at most three holders run this at once, across every process ...
+    /// slot.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire(self) -> Result<PoolSlot, Error> {
+        self.acquire_in::<Async>().await
+    }
+
+    /// Blocking twin of [`PoolBuilder::acquire`], for code without a
+    /// runtime (it also works inside one, blocking only the calling thread).
+    ///
+    /// ```
+    /// let slot = cachify::pool("exports", 3).acquire_blocking()?;
+    /// slot.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn acquire_blocking(self) -> Result<PoolSlot, Error> {
+        drive(self.acquire_in::<Blocking>())
+    }
+
+    /// How many slots of the pool are held now (slots whose lease ran out
+    /// do not count).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let slot = cachify::pool("exports", 3).acquire().await?;
+    /// assert_eq!(cachify::pool("exports", 3).size().await?, 1);
+    /// slot.release().await?;
+    /// assert_eq!(cachify::pool("exports", 3).size().await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn size(&self) -> Result<usize, Error> {
+        let pools = self.pools();
+        pools.size::<Async>(&pools.keys.pool(&self.name)).await
+    }
+
+    /// Blocking twin of [`PoolBuilder::size`].
+    ///
+    /// ```
+    /// assert_eq!(cachify::pool("exports", 3).size_blocking()?, 0);
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn size_blocking(&self) -> Result<usize, Error> {
+        let pools = self.pools();
+        drive(pools.size::<Blocking>(&pools.keys.pool(&self.name)))
+    }
+}
+
+/// A held slot of a pool. Released by [`PoolSlot::release`], or when
+/// dropped (including on panic or when the future holding it is cancelled).
+#[must_use = "dropping the slot releases it at once"]
+pub struct PoolSlot {
+    store: Arc<dyn PoolStore>,
+    key: String,
+    /// Empty once released: `Drop` then has nothing left to do.
+    token: String,
+    lease: Duration,
+    lost: Arc<Lost>,
+    watchdog: Option<AbortHandle>,
+}
+
+impl fmt::Debug for PoolSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolSlot")
+            .field("key", &self.key)
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolSlot {
+    /// The full backend key of the pool.
+    ///
+    /// ```
+    /// let slot = cachify::pool("exports", 3).acquire_blocking()?;
+    /// assert_eq!(slot.key(), "cachify:pool:exports");
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the watchdog found the slot taken away (its lease ran out,
+    /// for example while renewals failed, or the pool was deleted).
+    ///
+    /// ```
+    /// let slot = cachify::pool("exports", 3).acquire_blocking()?;
+    /// assert!(!slot.is_lost());
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_marked()
+    }
+
+    /// Resolves when the slot is found lost (see [`PoolSlot::is_lost`]).
+    /// Race it against the work to stop early:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let slot = cachify::pool("exports", 3).acquire().await?;
+    /// tokio::select! {
+    ///     _ = slot.lost() => { /* over the cap now: stop */ }
+    ///     _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => { /* the work */ }
+    /// }
+    /// slot.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lost(&self) {
+        self.lost.marked().await;
+    }
+
+    /// Frees the slot. `Err(Error::NotOwner)` means it was no longer ours:
+    /// its lease ran out (and someone else may have its place).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cachify::Error> {
+    /// let slot = cachify::pool("single", 1).acquire().await?;
+    /// slot.release().await?;
+    /// assert!(cachify::pool("single", 1).acquire().await.is_ok()); // free again
+    /// # Ok(()) }
+    /// ```
+    pub async fn release(self) -> Result<(), Error> {
+        self.release_in::<Async>().await
+    }
+
+    /// Blocking twin of [`PoolSlot::release`].
+    ///
+    /// ```
+    /// let slot = cachify::pool("exports", 3).acquire_blocking()?;
+    /// slot.release_blocking()?;
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn release_blocking(self) -> Result<(), Error> {
+        drive(self.release_in::<Blocking>())
+    }
+
+    async fn release_in<M: Mode>(mut self) -> Result<(), Error> {
+        self.stop_watchdog();
+        let released = M::io(self.store.release_slot(&self.key, &self.token)).await;
+        let released = match released {
+            Ok(true) => {
+                released_event(&self.key);
+                Ok(())
+            }
+            Ok(false) => {
+                // Reported once, whether the watchdog or this release found it.
+                if !self.lost.is_marked() {
+                    lost_event(&self.key);
+                    self.lost.mark();
+                }
+                Err(Error::NotOwner)
+            }
+            Err(error) => {
+                // Keep trying in the background, so the slot does not stay
+                // taken for its whole lease.
+                io::spawn(abandon(
+                    Arc::clone(&self.store),
+                    self.key.clone(),
+                    self.token.clone(),
+                    self.lease,
+                ));
+                Err(error)
+            }
+        };
+        // Cleared only now: if this future is dropped during the await,
+        // `Drop` still sees the token and releases in the background.
+        self.token.clear();
+        released
+    }
+
+    /// Release at the end of a `#[pooled]` function: the function already
+    /// ran, so a failure is only worth a warning.
+    pub(crate) async fn release_after_run<M: Mode>(self) {
+        let key = self.key.clone();
+        if let Err(error) = self.release_in::<M>().await {
+            tracing::warn!(key, %error, "cachify: releasing a pool slot after its function ran failed");
+        }
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+    }
+}
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+        if self.token.is_empty() {
+            return;
+        }
+        let token = std::mem::take(&mut self.token);
+        released_event(&self.key);
+        // An in-process store has released already. Otherwise Drop cannot
+        // await: release in the background, retrying while the store is
+        // unreachable. Owner-only release makes a late one harmless.
+        if let StoreFuture::Io(release) = self.store.release_slot(&self.key, &token) {
+            let (store, key, lease) = (Arc::clone(&self.store), self.key.clone(), self.lease);
+            io::spawn(async move {
+                if release.await.is_err() {
+                    abandon(store, key, token, lease).await;
+                }
+            });
+        }
+    }
+}
+
+/// The DEBUG event of a release by its holder.
+fn released_event(key: &str) {
+    tracing::debug!(
+        target: "cachify::pool",
+        pool = "released",
+        key,
+        "cachify: pool slot released"
+    );
+}
+
+/// The DEBUG event of a slot found taken away.
+fn lost_event(key: &str) {
+    tracing::debug!(target: "cachify::pool", pool = "lost", key, "cachify: pool slot lost");
+}
+
+/// While armed, dropping it (the acquiring future was cancelled mid-call,
+/// or the call failed) frees whatever the attempt may have taken: its
+/// script can still run on Redis after we stopped waiting.
+struct Attempt<'a> {
+    store: &'a Arc<dyn PoolStore>,
+    key: &'a str,
+    token: &'a str,
+    lease: Duration,
+    armed: bool,
+}
+
+impl Attempt<'_> {
+    fn settle(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let (store, key, token) = (
+                Arc::clone(self.store),
+                self.key.to_owned(),
+                self.token.to_owned(),
+            );
+            io::spawn(abandon(store, key, token, self.lease));
+        }
+    }
+}
+
+/// Frees the slot of `token` if it holds one, retrying until the backend
+/// answers or the lease would have ended anyway. Owner-only, so it never
+/// touches anyone else's slot.
+async fn abandon(store: Arc<dyn PoolStore>, key: String, token: String, lease: Duration) {
+    let give_up = Instant::now().checked_add(lease);
+    let mut pause = FIRST_RETRY_PAUSE;
+    loop {
+        match store.release_slot(&key, &token).await {
+            Ok(_) => return,
+            Err(_) if give_up.is_some_and(|give_up| Instant::now() >= give_up) => return,
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY_PAUSE * 10);
+            }
+        }
+    }
+}
+
+/// Renews the lease every third of it until aborted or the slot is lost.
+async fn renew(
+    store: Arc<dyn PoolStore>,
+    key: String,
+    token: String,
+    lease: Duration,
+    lost: Arc<Lost>,
+) {
+    let period = (lease / 3).max(MIN_RENEW_PERIOD);
+    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewed = Instant::now();
+    loop {
+        ticks.tick().await;
+        match store.renew_slot(&key, &token, lease).await {
+            Ok(true) => renewed = Instant::now(),
+            Ok(false) => {
+                tracing::warn!(
+                    key,
+                    "cachify: pool slot lost while its holder was still running (lease expired)"
+                );
+                lost_event(&key);
+                lost.mark();
+                return;
+            }
+            Err(error) if renewed.elapsed() >= lease => {
+                tracing::warn!(key, %error, "cachify: pool slot lost: its lease ran out while renewals failed");
+                lost_event(&key);
+                lost.mark();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(key, %error, "cachify: could not renew a pool slot's lease; will retry");
+            }
+        }
+    }
+}
