@@ -11,13 +11,14 @@
 //!   `once` lock is held (by another function whose `#[once]` has the same
 //!   template, so the same key) is answered from the cache by the first,
 //!   and refused by the second even though its value is cached.
+//! - `#[cached] #[pooled]`: a miss runs under a slot, a hit takes none.
 
 mod support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use cachify::{Cachify, cached, lock, once};
+use cachify::{Cachify, cached, lock, once, pooled};
 
 #[derive(Debug, PartialEq)]
 pub enum AppError {
@@ -104,6 +105,42 @@ macro_rules! two_cached_layers {
                 assert_eq!(inner_peek(1)$($await)*, Err(AppError::Missing));
                 assert_eq!(profile(1)$($await)*, Ok(10));
                 assert_eq!(calls(), 3);
+
+                // The one `_clear` clears both layers, for every argument.
+                assert_eq!(profile(2)$($await)*, Ok(20));
+                assert_eq!(profile_clear()$($await)*.unwrap(), 4, "two arguments in each of two layers");
+                assert_eq!(outer_peek(1)$($await)*, Err(AppError::Missing));
+                assert_eq!(inner_peek(2)$($await)*, Err(AppError::Missing));
+            }
+        }
+    };
+}
+
+/// `#[cached]` over `#[pooled]`: a miss runs under a slot of the pool, a
+/// hit takes none; the stack's `_pool_size` counts the pool layer's slots.
+macro_rules! cached_over_pooled {
+    ($test:ident, $test_attr:meta, $template:literal, $($async:ident)?; $($await:tt)*) => {
+        mod $test {
+            use super::*;
+
+            static CALLS: AtomicU32 = AtomicU32::new(0);
+
+            #[cached($template, client = client())]
+            #[pooled($template, max_size = 1, client = client())]
+            $($async)? fn export(id: u32) -> Result<usize, AppError> {
+                CALLS.fetch_add(1, Ordering::SeqCst);
+                Ok(export_pool_size(id)$($await)*?)
+            }
+
+            #[$test_attr]
+            $($async)? fn $test() {
+                assert_eq!(export(1)$($await)*, Ok(1), "the body held the one slot");
+                assert_eq!(export_pool_size(1)$($await)*.unwrap(), 0, "released after the body");
+                assert_eq!(export(1)$($await)*, Ok(1), "a hit");
+                assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+                export_reset(1)$($await)*.unwrap();
+                assert_eq!(export(1)$($await)*, Ok(1));
+                assert_eq!(CALLS.load(Ordering::SeqCst), 2);
             }
         }
     };
@@ -185,6 +222,8 @@ macro_rules! stacked_suite {
         cached_and_lock!(cached_and_once_sync, once, test, "os-over-{id}", "os-under-{id}", "os-held-{id}", ;);
         cached_and_lock!(cached_and_lock_async, lock, tokio::test, "l-over-{id}", "l-under-{id}", "l-held-{id}", async; .await);
         cached_and_lock!(cached_and_lock_sync, lock, test, "ls-over-{id}", "ls-under-{id}", "ls-held-{id}", ;);
+        cached_over_pooled!(cached_over_pooled_async, tokio::test, "p-{id}", async; .await);
+        cached_over_pooled!(cached_over_pooled_sync, test, "ps-{id}", ;);
     };
 }
 
