@@ -6,6 +6,7 @@
 //! (its type changed after a deploy) is a miss and gets overwritten. Every
 //! operation is written once, generic over a [`Mode`].
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -34,6 +35,12 @@ pub struct CacheCall {
     pub none_ttl: Option<Duration>,
     /// `lock = true`: concurrent misses across processes run the function once.
     pub fill_lock: bool,
+    /// `stale_if_error`: how much longer than its TTL a value is kept, to
+    /// answer callers whose recomputation fails.
+    pub stale_if_error: Option<Duration>,
+    /// `early_refresh = true`: hits recompute the value in the background
+    /// before it expires.
+    pub early_refresh: bool,
 }
 
 /// Pause between two looks at the cache while another process fills it.
@@ -141,6 +148,9 @@ pub(crate) struct Core {
     fill_wait: Duration,
     flights: Flights,
     health: Arc<Health>,
+    /// Keys with a background refresh under way in this process
+    /// (`early_refresh`), so a burst of hits starts one.
+    pub(crate) refreshing: Mutex<HashSet<String>>,
 }
 
 impl Core {
@@ -161,6 +171,7 @@ impl Core {
             fill_wait,
             flights: Flights::default(),
             health,
+            refreshing: Mutex::default(),
         }
     }
 
@@ -181,6 +192,16 @@ impl Core {
     /// What a client tracks about its backend and its calls.
     pub(crate) fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// The in-process flights (single flight per key).
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
+    /// The value store, for reads that count nothing.
+    pub(crate) fn values(&self) -> &dyn ValueStore {
+        &*self.values
     }
 
     /// Tells this client apart at a generated function's [`Site`].
@@ -241,7 +262,7 @@ impl Core {
     }
 
     /// Finishes a read begun by [`Core::lookup`]: `Some` on a hit.
-    async fn finish<M: Mode, T: CacheValue>(
+    pub(crate) async fn finish<M: Mode, T: CacheValue>(
         &self,
         key: &str,
         tally: &Tally,
@@ -556,11 +577,7 @@ impl Core {
             let output = body.await;
             let value = P::stored(&output).map(Arc::new);
             let (store, ttl) = match value.as_deref() {
-                // An empty output is stored only for its own, usually shorter, TTL.
-                Some(stored) if P::is_empty(stored) => {
-                    (call.none_ttl.is_some() && !unless(stored), call.none_ttl)
-                }
-                Some(stored) => (!unless(stored), call.ttl.or(self.default_ttl)),
+                Some(stored) => self.keep_for::<P, R>(&call, stored, &unless),
                 None => (false, None),
             };
             Computed {
@@ -590,6 +607,24 @@ impl Drop for Core {
             .unwrap_or_else(PoisonError::into_inner);
         for index in indexes.drain(..) {
             index.forget();
+        }
+    }
+}
+
+impl Core {
+    /// Whether a `#[cached]` call's stored part is stored, and for how
+    /// long (`None`: no expiry).
+    pub(crate) fn keep_for<P: Policy<R>, R>(
+        &self,
+        call: &CacheCall,
+        stored: &P::Stored,
+        unless: &impl Fn(&P::Stored) -> bool,
+    ) -> (bool, Option<Duration>) {
+        if P::is_empty(stored) {
+            // An empty output is stored only for its own, usually shorter, TTL.
+            (call.none_ttl.is_some() && !unless(stored), call.none_ttl)
+        } else {
+            (!unless(stored), call.ttl.or(self.default_ttl))
         }
     }
 }
@@ -628,6 +663,8 @@ mod tests {
             ttl: None,
             none_ttl: None,
             fill_lock: true,
+            stale_if_error: None,
+            early_refresh: false,
         };
         is_send(async move {
             let core = &*core;

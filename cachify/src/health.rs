@@ -61,6 +61,9 @@ pub struct Stats {
     pub near_invalidations: u64,
     /// State of the cache path's circuit breaker.
     pub breaker: BreakerState,
+    /// Cached calls answered with a stale value because the function
+    /// failed (`stale_if_error`).
+    pub stale: u64,
 }
 
 /// The circuit breaker of the cache path.
@@ -133,6 +136,8 @@ impl Counters {
             near_misses: self.near_misses.get(),
             near_invalidations: self.near_invalidations.get(),
             breaker,
+            // Counted per template only: `Health::stats` adds them up.
+            stale: 0,
         }
     }
 }
@@ -284,6 +289,8 @@ pub(crate) struct Health {
     pub(crate) cache_log: LogLimit,
     /// Lock failures (fail closed).
     pub(crate) lock_log: LogLimit,
+    /// Stale values served and failed background refreshes.
+    pub(crate) stale_log: LogLimit,
 }
 
 /// How often a failure of one kind may be logged.
@@ -299,6 +306,7 @@ impl Health {
             breaker: Breaker::new(threshold, cool_down),
             cache_log: LogLimit::new(LOG_PERIOD),
             lock_log: LogLimit::new(LOG_PERIOD),
+            stale_log: LogLimit::new(LOG_PERIOD),
         }
     }
 }
@@ -329,6 +337,7 @@ impl Health {
             stats.bypassed = stats.bypassed.wrapping_add(row.bypassed);
             stats.locks_acquired = stats.locks_acquired.wrapping_add(row.locks_acquired);
             stats.lock_contention = stats.lock_contention.wrapping_add(row.lock_contention);
+            stats.stale = stats.stale.wrapping_add(row.stale);
         }
         stats
     }

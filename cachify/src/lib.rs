@@ -143,6 +143,7 @@
 mod cache;
 mod client;
 mod codec;
+mod entry;
 mod error;
 mod flight;
 mod global;
@@ -156,6 +157,7 @@ mod locks;
 mod mode;
 mod observe;
 mod policy;
+mod refresh;
 mod site;
 mod store;
 mod value;
