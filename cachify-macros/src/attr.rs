@@ -3,7 +3,8 @@
 use proc_macro2::{Literal, Span, TokenStream};
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::{Expr, Ident, Lit, LitStr, Token};
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, Lit, LitBool, LitStr, Token};
 
 /// Which of the three macros is being expanded.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -25,7 +26,15 @@ impl Kind {
 
     fn options(self) -> &'static [&'static str] {
         match self {
-            Kind::Cached => &["ttl", "none_ttl", "unless", "lock", "client"],
+            Kind::Cached => &[
+                "ttl",
+                "none_ttl",
+                "unless",
+                "lock",
+                "client",
+                "stale_if_error",
+                "early_refresh",
+            ],
             Kind::Once => &["ttl", "return_on_locked", "client"],
             Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
         }
@@ -52,6 +61,11 @@ pub(crate) struct Args {
     /// `lock = <bool>` on `#[cached]`: one fill across processes.
     pub(crate) fill_lock: Option<Expr>,
     pub(crate) client: Option<Expr>,
+    /// `stale_if_error` on `#[cached]`: how long after its TTL a value
+    /// still answers when the function fails.
+    pub(crate) stale_if_error: Option<Duration>,
+    /// `early_refresh = true` on `#[cached]` (the literal, for its span).
+    pub(crate) early_refresh: Option<LitBool>,
 }
 
 /// Parses the tokens inside `#[cached(...)]`, `#[once(...)]` or `#[lock(...)]`.
@@ -71,6 +85,8 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
         return_on_locked: None,
         fill_lock: None,
         client: None,
+        stale_if_error: None,
+        early_refresh: None,
     };
     while !input.is_empty() {
         input.parse::<Token![,]>()?;
@@ -114,6 +130,18 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
             "unless" => set_once(&mut args.unless, value, duplicate)?,
             "return_on_locked" => set_once(&mut args.return_on_locked, value, duplicate)?,
             "lock" => set_once(&mut args.fill_lock, value, duplicate)?,
+            "stale_if_error" => {
+                if args.stale_if_error.is_some() {
+                    return Err(duplicate());
+                }
+                args.stale_if_error = Some(stale_if_error(value)?);
+            }
+            "early_refresh" => {
+                if args.early_refresh.is_some() {
+                    return Err(duplicate());
+                }
+                args.early_refresh = Some(bool_literal(value, &option)?);
+            }
             _ => set_once(&mut args.client, value, duplicate)?,
         }
     }
@@ -149,7 +177,7 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         "wait" => format!(
             "option `wait` is not valid for `#[{macro_name}]` (only `#[lock]` waits); valid options are: {list}"
         ),
-        "unless" | "none_ttl" => format!(
+        "unless" | "none_ttl" | "stale_if_error" | "early_refresh" => format!(
             "option `{option}` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
         ),
         "lock" => format!(
@@ -199,4 +227,37 @@ fn duration(value: Expr, zero: Option<&str>) -> syn::Result<Duration> {
     let mut literal = Literal::u64_unsuffixed(seconds);
     literal.set_span(int.span());
     Ok(Duration::Secs(literal))
+}
+
+/// `stale_if_error`: a duration like `ttl`, never zero (omitting it is how
+/// to say none).
+fn stale_if_error(value: Expr) -> syn::Result<Duration> {
+    let parsed = duration(value, None)?;
+    if let Duration::Secs(seconds) = &parsed
+        && seconds.to_string() == "0"
+    {
+        return Err(syn::Error::new(
+            seconds.span(),
+            "stale_if_error must be at least 1 second; omit it to never serve stale values",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// An option that changes the generated code: a `true` or `false` literal.
+fn bool_literal(value: Expr, option: &str) -> syn::Result<LitBool> {
+    let mut inner = &value;
+    while let Expr::Group(group) = inner {
+        inner = &group.expr;
+    }
+    match inner {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Bool(literal),
+            ..
+        }) => Ok(literal.clone()),
+        _ => Err(syn::Error::new(
+            value.span(),
+            format!("`{option}` takes `true` or `false`, written as a literal"),
+        )),
+    }
 }

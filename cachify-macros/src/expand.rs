@@ -58,6 +58,7 @@ pub(crate) fn try_expand(
     valid::return_type(kind, &args, &function.sig)?;
     let shape = shape::of(&function.sig.output);
     valid::none_ttl(&args, &function.sig, shape.optional)?;
+    let cloned = valid::refresh_arguments(&args, &function.sig)?;
 
     let key = Key {
         kind,
@@ -66,6 +67,7 @@ pub(crate) fn try_expand(
         roots: &roots,
         owner: method.as_ref().map(|method| method.owner.as_str()),
         shape,
+        cloned: &cloned,
     };
     let sibling_vis = method
         .as_ref()
@@ -87,6 +89,8 @@ struct Key<'a> {
     owner: Option<&'a str>,
     /// The return type's storage policy (used by `#[cached]`).
     shape: shape::Shape,
+    /// With `early_refresh`: the arguments each run gets clones of.
+    cloned: &'a [valid::Cloned],
 }
 
 /// Names of generated locals: mixed-site hygiene keeps them apart from user code.
@@ -392,41 +396,56 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             Some(fill_lock) => fill_lock.to_token_stream(),
             None => quote!(false),
         };
-        let fast = key.typed_fast_path(policy, &ty.to_token_stream(), stored_span);
         let (client, key_binding) = (key.client_binding(), key.key_binding());
         let site = key.site(&sig.ident);
-        let prelude = quote! {
-            #client
-            #site
-            #fast
-            #key_binding
-        };
-        let site = local("__CACHIFY_SITE");
-        let typed = local("__cachify_typed");
-        let none_ttl = match &key.args.none_ttl {
-            Some(none_ttl) => {
-                let none_ttl = duration(none_ttl);
-                quote!(::core::option::Option::Some(#none_ttl))
-            }
-            None => quote!(::core::option::Option::None),
-        };
-        let call = quote_spanned!(stored_span=>
-            ::cachify::__private::#runner::<#policy, #ty, _, _, _>(
-                #client_var,
-                #key_var,
-                &#site,
-                #typed,
-                ::cachify::__private::CacheCall { ttl: #ttl, none_ttl: #none_ttl, fill_lock: #fill_lock },
-                #body,
-                #unless_var
-            )
-        );
-        // Bound first: the body moves the arguments, and `unless` may read them.
-        let call = quote! {
-            let #unless_var = #unless;
-            #call #dot_await
-        };
-        (prelude, call)
+        if let Some(call) = entry_call(key, sig, block, &output, &ttl, &fill_lock, &unless) {
+            let prelude = quote! {
+                #client
+                #site
+                #key_binding
+            };
+            (prelude, call)
+        } else {
+            let fast = key.typed_fast_path(policy, &ty.to_token_stream(), stored_span);
+            let prelude = quote! {
+                #client
+                #site
+                #fast
+                #key_binding
+            };
+            let site = local("__CACHIFY_SITE");
+            let typed = local("__cachify_typed");
+            let none_ttl = match &key.args.none_ttl {
+                Some(none_ttl) => {
+                    let none_ttl = duration(none_ttl);
+                    quote!(::core::option::Option::Some(#none_ttl))
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            let call = quote_spanned!(stored_span=>
+                ::cachify::__private::#runner::<#policy, #ty, _, _, _>(
+                    #client_var,
+                    #key_var,
+                    &#site,
+                    #typed,
+                    ::cachify::__private::CacheCall {
+                        ttl: #ttl,
+                        none_ttl: #none_ttl,
+                        fill_lock: #fill_lock,
+                        stale_if_error: ::core::option::Option::None,
+                        early_refresh: false,
+                    },
+                    #body,
+                    #unless_var
+                )
+            );
+            // Bound first: the body moves the arguments, and `unless` may read them.
+            let call = quote! {
+                let #unless_var = #unless;
+                #call #dot_await
+            };
+            (prelude, call)
+        }
     } else {
         let (acquire, run) = if sig.asyncness.is_some() {
             (quote!(acquire), quote!(run_locked))
@@ -495,6 +514,123 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             #call
         }
     }
+}
+
+/// The cached call of a function with `stale_if_error` or `early_refresh`
+/// (`None` without them): its entries carry their metadata, so it takes no
+/// typed fast path. With `early_refresh`, the body becomes a closure that
+/// runs on clones of the arguments, once per fill and per background
+/// refresh.
+fn entry_call(
+    key: &Key,
+    sig: &syn::Signature,
+    block: &syn::Block,
+    output: &Output,
+    ttl: &TokenStream,
+    fill_lock: &TokenStream,
+    unless: &TokenStream,
+) -> Option<TokenStream> {
+    let refreshing = key
+        .args
+        .early_refresh
+        .as_ref()
+        .is_some_and(|literal| literal.value);
+    if key.args.stale_if_error.is_none() && !refreshing {
+        return None;
+    }
+    let client_var = local("__cachify_client");
+    let key_var = local("__cachify_key");
+    let site = local("__CACHIFY_SITE");
+    let unless_var = local("__cachify_unless");
+    let shape::Shape {
+        policy,
+        stored_span,
+        ..
+    } = &key.shape;
+    let stored_span = *stored_span;
+    let ty = &output.ty;
+    let optional = |value: Option<&Duration>| match value {
+        Some(value) => {
+            let value = duration(value);
+            quote!(::core::option::Option::Some(#value))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let none_ttl = optional(key.args.none_ttl.as_ref());
+    let stale_if_error = optional(key.args.stale_if_error.as_ref());
+    let call = quote! {
+        ::cachify::__private::CacheCall {
+            ttl: #ttl,
+            none_ttl: #none_ttl,
+            fill_lock: #fill_lock,
+            stale_if_error: #stale_if_error,
+            early_refresh: #refreshing,
+        }
+    };
+    let is_async = sig.asyncness.is_some();
+    let dot_await = sig.asyncness.map(|_| quote!(.await));
+    if !refreshing {
+        let runner = if is_async {
+            quote!(cached_entry)
+        } else {
+            quote!(cached_entry_blocking)
+        };
+        let body = output.body(sig, block);
+        let run = quote_spanned!(stored_span=>
+            ::cachify::__private::#runner::<#policy, #ty, _, _>(
+                #client_var, #key_var, &#site, #call, #body, #unless_var
+            )
+        );
+        return Some(quote! {
+            let #unless_var = #unless;
+            #run #dot_await
+        });
+    }
+    let clones: Vec<TokenStream> = key
+        .cloned
+        .iter()
+        .map(|cloned| {
+            let (mutability, ident) = (&cloned.mutability, &cloned.ident);
+            quote!(let #mutability #ident = ::core::clone::Clone::clone(&#ident);)
+        })
+        .collect();
+    // Spanned at each parameter's type: that is what must be `Clone + Send + 'static`.
+    let checks = key.cloned.iter().map(|cloned| {
+        let ident = &cloned.ident;
+        quote_spanned!(cloned.ty.span()=> ::cachify::__private::refresh_argument(&#ident);)
+    });
+    let make = local("__cachify_make");
+    let (runner, closure) = if is_async {
+        let body = output.body(sig, block);
+        (
+            quote!(cached_refreshing::<#policy, #ty, _, _, _>),
+            quote!(move || { #(#clones)* #body }),
+        )
+    } else {
+        let mut body = TokenStream::new();
+        block.brace_token.surround(&mut body, |body| {
+            body.append_all(&clones);
+            body.append_all(&block.stmts);
+        });
+        let closure = if output.nameable {
+            quote!(move || -> #ty #body)
+        } else {
+            quote!(move || #body)
+        };
+        (
+            quote!(cached_refreshing_blocking::<#policy, #ty, _, _>),
+            closure,
+        )
+    };
+    let run = quote_spanned!(stored_span=>
+        ::cachify::__private::#runner(#client_var, #key_var, &#site, #call, #make, #unless_var)
+    );
+    Some(quote! {
+        #(#checks)*
+        let #unless_var = #unless;
+        let #make = #closure;
+        #run #dot_await
+    })
 }
 
 fn duration(duration: &Duration) -> TokenStream {

@@ -194,9 +194,10 @@ where
     U: Fn(&P::Stored) -> bool,
 {
     let observed = Observed::start(client, &key, site);
-    let run = client
-        .core()
-        .cached_entry::<Async, P, R, F, U>(&key, &observed.tally, call, body, &unless);
+    let run =
+        client
+            .core()
+            .cached_entry::<Async, P, R, F, U>(&key, &observed.tally, call, body, &unless);
     let (output, outcome, _) = observed.run(run).await;
     observed.finish(outcome);
     output
@@ -218,9 +219,13 @@ where
 {
     let observed = Observed::start(client, &key, site);
     let body = async move { body() };
-    let run = client
-        .core()
-        .cached_entry::<Blocking, P, R, _, U>(&key, &observed.tally, call, body, &unless);
+    let run = client.core().cached_entry::<Blocking, P, R, _, U>(
+        &key,
+        &observed.tally,
+        call,
+        body,
+        &unless,
+    );
     let (output, outcome, _) = observed.drive(run);
     observed.finish(outcome);
     output
@@ -246,9 +251,10 @@ where
 {
     let observed = Observed::start(client, &key, site);
     let body = async { make().await };
-    let run = client
-        .core()
-        .cached_entry::<Async, P, R, _, U>(&key, &observed.tally, call, body, &unless);
+    let run =
+        client
+            .core()
+            .cached_entry::<Async, P, R, _, U>(&key, &observed.tally, call, body, &unless);
     let (output, outcome, refresh) = observed.run(run).await;
     observed.finish(outcome);
     if let Some(refresh) = refresh {
@@ -277,9 +283,13 @@ where
 {
     let observed = Observed::start(client, &key, site);
     let body = async { make() };
-    let run = client
-        .core()
-        .cached_entry::<Blocking, P, R, _, U>(&key, &observed.tally, call, body, &unless);
+    let run = client.core().cached_entry::<Blocking, P, R, _, U>(
+        &key,
+        &observed.tally,
+        call,
+        body,
+        &unless,
+    );
     let (output, outcome, refresh) = observed.drive(run);
     observed.finish(outcome);
     if let Some(refresh) = refresh {
@@ -289,6 +299,21 @@ where
     }
     output
 }
+
+/// What an argument of an `early_refresh` function must be: the
+/// background refresh runs the function on clones of the arguments, on
+/// another task or thread, after the call has returned.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be passed to an `early_refresh` function: its arguments must be `Clone + Send + 'static`",
+    note = "the background refresh runs the function again on clones of its arguments; pass owned values (`String` rather than `&str`, `Arc<T>` rather than `&T`)"
+)]
+pub trait RefreshArgument: Clone + Send + 'static {}
+
+impl<T: Clone + Send + 'static> RefreshArgument for T {}
+
+/// Checks one argument of an `early_refresh` function (see [`RefreshArgument`]).
+#[inline]
+pub fn refresh_argument<T: RefreshArgument>(_: &T) {}
 
 /// The span, counters and clock of one call over entries.
 struct Observed {

@@ -81,8 +81,9 @@ impl<T> Entry<T> {
     pub(crate) fn new(value: T, now: u64, fresh_for: Option<Duration>, took: Duration) -> Self {
         Self {
             marker: Marker,
-            fresh_until: fresh_for
-                .map_or(u64::MAX, |fresh_for| now.saturating_add(saturating_millis(fresh_for))),
+            fresh_until: fresh_for.map_or(u64::MAX, |fresh_for| {
+                now.saturating_add(saturating_millis(fresh_for))
+            }),
             took: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
             value,
         }
@@ -161,7 +162,11 @@ mod tests {
             };
             let plain = codec.encode(&plain).unwrap();
             assert!(codec.decode::<Entry<u32>>(&plain).is_err(), "{codec:?}");
-            assert!(codec.decode::<Entry<u32>>(&codec.encode(&7_u32).unwrap()).is_err());
+            assert!(
+                codec
+                    .decode::<Entry<u32>>(&codec.encode(&7_u32).unwrap())
+                    .is_err()
+            );
             // And an entry is no plain value for a function without the options.
             assert!(codec.decode::<u32>(&bytes).is_err(), "{codec:?}");
         }
@@ -169,7 +174,12 @@ mod tests {
 
     #[test]
     fn freshness_and_xfetch() {
-        let entry = Entry::new((), 10_000, Some(Duration::from_secs(1)), Duration::from_millis(100));
+        let entry = Entry::new(
+            (),
+            10_000,
+            Some(Duration::from_secs(1)),
+            Duration::from_millis(100),
+        );
         assert!(entry.fresh_at(10_999));
         assert!(!entry.fresh_at(11_000));
         // u = 1: ln(u) = 0, so only at expiry.

@@ -98,9 +98,11 @@ impl Core {
             .finish::<M, Entry<P::Stored>>(key, tally, lookup, &accept)
             .await
         {
-            let refresh = (call.early_refresh && entry.refresh_now(now_millis(), uniform()))
-                .then(|| Refresh {
-                    seen: entry.fresh_until(),
+            let refresh =
+                (call.early_refresh && entry.refresh_now(now_millis(), uniform())).then(|| {
+                    Refresh {
+                        seen: entry.fresh_until(),
+                    }
                 });
             return (P::restore(entry.value), CallOutcome::Hit, refresh);
         }
@@ -141,11 +143,11 @@ impl Core {
             }
         };
         // Boxed, as in `Core::cached`: hits don't move the miss path's state.
-        let output = match Box::pin(self.fetch::<M, Entry<P::Stored>, R, _, _>(fetch, compute)).await
-        {
-            Served::Cached(entry) => P::restore(entry.value),
-            Served::Ran(output) => output,
-        };
+        let output =
+            match Box::pin(self.fetch::<M, Entry<P::Stored>, R, _, _>(fetch, compute)).await {
+                Served::Cached(entry) => P::restore(entry.value),
+                Served::Ran(output) => output,
+            };
         if served_stale.load(Ordering::Relaxed) {
             outcome = CallOutcome::Stale;
             tally.stale();
