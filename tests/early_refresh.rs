@@ -1,0 +1,276 @@
+//! `#[cached(early_refresh = true)]`: under steady load a hot key is
+//! recomputed in the background before it expires, so after the first
+//! fill no call waits for the function, and it runs about once per TTL in
+//! total, not once per caller. On memory, a single Redis node and the
+//! cluster; async and sync; and with two clients on one Redis (two
+//! "processes").
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cachify::{Cachify, cached};
+
+/// How long the function takes.
+const WORK: Duration = Duration::from_millis(100);
+/// How long the load lasts; the TTL is one second.
+const LOAD: Duration = Duration::from_secs(5);
+/// Callers, each calling in a loop.
+const CALLERS: usize = 4;
+/// Each caller's pause between two calls.
+const PAUSE: Duration = Duration::from_millis(10);
+/// How many runs 5 s of load at a 1 s TTL may take: XFetch starts a
+/// refresh a little ahead of expiry (more under more load), so between
+/// once per TTL and twice; once per caller would be far more.
+const RUNS: std::ops::RangeInclusive<u32> = 3..=11;
+
+/// What the callers saw: the slowest call, and how many calls there were.
+#[derive(Default)]
+struct Seen {
+    slowest: Duration,
+    calls: u64,
+}
+
+impl Seen {
+    fn record(&mut self, took: Duration) {
+        self.slowest = self.slowest.max(took);
+        self.calls += 1;
+    }
+
+    /// No call waited for a run, and the function ran about once per TTL.
+    fn check(&self, runs: u32) {
+        assert!(self.calls > 100, "steady load: {} calls", self.calls);
+        assert!(
+            self.slowest < WORK / 2,
+            "a call waited for the function: {:?} (a run takes {WORK:?})",
+            self.slowest
+        );
+        assert!(
+            RUNS.contains(&runs),
+            "{runs} runs in {LOAD:?} at a 1 s TTL, outside {RUNS:?}"
+        );
+    }
+}
+
+/// Calls `call` from `CALLERS` tasks in a loop for `LOAD`.
+async fn load_async<F, Fut>(call: F) -> Seen
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let end = Instant::now() + LOAD;
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let (call, seen) = (call.clone(), Arc::clone(&seen));
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    let started = Instant::now();
+                    assert!(call(caller).await > 0);
+                    seen.lock().unwrap().record(started.elapsed());
+                    tokio::time::sleep(PAUSE).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::into_inner(seen).unwrap().into_inner().unwrap()
+}
+
+/// Calls `call` from `CALLERS` threads in a loop for `LOAD`.
+fn load_sync(call: fn(usize) -> u64) -> Seen {
+    let seen = Mutex::new(Seen::default());
+    let end = Instant::now() + LOAD;
+    std::thread::scope(|scope| {
+        for caller in 0..CALLERS {
+            let seen = &seen;
+            scope.spawn(move || {
+                while Instant::now() < end {
+                    let started = Instant::now();
+                    assert!(call(caller) > 0);
+                    seen.lock().unwrap().record(started.elapsed());
+                    std::thread::sleep(PAUSE);
+                }
+            });
+        }
+    });
+    seen.into_inner().unwrap()
+}
+
+macro_rules! refresh_suite {
+    () => {
+        use super::*;
+
+        static ASYNC_RUNS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("top-async", ttl = 1, early_refresh = true, client = client())]
+        async fn top_async() -> u64 {
+            ASYNC_RUNS.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(WORK).await;
+            1
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn async_hot_key_never_waits_and_runs_about_once_per_ttl() {
+            top_async().await;
+            let seen = load_async(|_| top_async()).await;
+            seen.check(ASYNC_RUNS.load(Ordering::SeqCst) - 1);
+        }
+
+        static SYNC_RUNS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("top-sync", ttl = 1, early_refresh = true, client = client())]
+        fn top_sync(region: String) -> u64 {
+            SYNC_RUNS.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(WORK);
+            region.len() as u64
+        }
+
+        #[test]
+        fn sync_hot_key_never_waits_and_runs_about_once_per_ttl() {
+            top_sync("eu".into());
+            let seen = load_sync(|_| top_sync("eu".into()));
+            seen.check(SYNC_RUNS.load(Ordering::SeqCst) - 1);
+        }
+    };
+}
+
+/// Two clients on one Redis, as two processes: one function, its calls
+/// spread over both.
+macro_rules! two_clients_suite {
+    () => {
+        use super::*;
+
+        fn pick(caller: usize) -> &'static Cachify {
+            if caller % 2 == 0 { client() } else { second() }
+        }
+
+        static SHARED_RUNS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("top-shared", ttl = 1, early_refresh = true, client = pick(caller))]
+        async fn top_shared(caller: usize) -> u64 {
+            SHARED_RUNS.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(WORK).await;
+            caller as u64 + 1
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn two_clients_run_it_about_once_per_ttl_in_total() {
+            top_shared(0).await;
+            let seen = load_async(top_shared).await;
+            seen.check(SHARED_RUNS.load(Ordering::SeqCst) - 1);
+        }
+
+        static SHARED_SYNC_RUNS: AtomicU32 = AtomicU32::new(0);
+
+        #[cached("top-shared-sync", ttl = 1, early_refresh = true, client = pick(caller))]
+        fn top_shared_sync(caller: usize) -> u64 {
+            SHARED_SYNC_RUNS.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(WORK);
+            caller as u64 + 1
+        }
+
+        #[test]
+        fn two_sync_clients_run_it_about_once_per_ttl_in_total() {
+            top_shared_sync(0);
+            let seen = load_sync(top_shared_sync);
+            seen.check(SHARED_SYNC_RUNS.load(Ordering::SeqCst) - 1);
+        }
+    };
+}
+
+mod memory {
+    use super::*;
+
+    fn client() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .memory()
+                .prefix("er:")
+                .build_blocking()
+                .unwrap()
+        })
+    }
+
+    mod suite {
+        use super::client;
+        refresh_suite!();
+    }
+}
+
+mod redis {
+    use super::*;
+
+    fn client() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .redis(support::shared_server().url())
+                .prefix("er:")
+                .build_blocking()
+                .unwrap()
+        })
+    }
+
+    fn second() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .redis(support::shared_server().url())
+                .prefix("er:")
+                .build_blocking()
+                .unwrap()
+        })
+    }
+
+    mod suite {
+        use super::client;
+        refresh_suite!();
+    }
+
+    mod two_clients {
+        use super::{client, second};
+        two_clients_suite!();
+    }
+}
+
+mod cluster {
+    use super::*;
+
+    fn client() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .redis_cluster(support::cluster::shared_cluster().seeds())
+                .prefix("er:")
+                .build_blocking()
+                .unwrap()
+        })
+    }
+
+    fn second() -> &'static Cachify {
+        static CLIENT: std::sync::OnceLock<Cachify> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(|| {
+            Cachify::builder()
+                .redis_cluster(support::cluster::shared_cluster().seeds())
+                .prefix("er:")
+                .build_blocking()
+                .unwrap()
+        })
+    }
+
+    mod suite {
+        use super::client;
+        refresh_suite!();
+    }
+
+    mod two_clients {
+        use super::{client, second};
+        two_clients_suite!();
+    }
+}
