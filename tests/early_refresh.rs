@@ -26,6 +26,41 @@ const PAUSE: Duration = Duration::from_millis(10);
 /// once per TTL and twice; once per caller would be far more.
 const RUNS: std::ops::RangeInclusive<u32> = 3..=11;
 
+/// The runs of one function: how many, how many at once now, and how
+/// many began while another was under way.
+struct Runs {
+    total: AtomicU32,
+    running: AtomicU32,
+    overlapping: AtomicU32,
+}
+
+impl Runs {
+    const fn new() -> Self {
+        Self {
+            total: AtomicU32::new(0),
+            running: AtomicU32::new(0),
+            overlapping: AtomicU32::new(0),
+        }
+    }
+
+    /// Counts a run until the guard drops.
+    fn start(&'static self) -> Running {
+        self.total.fetch_add(1, Ordering::SeqCst);
+        if self.running.fetch_add(1, Ordering::SeqCst) > 0 {
+            self.overlapping.fetch_add(1, Ordering::SeqCst);
+        }
+        Running(self)
+    }
+}
+
+struct Running(&'static Runs);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What the callers saw: the slowest call, and how many calls there were.
 #[derive(Default)]
 struct Seen {
@@ -39,8 +74,12 @@ impl Seen {
         self.calls += 1;
     }
 
-    /// No call waited for a run, and the function ran about once per TTL.
-    fn check(&self, runs: u32) {
+    /// No call waited for a run, the function ran about once per TTL, and
+    /// never twice at once. `before`: runs before the load.
+    fn check(&self, runs: &Runs, before: u32) {
+        let overlapping = runs.overlapping.load(Ordering::SeqCst);
+        assert_eq!(overlapping, 0, "runs that overlapped another");
+        let runs = runs.total.load(Ordering::SeqCst) - before;
         assert!(self.calls > 100, "steady load: {} calls", self.calls);
         assert!(
             self.slowest < WORK / 2,
@@ -105,11 +144,11 @@ macro_rules! refresh_suite {
     () => {
         use super::*;
 
-        static ASYNC_RUNS: AtomicU32 = AtomicU32::new(0);
+        static ASYNC_RUNS: Runs = Runs::new();
 
         #[cached("top-async", ttl = 1, early_refresh = true, client = client())]
         async fn top_async() -> u64 {
-            ASYNC_RUNS.fetch_add(1, Ordering::SeqCst);
+            let _run = ASYNC_RUNS.start();
             tokio::time::sleep(WORK).await;
             1
         }
@@ -118,14 +157,14 @@ macro_rules! refresh_suite {
         async fn async_hot_key_never_waits_and_runs_about_once_per_ttl() {
             top_async().await;
             let seen = load_async(|_| top_async()).await;
-            seen.check(ASYNC_RUNS.load(Ordering::SeqCst) - 1);
+            seen.check(&ASYNC_RUNS, 1);
         }
 
-        static SYNC_RUNS: AtomicU32 = AtomicU32::new(0);
+        static SYNC_RUNS: Runs = Runs::new();
 
         #[cached("top-sync", ttl = 1, early_refresh = true, client = client())]
         fn top_sync(region: String) -> u64 {
-            SYNC_RUNS.fetch_add(1, Ordering::SeqCst);
+            let _run = SYNC_RUNS.start();
             std::thread::sleep(WORK);
             region.len() as u64
         }
@@ -134,7 +173,7 @@ macro_rules! refresh_suite {
         fn sync_hot_key_never_waits_and_runs_about_once_per_ttl() {
             top_sync("eu".into());
             let seen = load_sync(|_| top_sync("eu".into()));
-            seen.check(SYNC_RUNS.load(Ordering::SeqCst) - 1);
+            seen.check(&SYNC_RUNS, 1);
         }
     };
 }
@@ -149,11 +188,11 @@ macro_rules! two_clients_suite {
             if caller % 2 == 0 { client() } else { second() }
         }
 
-        static SHARED_RUNS: AtomicU32 = AtomicU32::new(0);
+        static SHARED_RUNS: Runs = Runs::new();
 
         #[cached("top-shared", ttl = 1, early_refresh = true, client = pick(caller))]
         async fn top_shared(caller: usize) -> u64 {
-            SHARED_RUNS.fetch_add(1, Ordering::SeqCst);
+            let _run = SHARED_RUNS.start();
             tokio::time::sleep(WORK).await;
             caller as u64 + 1
         }
@@ -164,14 +203,14 @@ macro_rules! two_clients_suite {
             top_shared(0).await;
             top_shared(1).await;
             let seen = load_async(top_shared).await;
-            seen.check(SHARED_RUNS.load(Ordering::SeqCst) - 1);
+            seen.check(&SHARED_RUNS, 1);
         }
 
-        static SHARED_SYNC_RUNS: AtomicU32 = AtomicU32::new(0);
+        static SHARED_SYNC_RUNS: Runs = Runs::new();
 
         #[cached("top-shared-sync", ttl = 1, early_refresh = true, client = pick(caller))]
         fn top_shared_sync(caller: usize) -> u64 {
-            SHARED_SYNC_RUNS.fetch_add(1, Ordering::SeqCst);
+            let _run = SHARED_SYNC_RUNS.start();
             std::thread::sleep(WORK);
             caller as u64 + 1
         }
@@ -181,7 +220,7 @@ macro_rules! two_clients_suite {
             top_shared_sync(0);
             top_shared_sync(1);
             let seen = load_sync(top_shared_sync);
-            seen.check(SHARED_SYNC_RUNS.load(Ordering::SeqCst) - 1);
+            seen.check(&SHARED_SYNC_RUNS, 1);
         }
     };
 }
