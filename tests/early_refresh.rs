@@ -17,6 +17,9 @@ use cachify::{Cachify, cached};
 const WORK: Duration = Duration::from_millis(100);
 /// How long the load lasts; the TTL is one second.
 const LOAD: Duration = Duration::from_secs(5);
+/// Load within the first TTL after the fill: refreshes start, and the
+/// value is still fresh.
+const FRESH_LOAD: Duration = Duration::from_millis(850);
 /// Callers, each calling in a loop.
 const CALLERS: usize = 4;
 /// Each caller's pause between two calls.
@@ -216,6 +219,72 @@ macro_rules! refresh_suite {
             let seen = load_sync(|_| top_sync("eu".into()));
             let counted = Counted::of(&[client()], "top-sync").since(before);
             seen.check(&SYNC_RUNS, 1, counted);
+        }
+
+        static FAILING_RUNS: Runs = Runs::new();
+
+        /// Succeeds the first time only.
+        #[cached("top-failing", ttl = 1, early_refresh = true, client = client())]
+        async fn top_failing() -> Result<u64, String> {
+            let _run = FAILING_RUNS.start();
+            tokio::time::sleep(WORK).await;
+            match FAILING_RUNS.total.load(Ordering::SeqCst) {
+                1 => Ok(7),
+                _ => Err("down".into()),
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn async_failed_refreshes_keep_the_current_value() {
+            assert_eq!(top_failing().await, Ok(7));
+            let end = Instant::now() + FRESH_LOAD;
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        while Instant::now() < end {
+                            assert_eq!(top_failing().await, Ok(7));
+                            tokio::time::sleep(PAUSE).await;
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await.unwrap();
+            }
+            assert!(
+                FAILING_RUNS.total.load(Ordering::SeqCst) > 1,
+                "a refresh was tried"
+            );
+        }
+
+        static FAILING_SYNC_RUNS: Runs = Runs::new();
+
+        /// Succeeds the first time only.
+        #[cached("top-failing-sync", ttl = 1, early_refresh = true, client = client())]
+        fn top_failing_sync() -> Option<u64> {
+            let _run = FAILING_SYNC_RUNS.start();
+            std::thread::sleep(WORK);
+            (FAILING_SYNC_RUNS.total.load(Ordering::SeqCst) == 1).then_some(7)
+        }
+
+        #[test]
+        fn sync_failed_refreshes_keep_the_current_value() {
+            assert_eq!(top_failing_sync(), Some(7));
+            let end = Instant::now() + FRESH_LOAD;
+            std::thread::scope(|scope| {
+                for _ in 0..CALLERS {
+                    scope.spawn(move || {
+                        while Instant::now() < end {
+                            assert_eq!(top_failing_sync(), Some(7));
+                            std::thread::sleep(PAUSE);
+                        }
+                    });
+                }
+            });
+            assert!(
+                FAILING_SYNC_RUNS.total.load(Ordering::SeqCst) > 1,
+                "a refresh was tried"
+            );
         }
     };
 }

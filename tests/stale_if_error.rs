@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use cachify::{CallKind, Cachify, cached};
+use cachify::{Cachify, CallKind, cached};
 
 #[derive(Debug, PartialEq)]
 pub struct AppError;

@@ -586,19 +586,18 @@ fn entry_call(
             #run #dot_await
         });
     }
+    // Spanned at each parameter's type: that is what must be
+    // `Clone + Send + 'static`, and where the error says so.
     let clones: Vec<TokenStream> = key
         .cloned
         .iter()
         .map(|cloned| {
             let (mutability, ident) = (&cloned.mutability, &cloned.ident);
-            quote!(let #mutability #ident = ::core::clone::Clone::clone(&#ident);)
+            quote_spanned!(cloned.ty.span()=>
+                let #mutability #ident = ::cachify::__private::refresh_clone(&#ident);
+            )
         })
         .collect();
-    // Spanned at each parameter's type: that is what must be `Clone + Send + 'static`.
-    let checks = key.cloned.iter().map(|cloned| {
-        let ident = &cloned.ident;
-        quote_spanned!(cloned.ty.span()=> ::cachify::__private::refresh_argument(&#ident);)
-    });
     let make = local("__cachify_make");
     let (runner, closure) = if is_async {
         let body = output.body(sig, block);
@@ -626,7 +625,6 @@ fn entry_call(
         ::cachify::__private::#runner(#client_var, #key_var, &#site, #call, #make, #unless_var)
     );
     Some(quote! {
-        #(#checks)*
         let #unless_var = #unless;
         let #make = #closure;
         #run #dot_await

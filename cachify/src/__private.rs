@@ -311,9 +311,12 @@ pub trait RefreshArgument: Clone + Send + 'static {}
 
 impl<T: Clone + Send + 'static> RefreshArgument for T {}
 
-/// Checks one argument of an `early_refresh` function (see [`RefreshArgument`]).
+/// A clone of one argument of an `early_refresh` function, for one run
+/// (see [`RefreshArgument`]).
 #[inline]
-pub fn refresh_argument<T: RefreshArgument>(_: &T) {}
+pub fn refresh_clone<T: RefreshArgument>(argument: &T) -> T {
+    argument.clone()
+}
 
 /// The span, counters and clock of one call over entries.
 struct Observed {
