@@ -5,12 +5,16 @@
 //! | `#[cached]` entry | `{prefix}cache:{rendered}` | `cachify:cache:user-42` |
 //! | `#[once]` lock | `{prefix}once:{rendered}` | `cachify:once:update-7` |
 //! | `#[lock]`, [`crate::lock()`] | `{prefix}lock:{name}` | `cachify:lock:nightly` |
-//! | fill lock of `#[cached(lock = true)]` | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
+//! | fill lock of `#[cached(lock = true)]`, and of `early_refresh`'s background refresh | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
 //! | fencing counter of a lock | `{prefix}fence:{` + lock key + `}` | `cachify:fence:{cachify:lock:nightly}` |
 //! | HTTP response | `{prefix}http:{namespace}:{request}` | `cachify:http:users:GET:/users?a=1` |
 //!
 //! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`)
 //! differs from the others, so kinds never share a key.
+//!
+//! A `#[cached]` entry of a function with `stale_if_error` or
+//! `early_refresh` holds its value in an envelope with its metadata (see
+//! `entry.rs`), under the same key.
 //!
 //! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
 //! lock and its fencing counter. The counter's key wraps the whole lock key
