@@ -396,56 +396,53 @@ fn wrap(key: &Key, function: &ItemFn) -> TokenStream {
             Some(fill_lock) => fill_lock.to_token_stream(),
             None => quote!(false),
         };
+        // With `stale_if_error` or `early_refresh`, entries carry metadata:
+        // their own call, and no typed fast path.
+        let entry = entry_call(key, sig, block, &output, &ttl, &fill_lock, &unless);
+        let fast = match entry {
+            Some(_) => TokenStream::new(),
+            None => key.typed_fast_path(policy, &ty.to_token_stream(), stored_span),
+        };
         let (client, key_binding) = (key.client_binding(), key.key_binding());
         let site = key.site(&sig.ident);
-        if let Some(call) = entry_call(key, sig, block, &output, &ttl, &fill_lock, &unless) {
-            let prelude = quote! {
-                #client
-                #site
-                #key_binding
-            };
-            (prelude, call)
-        } else {
-            let fast = key.typed_fast_path(policy, &ty.to_token_stream(), stored_span);
-            let prelude = quote! {
-                #client
-                #site
-                #fast
-                #key_binding
-            };
-            let site = local("__CACHIFY_SITE");
-            let typed = local("__cachify_typed");
-            let none_ttl = match &key.args.none_ttl {
-                Some(none_ttl) => {
-                    let none_ttl = duration(none_ttl);
-                    quote!(::core::option::Option::Some(#none_ttl))
-                }
-                None => quote!(::core::option::Option::None),
-            };
-            let call = quote_spanned!(stored_span=>
-                ::cachify::__private::#runner::<#policy, #ty, _, _, _>(
-                    #client_var,
-                    #key_var,
-                    &#site,
-                    #typed,
-                    ::cachify::__private::CacheCall {
-                        ttl: #ttl,
-                        none_ttl: #none_ttl,
-                        fill_lock: #fill_lock,
-                        stale_if_error: ::core::option::Option::None,
-                        early_refresh: false,
-                    },
-                    #body,
-                    #unless_var
-                )
-            );
-            // Bound first: the body moves the arguments, and `unless` may read them.
-            let call = quote! {
-                let #unless_var = #unless;
-                #call #dot_await
-            };
-            (prelude, call)
-        }
+        let prelude = quote! {
+            #client
+            #site
+            #fast
+            #key_binding
+        };
+        let site = local("__CACHIFY_SITE");
+        let typed = local("__cachify_typed");
+        let none_ttl = match &key.args.none_ttl {
+            Some(none_ttl) => {
+                let none_ttl = duration(none_ttl);
+                quote!(::core::option::Option::Some(#none_ttl))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let call = quote_spanned!(stored_span=>
+            ::cachify::__private::#runner::<#policy, #ty, _, _, _>(
+                #client_var,
+                #key_var,
+                &#site,
+                #typed,
+                ::cachify::__private::CacheCall {
+                    ttl: #ttl,
+                    none_ttl: #none_ttl,
+                    fill_lock: #fill_lock,
+                    stale_if_error: ::core::option::Option::None,
+                    early_refresh: false,
+                },
+                #body,
+                #unless_var
+            )
+        );
+        // Bound first: the body moves the arguments, and `unless` may read them.
+        let call = quote! {
+            let #unless_var = #unless;
+            #call #dot_await
+        };
+        (prelude, entry.unwrap_or(call))
     } else {
         let (acquire, run) = if sig.asyncness.is_some() {
             (quote!(acquire), quote!(run_locked))
