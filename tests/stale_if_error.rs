@@ -54,7 +54,9 @@ macro_rules! stale_suite {
             let runs = || RATE_RUNS.load(Ordering::SeqCst);
             assert_eq!(rate(1).await, Ok(11));
             RATE_FAILS.store(true, Ordering::SeqCst);
-            assert_eq!(rate(1).await, Ok(11), "fresh: a hit");
+            // Spawned: the call's future is `Send`.
+            let spawned = tokio::spawn(rate(1)).await.unwrap();
+            assert_eq!(spawned, Ok(11), "fresh: a hit");
             assert_eq!(runs(), 1);
             assert_eq!(stale_of(client(), "rate-{id}"), 0);
 
