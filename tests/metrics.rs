@@ -234,3 +234,26 @@ async fn errors_and_bypasses_are_counted() {
     );
     assert_eq!(samples("cached", "met-breaker-{id}", "bypass"), 1);
 }
+
+static STALE_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cached("met-stale-{id}", ttl = Duration::from_millis(200), stale_if_error = 60, client = client)]
+fn stale_user(client: &Cachify, id: u64) -> Option<u64> {
+    let _ = client;
+    (!STALE_FAILS.load(std::sync::atomic::Ordering::SeqCst)).then_some(id)
+}
+
+#[test]
+fn stale_answers_are_counted() {
+    snapshotter();
+    let client = memory("met-stale:");
+    assert_eq!(stale_user(&client, 5), Some(5));
+    STALE_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stale_user(&client, 5), Some(5));
+    assert_eq!(
+        counter("cachify_stale_total", "cached", "met-stale-{id}"),
+        1
+    );
+    assert_eq!(samples("cached", "met-stale-{id}", "stale"), 1);
+}

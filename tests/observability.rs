@@ -3,7 +3,7 @@
 //!
 //! - every `#[cached]` call runs in a TRACE span `cachify.call` with its
 //!   kind, template, function, rendered key and outcome (hit, miss, near,
-//!   bypass), typed hits included;
+//!   bypass, stale), typed hits included;
 //! - lock acquisition, contention, loss and release are DEBUG events, and
 //!   so are a pool slot's (acquired, full, lost, released);
 //! - `stats_by_template()` counts per (kind, template) for cached, once,
@@ -698,4 +698,32 @@ async fn pools_log_acquired_full_lost_and_released() {
         [debug("acquired"), debug("lost")],
         "found lost by the watchdog, reported once"
     );
+}
+
+// ============================================================ stale values
+
+static STALE_FAILS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cached("obs-stale-{id}", ttl = Duration::from_millis(200), stale_if_error = 60, client = client)]
+async fn stale_user(client: &Cachify, id: u64) -> Result<u64, String> {
+    let _ = client;
+    if STALE_FAILS.load(std::sync::atomic::Ordering::SeqCst) {
+        Err("down".into())
+    } else {
+        Ok(id)
+    }
+}
+
+#[tokio::test]
+async fn a_stale_answer_has_the_outcome_stale_and_is_counted() {
+    let _deadline = Deadline::new(TEST_LIMIT, "stale spans");
+    capture();
+    let client = memory();
+    assert_eq!(stale_user(&client, 3).await, Ok(3));
+    STALE_FAILS.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stale_user(&client, 3).await, Ok(3));
+    assert_eq!(outcomes("obs-stale-{id}"), ["miss", "stale"]);
+    assert_eq!(row(&client, CallKind::Cached, "obs-stale-{id}").stale, 1);
+    assert_eq!(client.stats().stale, 1);
 }

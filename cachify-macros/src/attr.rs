@@ -3,7 +3,8 @@
 use proc_macro2::{Literal, Span, TokenStream};
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
-use syn::{Expr, Ident, Lit, LitStr, Token};
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, Lit, LitBool, LitStr, Token};
 
 /// Which of the four macros is being expanded.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -31,7 +32,15 @@ impl Kind {
     fn options(self) -> &'static [&'static str] {
         match self {
             Kind::Cached => &[
-                "ttl", "none_ttl", "unless", "lock", "client", "tags", "codec",
+                "ttl",
+                "none_ttl",
+                "unless",
+                "lock",
+                "client",
+                "tags",
+                "codec",
+                "stale_if_error",
+                "early_refresh",
             ],
             Kind::Once => &["ttl", "return_on_locked", "client"],
             Kind::Lock => &["ttl", "wait", "return_on_locked", "client"],
@@ -70,6 +79,11 @@ pub(crate) struct Args {
     pub(crate) max_size: Option<Expr>,
     /// `return_on_full` on `#[pooled]`.
     pub(crate) return_on_full: Option<Expr>,
+    /// `stale_if_error` on `#[cached]`: how long after its TTL a value
+    /// still answers when the function fails.
+    pub(crate) stale_if_error: Option<Duration>,
+    /// `early_refresh = true` on `#[cached]` (the literal, for its span).
+    pub(crate) early_refresh: Option<LitBool>,
 }
 
 impl Args {
@@ -104,6 +118,8 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
         codec: None,
         max_size: None,
         return_on_full: None,
+        stale_if_error: None,
+        early_refresh: None,
     };
     while !input.is_empty() {
         input.parse::<Token![,]>()?;
@@ -163,6 +179,18 @@ fn parse_args(kind: Kind, input: ParseStream) -> syn::Result<Args> {
             "codec" => set_once(&mut args.codec, value, duplicate)?,
             "max_size" => set_once(&mut args.max_size, value, duplicate)?,
             "return_on_full" => set_once(&mut args.return_on_full, value, duplicate)?,
+            "stale_if_error" => {
+                if args.stale_if_error.is_some() {
+                    return Err(duplicate());
+                }
+                args.stale_if_error = Some(stale_if_error(value)?);
+            }
+            "early_refresh" => {
+                if args.early_refresh.is_some() {
+                    return Err(duplicate());
+                }
+                args.early_refresh = Some(bool_literal(value, &option)?);
+            }
             _ => set_once(&mut args.client, value, duplicate)?,
         }
     }
@@ -198,7 +226,7 @@ fn check_option(kind: Kind, name: &Ident, option: &str) -> syn::Result<()> {
         "wait" => format!(
             "option `wait` is not valid for `#[{macro_name}]` (only `#[lock]` and `#[pooled]` wait); valid options are: {list}"
         ),
-        "unless" | "none_ttl" | "codec" => format!(
+        "unless" | "none_ttl" | "codec" | "stale_if_error" | "early_refresh" => format!(
             "option `{option}` is not valid for `#[{macro_name}]` (only `#[cached]` takes it); valid options are: {list}"
         ),
         "tags" => format!(
@@ -330,4 +358,37 @@ fn tags(value: Expr) -> syn::Result<Vec<LitStr>> {
             }
         })
         .collect()
+}
+
+/// `stale_if_error`: a duration like `ttl`, never zero (omitting it is how
+/// to say none).
+fn stale_if_error(value: Expr) -> syn::Result<Duration> {
+    let parsed = duration(value, None)?;
+    if let Duration::Secs(seconds) = &parsed
+        && seconds.to_string() == "0"
+    {
+        return Err(syn::Error::new(
+            seconds.span(),
+            "stale_if_error must be at least 1 second; omit it to never serve stale values",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// An option that changes the generated code: a `true` or `false` literal.
+fn bool_literal(value: Expr, option: &str) -> syn::Result<LitBool> {
+    let mut inner = &value;
+    while let Expr::Group(group) = inner {
+        inner = &group.expr;
+    }
+    match inner {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Bool(literal),
+            ..
+        }) => Ok(literal.clone()),
+        _ => Err(syn::Error::new(
+            value.span(),
+            format!("`{option}` takes `true` or `false`, written as a literal"),
+        )),
+    }
 }

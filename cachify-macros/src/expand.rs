@@ -134,6 +134,8 @@ struct Key<'a> {
     shape: shape::Shape,
     /// `tags = [..]` of `#[cached]`.
     tags: Vec<TagTemplate>,
+    /// With `early_refresh`: the arguments each run gets clones of.
+    cloned: Vec<valid::Cloned>,
 }
 
 /// Names of generated locals: mixed-site hygiene keeps them apart from user code.
@@ -158,6 +160,7 @@ impl<'a> Key<'a> {
         valid::max_size(kind, &args)?;
         let shape = shape::of(&sig.output);
         valid::none_ttl(&args, sig, shape.optional)?;
+        let cloned = valid::refresh_arguments(&args, sig)?;
         Ok(Key {
             kind,
             args,
@@ -166,6 +169,7 @@ impl<'a> Key<'a> {
             owner,
             shape,
             tags,
+            cloned,
         })
     }
 
@@ -514,20 +518,6 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
             Some(fill_lock) => fill_lock.to_token_stream(),
             None => quote!(false),
         };
-        let fast = key.typed_fast_path(policy, &ty.to_token_stream(), stored_span);
-        let (client, key_binding) = (key.client_binding(), key.key_binding());
-        let site = key.site(&sig.ident);
-        let tags_binding = key.tags_binding();
-        let prelude = quote! {
-            #client
-            #site
-            #fast
-            #key_binding
-            #tags_binding
-        };
-        let site = local("__CACHIFY_SITE");
-        let typed = local("__cachify_typed");
-        let tags_var = local("__cachify_tags");
         let none_ttl = match &key.args.none_ttl {
             Some(none_ttl) => {
                 let none_ttl = duration(none_ttl);
@@ -555,6 +545,34 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
             }
             None => quote!(::core::option::Option::None),
         };
+        // With `stale_if_error` or `early_refresh`, entries carry metadata:
+        // their own call, and no typed fast path.
+        // The fields every `#[cached]` call has.
+        let tags_var = local("__cachify_tags");
+        let fields = quote! {
+            ttl: #ttl,
+            none_ttl: #none_ttl,
+            fill_lock: #fill_lock,
+            codec: #codec,
+            tags: #tags_var,
+        };
+        let entry = entry_call(key, sig, block, &output, &fields, &unless);
+        let fast = match entry {
+            Some(_) => TokenStream::new(),
+            None => key.typed_fast_path(policy, &ty.to_token_stream(), stored_span),
+        };
+        let (client, key_binding) = (key.client_binding(), key.key_binding());
+        let site = key.site(&sig.ident);
+        let tags_binding = key.tags_binding();
+        let prelude = quote! {
+            #client
+            #site
+            #fast
+            #key_binding
+            #tags_binding
+        };
+        let site = local("__CACHIFY_SITE");
+        let typed = local("__cachify_typed");
         let call = quote_spanned!(stored_span=>
             ::cachify::__private::#runner::<#policy, #ty, _, _, _>(
                 #client_var,
@@ -562,11 +580,9 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
                 &#site,
                 #typed,
                 ::cachify::__private::CacheCall {
-                    ttl: #ttl,
-                    none_ttl: #none_ttl,
-                    fill_lock: #fill_lock,
-                    codec: #codec,
-                    tags: #tags_var,
+                    #fields
+                    stale_if_error: ::core::option::Option::None,
+                    early_refresh: false,
                 },
                 #body,
                 #unless_var
@@ -577,7 +593,7 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
             let #unless_var = #unless;
             #call #dot_await
         };
-        (prelude, call)
+        (prelude, entry.unwrap_or(call))
     } else {
         let (acquire, run) = match (key.kind, sig.asyncness.is_some()) {
             (Kind::Pooled, true) => (quote!(pool_acquire), quote!(run_pooled)),
@@ -658,6 +674,117 @@ fn wrap(key: &Key, function: &ItemFn) -> syn::Result<ItemFn> {
         vis: vis.clone(),
         sig: sig.clone(),
         block: Box::new(block),
+    })
+}
+
+/// The cached call of a function with `stale_if_error` or `early_refresh`
+/// (`None` without them): its entries carry their metadata, so it takes no
+/// typed fast path. With `early_refresh`, the body becomes a closure that
+/// runs on clones of the arguments, once per fill and per background
+/// refresh.
+fn entry_call(
+    key: &Key,
+    sig: &syn::Signature,
+    block: &syn::Block,
+    output: &Output,
+    fields: &TokenStream,
+    unless: &TokenStream,
+) -> Option<TokenStream> {
+    let refreshing = key
+        .args
+        .early_refresh
+        .as_ref()
+        .is_some_and(|literal| literal.value);
+    if key.args.stale_if_error.is_none() && !refreshing {
+        return None;
+    }
+    let client_var = local("__cachify_client");
+    let key_var = local("__cachify_key");
+    let site = local("__CACHIFY_SITE");
+    let unless_var = local("__cachify_unless");
+    let shape::Shape {
+        policy,
+        stored_span,
+        ..
+    } = &key.shape;
+    let stored_span = *stored_span;
+    let ty = &output.ty;
+    let optional = |value: Option<&Duration>| match value {
+        Some(value) => {
+            let value = duration(value);
+            quote!(::core::option::Option::Some(#value))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let stale_if_error = optional(key.args.stale_if_error.as_ref());
+    let call = quote! {
+        ::cachify::__private::CacheCall {
+            #fields
+            stale_if_error: #stale_if_error,
+            early_refresh: #refreshing,
+        }
+    };
+    let is_async = sig.asyncness.is_some();
+    let dot_await = sig.asyncness.map(|_| quote!(.await));
+    if !refreshing {
+        let runner = if is_async {
+            quote!(cached_entry)
+        } else {
+            quote!(cached_entry_blocking)
+        };
+        let body = output.body(sig, block);
+        let run = quote_spanned!(stored_span=>
+            ::cachify::__private::#runner::<#policy, #ty, _, _>(
+                #client_var, #key_var, &#site, #call, #body, #unless_var
+            )
+        );
+        return Some(quote! {
+            let #unless_var = #unless;
+            #run #dot_await
+        });
+    }
+    // Spanned at each parameter's type: that is what must be
+    // `Clone + Send + 'static`, and where the error says so.
+    let clones: Vec<TokenStream> = key
+        .cloned
+        .iter()
+        .map(|cloned| {
+            let (mutability, ident) = (&cloned.mutability, &cloned.ident);
+            quote_spanned!(cloned.ty.span()=>
+                let #mutability #ident = ::cachify::__private::refresh_clone(&#ident);
+            )
+        })
+        .collect();
+    let make = local("__cachify_make");
+    let (runner, closure) = if is_async {
+        let body = output.body(sig, block);
+        (
+            quote!(cached_refreshing::<#policy, #ty, _, _, _>),
+            quote!(move || { #(#clones)* #body }),
+        )
+    } else {
+        let mut body = TokenStream::new();
+        block.brace_token.surround(&mut body, |body| {
+            body.append_all(&clones);
+            body.append_all(&block.stmts);
+        });
+        let closure = if output.nameable {
+            quote!(move || -> #ty #body)
+        } else {
+            quote!(move || #body)
+        };
+        (
+            quote!(cached_refreshing_blocking::<#policy, #ty, _, _>),
+            closure,
+        )
+    };
+    let run = quote_spanned!(stored_span=>
+        ::cachify::__private::#runner(#client_var, #key_var, &#site, #call, #make, #unless_var)
+    );
+    Some(quote! {
+        let #unless_var = #unless;
+        let #make = #closure;
+        #run #dot_await
     })
 }
 

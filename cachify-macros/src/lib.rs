@@ -114,6 +114,31 @@ use crate::attr::Kind;
 ///   client's codec. In-process values (the memory backend, the near
 ///   cache's copies) are not encoded, so there it only changes the bytes
 ///   in Redis.
+/// - `stale_if_error = 3600`: keep the value this much longer than its TTL
+///   (seconds, at least 1, or a `Duration`). After the TTL a caller
+///   recomputes; if the body returns what is not stored (an `Err`, or a
+///   `None` without `none_ttl`), that caller gets the stale value instead,
+///   with a warning and the `stale` counter. A successful output always
+///   answers, and replaces the value.
+/// - `early_refresh = true` (a literal): a hit shortly before expiry starts
+///   one recomputation in the background (XFetch: the closer to expiry, and
+///   the slower the body was, the likelier), once across processes, while
+///   every caller keeps getting the cached value at once. The body then
+///   runs on clones of the arguments, so they must be
+///   `Clone + Send + 'static` (and an async body's future `Send`); methods
+///   taking `self` are refused.
+///
+/// ```
+/// use cachify::cached;
+///
+/// #[cached("top-{region}", ttl = 60, early_refresh = true, stale_if_error = 600)]
+/// fn top_products(region: String) -> Result<Vec<String>, String> {
+///     Ok(vec![format!("best seller in {region}")])
+/// }
+///
+/// assert_eq!(top_products("eu".into()).unwrap().len(), 1);
+/// assert_eq!(top_products("eu".into()).unwrap().len(), 1); // a hit
+/// ```
 ///
 /// With Redis, every process that shares it shares the entries. Here a
 /// `Duration` TTL and `lock = true`, so a miss runs the body once across

@@ -359,3 +359,53 @@ pub(crate) fn bindings(pat: &Pat) -> Vec<Ident> {
     found.visit_pat(pat);
     found.0
 }
+
+/// One binding of a parameter, as `early_refresh` clones it.
+pub(crate) struct Cloned {
+    pub(crate) mutability: Option<syn::Token![mut]>,
+    pub(crate) ident: Ident,
+    /// The parameter's type, where an argument that cannot be cloned into
+    /// a background refresh is reported.
+    pub(crate) ty: Type,
+}
+
+/// With `early_refresh`: the bindings the background refresh clones. A
+/// method taking `self` is refused: the refresh would need an owned copy
+/// of the receiver.
+pub(crate) fn refresh_arguments(args: &Args, sig: &Signature) -> syn::Result<Vec<Cloned>> {
+    if !args
+        .early_refresh
+        .as_ref()
+        .is_some_and(|literal| literal.value)
+    {
+        return Ok(Vec::new());
+    }
+    let mut cloned = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => {
+                return Err(syn::Error::new(
+                    receiver.self_token.span,
+                    "`early_refresh` cannot be used on a method taking `self`: the background refresh \
+                     needs owned copies of the arguments; cache a free function that takes what it \
+                     needs (`Clone + Send + 'static` values)",
+                ));
+            }
+            FnArg::Typed(typed) => {
+                struct Collect<'a>(&'a mut Vec<Cloned>, &'a Type);
+                impl Visit<'_> for Collect<'_> {
+                    fn visit_pat_ident(&mut self, binding: &syn::PatIdent) {
+                        self.0.push(Cloned {
+                            mutability: binding.mutability,
+                            ident: binding.ident.clone(),
+                            ty: self.1.clone(),
+                        });
+                        visit::visit_pat_ident(self, binding);
+                    }
+                }
+                Collect(&mut cloned, &typed.ty).visit_pat(&typed.pat);
+            }
+        }
+    }
+    Ok(cloned)
+}

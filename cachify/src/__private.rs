@@ -14,6 +14,7 @@ use crate::client::Cachify;
 use crate::error::Error;
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{self, CallOutcome, Clock};
+use crate::site::TallyRef;
 
 pub use crate::cache::{CacheCall, Ttl};
 pub use crate::keyspace::{KeyKind, KeyTemplate, Piece};
@@ -178,6 +179,191 @@ where
     observe::record_outcome(&span, outcome);
     tally.finished(outcome, clock);
     output
+}
+
+/// `#[cached]` with `stale_if_error` (and no `early_refresh`) on an
+/// `async fn`: entries carry their metadata (see the `refresh` module).
+pub async fn cached_entry<P, R, F, U>(
+    client: &Cachify,
+    key: String,
+    site: &'static Site,
+    call: CacheCall,
+    body: F,
+    unless: U,
+) -> R
+where
+    P: Policy<R>,
+    F: Future<Output = R>,
+    U: Fn(&P::Stored) -> bool,
+{
+    let observed = Observed::start(client, &key, site);
+    let run = client.core().cached_entry::<Async, P, R, F, U>(
+        &key,
+        &observed.tally,
+        &call,
+        body,
+        &unless,
+    );
+    let (output, outcome, _) = observed.run(run).await;
+    observed.finish(outcome);
+    output
+}
+
+/// Blocking twin of [`cached_entry`].
+pub fn cached_entry_blocking<P, R, B, U>(
+    client: &Cachify,
+    key: String,
+    site: &'static Site,
+    call: CacheCall,
+    body: B,
+    unless: U,
+) -> R
+where
+    P: Policy<R>,
+    B: FnOnce() -> R,
+    U: Fn(&P::Stored) -> bool,
+{
+    let observed = Observed::start(client, &key, site);
+    let body = async move { body() };
+    let run = client.core().cached_entry::<Blocking, P, R, _, U>(
+        &key,
+        &observed.tally,
+        &call,
+        body,
+        &unless,
+    );
+    let (output, outcome, _) = observed.drive(run);
+    observed.finish(outcome);
+    output
+}
+
+/// `#[cached]` with `early_refresh` on an `async fn`: `make` makes the
+/// function's future from clones of its arguments, for the first fill and
+/// for each refresh in the background.
+pub async fn cached_refreshing<P, R, G, F, U>(
+    client: &Cachify,
+    key: String,
+    site: &'static Site,
+    call: CacheCall,
+    make: G,
+    unless: U,
+) -> R
+where
+    P: Policy<R> + 'static,
+    R: 'static,
+    G: Fn() -> F + Clone + Send + 'static,
+    F: Future<Output = R> + Send + 'static,
+    U: Fn(&P::Stored) -> bool + Clone + Send + Sync + 'static,
+{
+    let observed = Observed::start(client, &key, site);
+    let body = async { make().await };
+    let run = client.core().cached_entry::<Async, P, R, _, U>(
+        &key,
+        &observed.tally,
+        &call,
+        body,
+        &unless,
+    );
+    let (output, outcome, refresh) = observed.run(run).await;
+    observed.finish(outcome);
+    if let Some(refresh) = refresh {
+        crate::refresh::spawn_async::<_, P, R, _, _, _>(
+            client, &key, site, call, refresh, make, unless,
+        );
+    }
+    output
+}
+
+/// Blocking twin of [`cached_refreshing`]: `make` runs the function on
+/// clones of its arguments.
+pub fn cached_refreshing_blocking<P, R, G, U>(
+    client: &Cachify,
+    key: String,
+    site: &'static Site,
+    call: CacheCall,
+    make: G,
+    unless: U,
+) -> R
+where
+    P: Policy<R> + 'static,
+    R: 'static,
+    G: Fn() -> R + Clone + Send + 'static,
+    U: Fn(&P::Stored) -> bool + Clone + Send + Sync + 'static,
+{
+    let observed = Observed::start(client, &key, site);
+    let body = async { make() };
+    let run = client.core().cached_entry::<Blocking, P, R, _, U>(
+        &key,
+        &observed.tally,
+        &call,
+        body,
+        &unless,
+    );
+    let (output, outcome, refresh) = observed.drive(run);
+    observed.finish(outcome);
+    if let Some(refresh) = refresh {
+        crate::refresh::spawn_blocking::<_, P, R, _, _>(
+            client, &key, site, call, refresh, make, unless,
+        );
+    }
+    output
+}
+
+/// What an argument of an `early_refresh` function must be: the
+/// background refresh runs the function on clones of the arguments, on
+/// another task or thread, after the call has returned.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be passed to an `early_refresh` function: its arguments must be `Clone + Send + 'static`",
+    note = "the background refresh runs the function again on clones of its arguments; pass owned values (`String` rather than `&str`, `Arc<T>` rather than `&T`)"
+)]
+pub trait RefreshArgument: Clone + Send + 'static {}
+
+impl<T: Clone + Send + 'static> RefreshArgument for T {}
+
+/// A clone of one argument of an `early_refresh` function, for one run
+/// (see [`RefreshArgument`]).
+#[inline]
+pub fn refresh_clone<T: RefreshArgument>(argument: &T) -> T {
+    argument.clone()
+}
+
+/// The span, counters and clock of one call over entries.
+struct Observed {
+    span: tracing::Span,
+    tally: TallyRef<'static>,
+    clock: Clock,
+}
+
+impl Observed {
+    fn start(client: &Cachify, key: &str, site: &'static Site) -> Self {
+        Self {
+            clock: Clock::start(),
+            span: observe::call_span(site.kind(), site.template(), site.function(), key),
+            tally: site.tally(client.core().health()),
+        }
+    }
+
+    /// Runs an async call in the span.
+    async fn run<F: Future>(&self, run: F) -> F::Output {
+        use tracing::Instrument;
+
+        if self.span.is_disabled() {
+            run.await
+        } else {
+            run.instrument(self.span.clone()).await
+        }
+    }
+
+    /// Runs a blocking call in the span.
+    fn drive<F: Future>(&self, run: F) -> F::Output {
+        let _entered = self.span.enter();
+        drive(run)
+    }
+
+    fn finish(&self, outcome: CallOutcome) {
+        observe::record_outcome(&self.span, outcome);
+        self.tally.finished(outcome, self.clock);
+    }
 }
 
 async fn acquire_in<M: Mode>(

@@ -9,6 +9,7 @@
 
 mod tags;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -41,6 +42,12 @@ pub struct CacheCall {
     pub tags: Vec<String>,
     /// `codec = ..`: the codec of this function's entries; `None`: the client's.
     pub codec: Option<Codec>,
+    /// `stale_if_error`: how much longer than its TTL a value is kept, to
+    /// answer callers whose recomputation fails.
+    pub stale_if_error: Option<Duration>,
+    /// `early_refresh = true`: hits recompute the value in the background
+    /// before it expires.
+    pub early_refresh: bool,
 }
 
 /// How long a `#[cached]` value lives, from the attribute's `ttl`.
@@ -175,6 +182,9 @@ pub(crate) struct Core {
     flights: Flights,
     health: Arc<Health>,
     tags: Arc<dyn TagStore>,
+    /// Keys with a background refresh under way in this process
+    /// (`early_refresh`), so a burst of hits starts one.
+    pub(crate) refreshing: Mutex<HashSet<String>>,
 }
 
 impl Core {
@@ -197,6 +207,7 @@ impl Core {
             flights: Flights::default(),
             health,
             tags,
+            refreshing: Mutex::default(),
         }
     }
 
@@ -217,6 +228,16 @@ impl Core {
     /// What a client tracks about its backend and its calls.
     pub(crate) fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// The in-process flights (single flight per key).
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.flights
+    }
+
+    /// The value store, for reads that count nothing.
+    pub(crate) fn values(&self) -> &dyn ValueStore {
+        &*self.values
     }
 
     /// Tells this client apart at a generated function's [`Site`].
@@ -279,7 +300,7 @@ impl Core {
     }
 
     /// Finishes a read begun by [`Core::lookup`]: `Some` on a hit.
-    async fn finish<M: Mode, T: CacheValue>(
+    pub(crate) async fn finish<M: Mode, T: CacheValue>(
         &self,
         key: &str,
         tally: &Tally,
@@ -613,11 +634,7 @@ impl Core {
             let output = body.await;
             let value = P::stored(&output).map(Arc::new);
             let (store, ttl) = match value.as_deref() {
-                // An empty output is stored only for its own, usually shorter, TTL.
-                Some(stored) if P::is_empty(stored) => {
-                    (call.none_ttl.is_some() && !unless(stored), call.none_ttl)
-                }
-                Some(stored) => (!unless(stored), call.ttl.resolve(self.default_ttl)),
+                Some(stored) => self.keep_for::<P, R>(&call, stored, &unless),
                 None => (false, None),
             };
             Computed {
@@ -647,6 +664,24 @@ impl Drop for Core {
             .unwrap_or_else(PoisonError::into_inner);
         for index in indexes.drain(..) {
             index.forget();
+        }
+    }
+}
+
+impl Core {
+    /// Whether a `#[cached]` call's stored part is stored, and for how
+    /// long (`None`: no expiry).
+    pub(crate) fn keep_for<P: Policy<R>, R>(
+        &self,
+        call: &CacheCall,
+        stored: &P::Stored,
+        unless: &impl Fn(&P::Stored) -> bool,
+    ) -> (bool, Option<Duration>) {
+        if P::is_empty(stored) {
+            // An empty output is stored only for its own, usually shorter, TTL.
+            (call.none_ttl.is_some() && !unless(stored), call.none_ttl)
+        } else {
+            (!unless(stored), call.ttl.resolve(self.default_ttl))
         }
     }
 }
@@ -695,6 +730,8 @@ mod tests {
             fill_lock: true,
             tags: vec!["t".to_owned()],
             codec: None,
+            stale_if_error: None,
+            early_refresh: false,
         };
         is_send(async move {
             let core = &*core;

@@ -903,3 +903,9 @@ async fn on_background<T: Send + 'static>(
         .await
         .map_err(|error| Error::Config(format!("connecting to Redis failed: {error}")))?
 }
+
+impl crate::refresh::CoreOwner for Cachify {
+    fn core(&self) -> &Core {
+        Cachify::core(self)
+    }
+}

@@ -62,8 +62,9 @@ pub struct Stats {
     pub near_invalidations: u64,
     /// State of the cache path's circuit breaker.
     pub breaker: BreakerState,
-    /// Replies answered with an entry past its freshness: HTTP
-    /// stale-while-revalidate and stale-if-error.
+    /// Answers given with a value past its freshness: `#[cached]` calls
+    /// whose function failed (`stale_if_error`), and HTTP replies served
+    /// stale (`stale_while_revalidate`, `stale_if_error`).
     pub stale: u64,
 }
 
@@ -138,6 +139,7 @@ impl Counters {
             near_misses: self.near_misses.get(),
             near_invalidations: self.near_invalidations.get(),
             breaker,
+            // HTTP replies; `Health::stats` adds the `#[cached]` ones per template.
             stale: self.stale.get(),
         }
     }
@@ -290,8 +292,7 @@ pub(crate) struct Health {
     pub(crate) cache_log: LogLimit,
     /// Lock failures (fail closed).
     pub(crate) lock_log: LogLimit,
-    /// Stale responses served in place of an error.
-    #[cfg(feature = "axum")]
+    /// Stale values and responses served, and failed background refreshes.
     pub(crate) stale_log: LogLimit,
 }
 
@@ -308,7 +309,6 @@ impl Health {
             breaker: Breaker::new(threshold, cool_down),
             cache_log: LogLimit::new(LOG_PERIOD),
             lock_log: LogLimit::new(LOG_PERIOD),
-            #[cfg(feature = "axum")]
             stale_log: LogLimit::new(LOG_PERIOD),
         }
     }
@@ -340,6 +340,7 @@ impl Health {
             stats.bypassed = stats.bypassed.wrapping_add(row.bypassed);
             stats.locks_acquired = stats.locks_acquired.wrapping_add(row.locks_acquired);
             stats.lock_contention = stats.lock_contention.wrapping_add(row.lock_contention);
+            stats.stale = stats.stale.wrapping_add(row.stale);
         }
         stats
     }

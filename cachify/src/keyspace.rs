@@ -5,7 +5,7 @@
 //! | `#[cached]` entry | `{prefix}cache:{rendered}` | `cachify:cache:user-42` |
 //! | `#[once]` lock | `{prefix}once:{rendered}` | `cachify:once:update-7` |
 //! | `#[lock]`, [`crate::lock()`] | `{prefix}lock:{name}` | `cachify:lock:nightly` |
-//! | fill lock of `#[cached(lock = true)]` | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
+//! | fill lock of `#[cached(lock = true)]`, and of `early_refresh`'s background refresh | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
 //! | fencing counter of a lock | `{prefix}fence:{` + lock key + `}` | `cachify:fence:{cachify:lock:nightly}` |
 //! | HTTP response | `{prefix}http:{namespace}:{request}` | `cachify:http:users:GET:/users?a=1` |
 //! | refresh lock of an HTTP response served stale | `{prefix}fill:{entry key without prefix}` | `cachify:fill:http:users:GET:/users?a=1` |
@@ -22,6 +22,9 @@
 //! characters as `%XX`), so it cannot end the hash tag early; the empty tag
 //! is `%` (which no encoded tag is) and a tag longer than
 //! [`MAX_TAG_LEN`] bytes is `#sha256:` and its digest.
+//! A `#[cached]` entry of a function with `stale_if_error` or
+//! `early_refresh` holds its value in an envelope with its metadata (see
+//! `entry.rs`), under the same key.
 //!
 //! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
 //! lock and its fencing counter. The counter's key wraps the whole lock key

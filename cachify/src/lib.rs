@@ -147,6 +147,7 @@
 mod cache;
 mod client;
 mod codec;
+mod entry;
 mod error;
 mod flight;
 mod global;
@@ -161,6 +162,7 @@ mod mode;
 mod observe;
 mod policy;
 mod pools;
+mod refresh;
 mod site;
 mod store;
 mod value;

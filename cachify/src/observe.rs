@@ -7,8 +7,9 @@
 //! at TRACE, target `cachify::call`, with the fields `kind`, `template`,
 //! `function` (its path), `key` (the rendered key) and `outcome`, one of
 //! `hit`, `near` (a hit the near cache answered), `miss` (the function ran,
-//! or a concurrent caller's run answered) and `bypass` (the circuit breaker
-//! was open). HTTP lookups get the same span, kind `http`, with their
+//! or a concurrent caller's run answered), `bypass` (the circuit breaker
+//! was open) and `stale` (the function failed and a stale value answered,
+//! `stale_if_error`). HTTP lookups get the same span, kind `http`, with their
 //! namespace as the template and `hit` or `miss`. Locks log DEBUG events
 //! at target `cachify::lock`, with a field `lock` saying what happened:
 //! `acquired`, `contended` (the lock was held by someone else and this
@@ -33,6 +34,7 @@
 //! | `cachify_bypasses_total` | counter | reads skipped, breaker open |
 //! | `cachify_lock_acquisitions_total` | counter | locks granted (pool slots, kind `pool`) |
 //! | `cachify_lock_contention_total` | counter | locks refused, held elsewhere (pools full, kind `pool`) |
+//! | `cachify_stale_total` | counter | calls answered with a stale value, the function having failed (`stale_if_error`) |
 //! | `cachify_call_seconds` | histogram | `#[cached]` call latency, with an `outcome` label as in the span |
 //!
 //! The counters are kept per client, per (kind, template), hung off each
@@ -147,6 +149,9 @@ pub struct TemplateStats {
     /// Lock requests refused because someone else held the lock (slot
     /// requests refused because the pool was full, for [`CallKind::Pool`]).
     pub lock_contention: u64,
+    /// Calls answered with a stale value because the function failed
+    /// (`stale_if_error`).
+    pub stale: u64,
 }
 
 const HITS: usize = 0;
@@ -155,7 +160,8 @@ const ERRORS: usize = 2;
 const BYPASSED: usize = 3;
 const LOCKS_ACQUIRED: usize = 4;
 const LOCK_CONTENTION: usize = 5;
-const FIELDS: usize = 6;
+const STALE: usize = 6;
+const FIELDS: usize = 7;
 
 /// One thread cell of a [`Tally`]: every field on one cache line.
 #[derive(Default)]
@@ -223,6 +229,10 @@ impl Tally {
 
     pub(crate) fn lock_contended(&self) {
         self.add(LOCK_CONTENTION, "cachify_lock_contention_total");
+    }
+
+    pub(crate) fn stale(&self) {
+        self.add(STALE, "cachify_stale_total");
     }
 
     /// Records how long a call took, labelled with its outcome.
@@ -317,6 +327,7 @@ impl Tallies {
                     bypassed: tally.get(BYPASSED),
                     locks_acquired: tally.get(LOCKS_ACQUIRED),
                     lock_contention: tally.get(LOCK_CONTENTION),
+                    stale: tally.get(STALE),
                 }
             })
             .collect()
@@ -335,6 +346,8 @@ pub(crate) enum CallOutcome {
     Miss,
     /// The breaker was open: the function ran without the cache.
     Bypass,
+    /// The function failed and a stale value answered (`stale_if_error`).
+    Stale,
 }
 
 impl CallOutcome {
@@ -344,6 +357,7 @@ impl CallOutcome {
             CallOutcome::Near => "near",
             CallOutcome::Miss => "miss",
             CallOutcome::Bypass => "bypass",
+            CallOutcome::Stale => "stale",
         }
     }
 }

@@ -38,7 +38,7 @@ impl Core {
     /// The versions of `tags` before a computation; `None` when they are
     /// unknown (the breaker is open, or the store did not answer), and the
     /// value must not be stored.
-    pub(super) async fn tag_versions<M: Mode>(&self, tags: &[String]) -> Option<Vec<u64>> {
+    pub(crate) async fn tag_versions<M: Mode>(&self, tags: &[String]) -> Option<Vec<u64>> {
         let mut versions = Vec::with_capacity(tags.len());
         if tags.is_empty() {
             return Some(versions);
@@ -61,7 +61,7 @@ impl Core {
     /// After `key` was stored: indexes it under each tag, and deletes it
     /// again if a tag's version moved since `before`, or if it could not be
     /// indexed (an invalidation could not find it).
-    pub(super) async fn tag_written<M: Mode>(
+    pub(crate) async fn tag_written<M: Mode>(
         &self,
         key: &str,
         tags: &[String],
