@@ -22,8 +22,9 @@ use crate::mode::Mode;
 use crate::observe::{CallOutcome, Tally};
 use crate::policy::Policy;
 use crate::site::{Forget, Index, Site, TypedKey};
-use crate::store::{StoreFuture, ValueStore};
+use crate::store::{StoreFuture, ValueStore, Watch};
 use crate::value::{AnyValue, CacheValue, ValueType, take};
+use crate::wait::next_release;
 
 /// How a `#[cached]` call runs, from the attribute.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +37,10 @@ pub struct CacheCall {
     pub fill_lock: bool,
 }
 
-/// Pause between two looks at the cache while another process fills it.
+/// Pause between two looks at the cache while another process fills it,
+/// when its release cannot be watched; watched, the filler's release wakes
+/// the followers, and they look again after the locks' re-check at the
+/// latest.
 const FILL_POLL: Duration = Duration::from_millis(20);
 
 /// One lookup through the core.
@@ -118,6 +122,11 @@ impl Patience {
             self.deadline = Instant::now() + self.wait;
         }
         Instant::now() < self.deadline
+    }
+
+    /// How long until it runs out.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 
@@ -348,6 +357,9 @@ impl Core {
     ) -> Fill<T> {
         let fill_key = self.keys.fill(key);
         let mut patience = Patience::new(self.fill_wait);
+        // Taken at the first refusal: the filler's release wakes this
+        // follower, which then reads what it stored.
+        let mut watch: Option<Option<Watch>> = None;
         loop {
             match self
                 .locks
@@ -362,11 +374,22 @@ impl Core {
                     };
                 }
                 Err(Error::Locked { .. }) => {
+                    if watch.is_none() {
+                        watch = Some(self.locks.watch::<M>(&fill_key).await);
+                    }
+                    // Read after the watch: a release before it shows here.
                     let holder = self.locks.holder::<M>(&fill_key).await;
+                    let held = matches!(holder, Ok(Some(_)));
                     if !patience.still_waiting(holder) {
                         return Fill::Run(None);
                     }
-                    M::sleep(FILL_POLL).await;
+                    if let Some(watch) = watch.as_mut().filter(|_| held) {
+                        let limit = match watch {
+                            Some(_) => self.locks.recheck().min(patience.left()),
+                            None => FILL_POLL,
+                        };
+                        next_release::<M>(watch, limit).await;
+                    }
                     if let Some(value) = self.read::<M, T>(key, tally, accept).await {
                         return Fill::Filled(value);
                     }

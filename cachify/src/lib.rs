@@ -159,6 +159,7 @@ mod policy;
 mod site;
 mod store;
 mod value;
+mod wait;
 
 #[doc(hidden)]
 pub mod __private;
