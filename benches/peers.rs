@@ -24,6 +24,11 @@
 //! - invalidation: how long after a write by another connection a
 //!   near-cache read returns the new value (median and 99th percentile,
 //!   printed).
+//! - lock handoff: how long after a holder starts releasing a lock a
+//!   waiter on another client (its own connections and pub/sub) holds it,
+//!   on memory, a single node and the cluster; and the same with the old
+//!   wait, polling with backoff from 5 ms to 100 ms (median and 90th
+//!   percentile, printed).
 //! - users app: `GET /users/{id}` of the example app, served by a child
 //!   process of this bench, with and without the near cache (requests per
 //!   second, printed).
@@ -649,6 +654,128 @@ fn lock_round_trip(c: &mut Criterion) {
     group.finish();
 }
 
+/// How the waiter of the handoff report waits.
+#[derive(Clone, Copy)]
+enum Waiting {
+    /// `.wait(..)`: woken by the release.
+    Woken,
+    /// The wait before issue 9: try, sleep 5 ms doubling to 100 ms, try again.
+    Polling,
+}
+
+/// One handoff after another: the holder keeps the lock for `hold` while a
+/// waiter on `waiter` waits, then releases it. Returns, per round, the
+/// time from the holder's release call to the waiter holding the lock.
+async fn handoffs(
+    holder: &Cachify,
+    waiter: &Cachify,
+    name: &str,
+    waiting: Waiting,
+    rounds: usize,
+    hold: Duration,
+) -> Vec<Duration> {
+    let mut delays = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let held = holder
+            .lock(name)
+            .wait(Duration::from_secs(10))
+            .acquire()
+            .await
+            .unwrap();
+        let (waiter, name) = (waiter.clone(), name.to_owned());
+        let taken = tokio::spawn(async move {
+            let guard = match waiting {
+                Waiting::Woken => waiter
+                    .lock(&name)
+                    .wait(Duration::from_secs(10))
+                    .acquire()
+                    .await
+                    .unwrap(),
+                Waiting::Polling => {
+                    let mut pause = Duration::from_millis(5);
+                    loop {
+                        match waiter.lock(&name).acquire().await {
+                            Ok(guard) => break guard,
+                            Err(cachify::Error::Locked { .. }) => {
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(Duration::from_millis(100));
+                            }
+                            Err(error) => panic!("{error}"),
+                        }
+                    }
+                }
+            };
+            let at = Instant::now();
+            guard.release().await.unwrap();
+            at
+        });
+        tokio::time::sleep(hold).await;
+        let released = Instant::now();
+        held.release().await.unwrap();
+        delays.push(taken.await.unwrap() - released);
+    }
+    delays.sort();
+    delays
+}
+
+/// The lock handoff latency, printed: median and 90th percentile.
+fn handoff_report() {
+    let rt = runtime();
+    let quick = std::env::args().any(|arg| arg == "--test");
+    let (rounds, polled_rounds) = if quick { (3, 2) } else { (200, 40) };
+    let memory = Cachify::builder().memory().build_blocking().unwrap();
+    let node = || {
+        Cachify::builder()
+            .redis(url())
+            .prefix("bench:")
+            .build_blocking()
+            .unwrap()
+    };
+    let cluster = || {
+        Cachify::builder()
+            .redis_cluster(cluster_seeds())
+            .prefix("bench:")
+            .build_blocking()
+            .unwrap()
+    };
+    let backends = [
+        ("memory", memory.clone(), memory),
+        ("redis", node(), node()),
+        ("cluster", cluster(), cluster()),
+    ];
+    let micros = |delays: &[Duration], q: f64| {
+        delays[((delays.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
+    };
+    for (backend, holder, waiter) in &backends {
+        let woken = rt.block_on(handoffs(
+            holder,
+            waiter,
+            "handoff-woken",
+            Waiting::Woken,
+            rounds,
+            Duration::from_millis(20),
+        ));
+        // Held long enough for the polling backoff to reach its 100 ms cap.
+        let polled = rt.block_on(handoffs(
+            holder,
+            waiter,
+            "handoff-polled",
+            Waiting::Polling,
+            polled_rounds,
+            Duration::from_millis(300),
+        ));
+        println!(
+            "lock handoff, {backend}: woken {:.0} µs median, {:.0} µs p90 ({} handoffs); polling (before) {:.0} µs median, {:.0} µs p90 ({} handoffs)",
+            micros(&woken, 0.5),
+            micros(&woken, 0.9),
+            woken.len(),
+            micros(&polled, 0.5),
+            micros(&polled, 0.9),
+            polled.len(),
+        );
+    }
+}
+
 static STAMPEDE_RUNS: AtomicU32 = AtomicU32::new(0);
 
 #[cached("stampede-{round}", client = redis_client())]
@@ -1052,6 +1179,7 @@ fn main() {
     benches();
     stampede_report();
     invalidation_report();
+    handoff_report();
     if !std::env::args().any(|arg| arg == "--test") {
         interleaved_report();
         users_app_report();
