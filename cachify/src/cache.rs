@@ -383,12 +383,13 @@ impl Core {
                     if !patience.still_waiting(holder) {
                         return Fill::Run(None);
                     }
-                    if let Some(watch) = watch.as_mut().filter(|_| held) {
-                        let limit = match watch {
-                            Some(_) => self.locks.recheck().min(patience.left()),
-                            None => FILL_POLL,
-                        };
-                        next_release::<M>(watch, limit).await;
+                    match watch.as_mut() {
+                        Some(Some(watch)) if held => {
+                            let limit = self.locks.recheck().min(patience.left());
+                            next_release::<M>(watch, limit).await;
+                        }
+                        Some(None) if held => M::sleep(FILL_POLL).await,
+                        _ => {}
                     }
                     if let Some(value) = self.read::<M, T>(key, tally, accept).await {
                         return Fill::Filled(value);

@@ -676,3 +676,121 @@ async fn renew(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::wait::RECHECK;
+
+    /// The memory store, counting attempts to take a lock.
+    struct Counting {
+        memory: MemoryStore,
+        attempts: AtomicUsize,
+    }
+
+    impl LockStore for Counting {
+        fn try_lock(
+            &self,
+            key: &str,
+            token: &str,
+            lease: Duration,
+            fence: Option<Fence<'_>>,
+            line: &Line,
+            join: Option<Duration>,
+        ) -> StoreFuture<Option<u64>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            self.memory.try_lock(key, token, lease, fence, line, join)
+        }
+        fn unlock(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
+            self.memory.unlock(key, token, line)
+        }
+        fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+            self.memory.renew(key, token, lease)
+        }
+        fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
+            self.memory.holder(key)
+        }
+        fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()> {
+            self.memory.force_unlock(key, line)
+        }
+        fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()> {
+            self.memory.leave(key, token, line)
+        }
+        fn watch(&self, line: &Line) -> StoreFuture<Watch> {
+            self.memory.watch(line)
+        }
+    }
+
+    fn locks() -> (Arc<Counting>, Locks) {
+        let store = Arc::new(Counting {
+            memory: MemoryStore::new(10),
+            attempts: AtomicUsize::new(0),
+        });
+        let locks = Locks::new(
+            Arc::clone(&store) as Arc<dyn LockStore>,
+            Keyspace::default(),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            Arc::new(Health::new(1, Duration::from_secs(1))),
+        );
+        (store, locks)
+    }
+
+    const HELD_FOR: Duration = Duration::from_millis(2000);
+    const WAIT: Duration = Duration::from_secs(30);
+    /// The first refusal, the attempt right after watching, one per
+    /// re-check while held, and the one that takes the lock. Polling with
+    /// backoff up to 100 ms costs about 25.
+    const HANDFUL: usize = 2 + (HELD_FOR.as_millis() / RECHECK.as_millis()) as usize + 1;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_async_waiter_tries_a_handful_of_times_not_dozens() {
+        let (store, locks) = locks();
+        let held = locks
+            .acquire::<Async>("l".into(), None, Duration::ZERO, true, None)
+            .await
+            .unwrap();
+        let locks = Arc::new(locks);
+        let waiter = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move {
+                locks
+                    .acquire::<Async>("l".into(), None, WAIT, true, None)
+                    .await
+            }
+        });
+        tokio::time::sleep(HELD_FOR).await;
+        held.release().await.unwrap();
+        let taken = waiter.await.unwrap().unwrap();
+        let attempts = store.attempts.load(Ordering::SeqCst) - 1;
+        assert!(
+            (3..=HANDFUL).contains(&attempts),
+            "waiting {HELD_FOR:?} took {attempts} attempts"
+        );
+        taken.release().await.unwrap();
+    }
+
+    #[test]
+    fn a_blocking_waiter_tries_a_handful_of_times_not_dozens() {
+        let (store, locks) = locks();
+        let held =
+            drive(locks.acquire::<Blocking>("l".into(), None, Duration::ZERO, true, None)).unwrap();
+        let locks = Arc::new(locks);
+        let waiter = std::thread::spawn({
+            let locks = Arc::clone(&locks);
+            move || drive(locks.acquire::<Blocking>("l".into(), None, WAIT, true, None))
+        });
+        std::thread::sleep(HELD_FOR);
+        held.release_blocking().unwrap();
+        let taken = waiter.join().unwrap().unwrap();
+        let attempts = store.attempts.load(Ordering::SeqCst) - 1;
+        assert!(
+            (3..=HANDFUL).contains(&attempts),
+            "waiting {HELD_FOR:?} took {attempts} attempts"
+        );
+        taken.release_blocking().unwrap();
+    }
+}

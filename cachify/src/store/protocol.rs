@@ -25,10 +25,11 @@ use crate::keyspace::Line;
 /// of their place) is purged of lapsed places first, by the server's
 /// clock. A free lock goes to the line's head, or to anyone when the line
 /// is empty; a refused caller with ARGV[3] > 0 joins the line, or keeps its
-/// place, for that many milliseconds. `replicate_commands` lets Redis
-/// before 5 accept writes after `TIME` (later versions always replicate
-/// effects); a refusal is `nil`, which reads as "no token" in RESP2 and
-/// RESP3 alike.
+/// place, for that many milliseconds (the sets then live at least that
+/// long; never shorter, since other clients may keep places longer).
+/// `replicate_commands` lets Redis before 5 accept writes after `TIME`
+/// (later versions always replicate effects); a refusal is `nil`, which
+/// reads as "no token" in RESP2 and RESP3 alike.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "redis.replicate_commands() \
@@ -46,8 +47,11 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
              if keep > 0 then \
                  redis.call('ZADD', KEYS[2], 'NX', string.format('%d', clock), ARGV[1]) \
                  redis.call('ZADD', KEYS[3], ms + keep, ARGV[1]) \
-                 redis.call('PEXPIRE', KEYS[2], keep) \
-                 redis.call('PEXPIRE', KEYS[3], keep) \
+                 for k = 2, 3 do \
+                     if redis.call('PTTL', KEYS[k]) < keep then \
+                         redis.call('PEXPIRE', KEYS[k], keep) \
+                     end \
+                 end \
              end \
              return nil \
          end \
