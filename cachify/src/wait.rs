@@ -140,4 +140,3 @@ pub(crate) async fn next_release<M: Mode>(watch: &mut Watch, limit: Duration) {
         Err(_) => M::sleep(limit).await,
     }
 }
-
