@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cachify::{Cachify, Error};
+use cachify::{Cachify, CachifyBuilder, Error};
 use support::RedisServer;
 
 const NAME: &str = "handoff";
@@ -39,15 +39,23 @@ enum Backend<'a> {
 impl Backend<'_> {
     /// The holder's client and the waiter's, with `recheck`.
     async fn pair(&self, recheck: Duration) -> (Cachify, Cachify) {
+        self.clients(|builder| builder.lock_recheck(recheck)).await
+    }
+
+    /// The holder's client and the waiter's, each from `configure`d builders.
+    async fn clients(
+        &self,
+        configure: impl Fn(CachifyBuilder) -> CachifyBuilder,
+    ) -> (Cachify, Cachify) {
         let builder = || {
-            let builder = Cachify::builder().lock_recheck(recheck);
-            match self {
-                Backend::Memory => builder.memory().prefix("hand:"),
-                Backend::Redis(server) => builder.redis(server.url()).prefix("hand:"),
-                Backend::Cluster(scenario) => builder
+            let builder = match self {
+                Backend::Memory => Cachify::builder().memory().prefix("hand:"),
+                Backend::Redis(server) => Cachify::builder().redis(server.url()).prefix("hand:"),
+                Backend::Cluster(scenario) => Cachify::builder()
                     .redis_cluster(support::cluster::shared_cluster().seeds())
                     .prefix(format!("hand:{scenario}:")),
-            }
+            };
+            configure(builder)
         };
         let holder = builder().build().await.unwrap();
         let waiter = match self {
@@ -134,6 +142,7 @@ on_every_backend!(
 on_redis_backends!(
     a_crashed_waiter_lets_the_others_through,
     a_release_nobody_announced_is_found_by_the_recheck,
+    a_fill_wakes_its_followers_on_other_clients,
 );
 
 // ---------------------------------------------------------------- scenarios
@@ -323,6 +332,39 @@ async fn a_release_nobody_announced_is_found_by_the_recheck(backend: &Backend<'_
         .await
         .expect("the re-check never found the lapsed lease");
     taken.unwrap().release().await.unwrap();
+}
+
+#[cachify::cached("fill-{n}", ttl = 60, lock = true, client = client)]
+async fn slow_fill(client: &Cachify, runs: &AtomicUsize, n: u64) -> u64 {
+    let _ = client;
+    runs.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(2 * SETTLE).await;
+    n + 1
+}
+
+/// `#[cached(lock = true)]` on two clients (two processes, as far as
+/// cachify can tell): the follower is woken by the filler's release, though
+/// its re-check and its `fill_wait` are an hour away.
+async fn a_fill_wakes_its_followers_on_other_clients(backend: &Backend<'_>) {
+    let (filler, follower) = backend
+        .clients(|builder| builder.lock_recheck(HOUR).fill_wait(HOUR))
+        .await;
+    let runs = AtomicUsize::new(0);
+    let both = async {
+        tokio::join!(slow_fill(&filler, &runs, 41), async {
+            tokio::time::sleep(SETTLE).await;
+            slow_fill(&follower, &runs, 41).await
+        })
+    };
+    let (filled, followed) = tokio::time::timeout(SOON, both)
+        .await
+        .expect("the filler's release did not wake its follower");
+    assert_eq!((filled, followed), (42, 42));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the follower waited for the fill"
+    );
 }
 
 // ------------------------------------------------ cost of a wait (Redis)
