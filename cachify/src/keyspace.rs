@@ -543,6 +543,29 @@ mod tests {
     }
 
     #[test]
+    fn a_line_shares_its_locks_hash_slot() {
+        let plain = keys("cachify:");
+        let lock = plain.lock("job");
+        let line = plain.line(&lock);
+        assert_eq!(line.queue, "cachify:queue:{cachify:lock:job}");
+        assert_eq!(line.beats, "cachify:beats:{cachify:lock:job}");
+        assert_eq!(line.channel, "cachify:wake:{cachify:lock:job}");
+        let named = plain.lock("{tenant}:job");
+        let tagged = keys("{app}:");
+        let app_lock = tagged.lock("job");
+        for (keys, lock) in [(&plain, &named), (&tagged, &app_lock)] {
+            let line = keys.line(lock);
+            for key in [&line.queue, &line.beats, &line.channel] {
+                assert_eq!(hash_tag(key), hash_tag(lock), "{key} beside {lock}");
+            }
+        }
+        assert_ne!(
+            plain.line(&named),
+            plain.line(&plain.lock("{tenant}:other"))
+        );
+    }
+
+    #[test]
     fn a_fence_shares_its_locks_hash_slot() {
         let plain = keys("cachify:");
         let lock = plain.lock("job");
