@@ -28,7 +28,8 @@
 //!   waiter on another client (its own connections and pub/sub) holds it,
 //!   on memory, a single node and the cluster; and the same with the old
 //!   wait, polling with backoff from 5 ms to 100 ms (median and 90th
-//!   percentile, printed).
+//!   percentile, printed); and to a waiter in another process (a child of
+//!   this bench), on a single node and the cluster.
 //! - users app: `GET /users/{id}` of the example app, served by a child
 //!   process of this bench, with and without the near cache (requests per
 //!   second, printed).
@@ -774,6 +775,97 @@ fn handoff_report() {
             polled.len(),
         );
     }
+    for (backend, holder, spec) in [
+        ("redis", &backends[1].1, format!("redis {}", url())),
+        (
+            "cluster",
+            &backends[2].1,
+            format!("cluster {}", cluster_seeds().join(",")),
+        ),
+    ] {
+        let delays = process_handoffs(holder, &spec, rounds);
+        println!(
+            "lock handoff to another process, {backend}: {:.0} µs median, {:.0} µs p90 ({} handoffs, blocking API)",
+            micros(&delays, 0.5),
+            micros(&delays, 0.9),
+            delays.len(),
+        );
+    }
+}
+
+/// Set in a child process of this bench: the waiter of the cross-process
+/// handoff, on the Redis (`redis <url>`) or cluster (`cluster <seeds>`) given.
+const HANDOFF_WAITER_ENV: &str = "CACHIFY_BENCH_HANDOFF_WAITER";
+const HANDOFF_LOCK: &str = "handoff-process";
+
+/// Microseconds of the system clock, which both processes share.
+fn wall_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
+/// The child's side: for each line on stdin, wait for the lock, print the
+/// time it was granted, release it.
+fn serve_handoff_waiter(backend: &str) -> ! {
+    use std::io::{BufRead, Write};
+    let builder = match backend.split_once(' ') {
+        Some(("redis", url)) => Cachify::builder().redis(url),
+        Some(("cluster", seeds)) => Cachify::builder().redis_cluster(seeds.split(',')),
+        _ => panic!("unknown handoff backend {backend:?}"),
+    };
+    let client = builder.prefix("bench:").build_blocking().unwrap();
+    let mut stdout = std::io::stdout().lock();
+    for _ in std::io::stdin().lock().lines() {
+        let guard = client
+            .lock(HANDOFF_LOCK)
+            .wait(Duration::from_secs(10))
+            .acquire_blocking()
+            .unwrap();
+        let granted = wall_micros();
+        guard.release_blocking().unwrap();
+        writeln!(stdout, "{granted}").unwrap();
+        stdout.flush().unwrap();
+    }
+    std::process::exit(0)
+}
+
+/// The handoff to a waiter in another process (a child of this bench):
+/// the delay from the holder's release call to the child's grant, by the
+/// system clock both share.
+fn process_handoffs(holder: &Cachify, backend: &str, rounds: usize) -> Vec<Duration> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(HANDOFF_WAITER_ENV, backend)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut delays = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let held = holder
+            .lock(HANDOFF_LOCK)
+            .wait(Duration::from_secs(10))
+            .acquire_blocking()
+            .unwrap();
+        writeln!(to_child).unwrap();
+        to_child.flush().unwrap();
+        // Time for the child to try, subscribe and wait.
+        std::thread::sleep(Duration::from_millis(50));
+        let released = wall_micros();
+        held.release_blocking().unwrap();
+        let granted: u128 = from_child.next().unwrap().unwrap().parse().unwrap();
+        delays.push(Duration::from_micros(
+            u64::try_from(granted.saturating_sub(released)).unwrap(),
+        ));
+    }
+    drop(to_child);
+    child.wait().unwrap();
+    delays.sort();
+    delays
 }
 
 static STAMPEDE_RUNS: AtomicU32 = AtomicU32::new(0);
@@ -1167,6 +1259,9 @@ fn users_app_report() {
 fn main() {
     if let Ok(mode) = std::env::var(USERS_APP_ENV) {
         serve_users_app(&mode);
+    }
+    if let Ok(backend) = std::env::var(HANDOFF_WAITER_ENV) {
+        serve_handoff_waiter(&backend);
     }
     let server = start_redis();
     let url = format!("redis://127.0.0.1:{}/0", server.port);
