@@ -414,3 +414,77 @@ async fn waiting_costs_a_handful_of_attempts_on_redis() {
         "waiting {HELD_FOR:?} cost {calls} script calls"
     );
 }
+
+// ------------------------------------- release messages unavailable (Redis)
+
+/// A waiter whose release messages cannot arrive still takes the lock once
+/// it is free, at its re-check: `holder` holds it, `waiter` waits.
+async fn taken_at_the_recheck(holder: &Cachify, waiter: &Cachify) {
+    let held = holder.lock(NAME).acquire().await.unwrap();
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.lock(NAME).wait(SOON).acquire().await }
+    });
+    tokio::time::sleep(SETTLE).await;
+    held.release().await.unwrap();
+    let taken = tokio::time::timeout(SOON, waiting)
+        .await
+        .expect("the re-check never took the free lock")
+        .unwrap()
+        .unwrap();
+    taken.release().await.unwrap();
+}
+
+/// A server that cannot speak RESP3 (`HELLO` unavailable, as before Redis
+/// 6): subscribing fails, quietly, and waits rely on the re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_resp3_waits_fall_back_to_the_recheck() {
+    let server = RedisServer::start_with(&["--rename-command", "HELLO", "\"\""]);
+    let (holder, waiter) = Backend::Redis(&server)
+        .pair(Duration::from_millis(100))
+        .await;
+    taken_at_the_recheck(&holder, &waiter).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.connection())
+        .unwrap();
+    assert!(
+        !info.contains("cmdstat_subscribe:"),
+        "the wait subscribed after all: {info}"
+    );
+}
+
+/// The subscriber connection is cut while a waiter waits: the wait goes
+/// on, and the lock is taken once free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_subscriber_connection_does_not_break_a_wait() {
+    let server = RedisServer::start();
+    let (holder, waiter) = Backend::Redis(&server)
+        .pair(Duration::from_millis(100))
+        .await;
+    let held = holder.lock(NAME).acquire().await.unwrap();
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.lock(NAME).wait(SOON).acquire().await }
+    });
+    tokio::time::sleep(SETTLE).await;
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(
+        killed, 1,
+        "the waiter's client had one subscriber connection"
+    );
+    held.release().await.unwrap();
+    let taken = tokio::time::timeout(SOON, waiting)
+        .await
+        .expect("the wait broke with its subscriber connection")
+        .unwrap()
+        .unwrap();
+    taken.release().await.unwrap();
+    // And the client subscribes again for its next wait.
+    taken_at_the_recheck(&holder, &waiter).await;
+}
