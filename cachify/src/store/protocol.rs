@@ -17,14 +17,14 @@ use crate::keyspace::Line;
 /// the same atomic step, draws the next fencing token: one above the last
 /// and never behind the server's clock in microseconds, so a counter that
 /// expired while idle restarts above every token it handed out. The
-/// counter expires after ARGV[4] milliseconds without a grant. Lua numbers
+/// counter expires after `ARGV[4]` milliseconds without a grant. Lua numbers
 /// are doubles, exact up to 2^53 (microseconds until the year 2255); `%d`
 /// keeps every digit when the counter is written back.
 ///
-/// The line (KEYS[2], tokens by arrival; KEYS[3], tokens by the deadline
+/// The line (`KEYS[2]`, tokens by arrival; `KEYS[3]`, tokens by the deadline
 /// of their place) is purged of lapsed places first, by the server's
 /// clock. A free lock goes to the line's head, or to anyone when the line
-/// is empty; a refused caller with ARGV[3] > 0 joins the line, or keeps its
+/// is empty; a refused caller with `ARGV[3]` > 0 joins the line, or keeps its
 /// place, for that many milliseconds (the sets then live at least that
 /// long; never shorter, since other clients may keep places longer).
 /// `replicate_commands` lets Redis before 5 accept writes after `TIME`
@@ -72,7 +72,7 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Deletes the lock only if it still holds our token, and announces the
-/// release on the lock's channel (ARGV[3]) with ARGV[2], `PUBLISH` or
+/// release on the lock's channel (`ARGV[3]`) with `ARGV[2]`, `PUBLISH` or
 /// `SPUBLISH`.
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -95,7 +95,7 @@ static FORCE_UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Takes a waiter out of the line (KEYS[2], KEYS[3]); if the lock is free,
+/// Takes a waiter out of the line (`KEYS[2]`, `KEYS[3]`); if the lock is free,
 /// wakes the others, since the lock may have been waiting for this one.
 static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
