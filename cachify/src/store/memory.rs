@@ -86,34 +86,46 @@ impl MemoryStore {
         }
     }
 
-    /// Whether the line of `key` lets `token` take the free lock (it is
-    /// empty, or `token` is its head), after dropping lapsed places. On a
-    /// refusal with `join`, `token` joins the line or keeps its place.
-    fn take_turn(&self, key: &str, token: &str, join: Option<Duration>, free: bool) -> bool {
+    /// Whether the line of `key` lets `token` take one of `free` free
+    /// places (a lock has one, or none while held): it does when fewer than
+    /// `free` waiters are ahead of it (none for a lock: it is the head, or
+    /// the line is empty), after dropping lapsed places. A caller not in
+    /// the line counts as behind all of it. On a refusal with `join`,
+    /// `token` joins the line or keeps its place; on a grant it leaves it.
+    pub(crate) fn take_turn(
+        &self,
+        key: &str,
+        token: &str,
+        join: Option<Duration>,
+        free: usize,
+    ) -> bool {
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let line = lines.get_mut(key);
-        let first = line.and_then(|line| {
-            line.retain(|place| place.until > now);
-            line.front().map(|head| &*head.token == token)
-        });
-        let turn = free && first.unwrap_or(true);
-        if turn {
-            if first == Some(true)
-                && let Some(line) = lines.get_mut(key)
-            {
-                line.pop_front();
+        let (ahead, queued) = match lines.get_mut(key) {
+            Some(line) => {
+                line.retain(|place| place.until > now);
+                match line.iter().position(|place| &*place.token == token) {
+                    Some(at) => (at, Some(at)),
+                    None => (line.len(), None),
+                }
             }
-        } else if let Some(keep) = join {
-            let line = lines.entry(key.to_owned()).or_default();
-            let until = now + keep;
-            match line.iter_mut().find(|place| &*place.token == token) {
-                Some(place) => place.until = until,
-                None => line.push_back(Place {
-                    token: token.into(),
-                    until,
-                }),
+            None => (0, None),
+        };
+        let turn = ahead < free;
+        if let Some(line) = lines.get_mut(key) {
+            match (turn, queued, join) {
+                (true, Some(at), _) => {
+                    line.remove(at);
+                }
+                (false, Some(at), Some(keep)) => line[at].until = now + keep,
+                _ => {}
             }
+        }
+        if let (false, None, Some(keep)) = (turn, queued, join) {
+            lines.entry(key.to_owned()).or_default().push_back(Place {
+                token: token.into(),
+                until: now + keep,
+            });
         }
         if lines.get(key).is_some_and(VecDeque::is_empty) {
             lines.remove(key);
@@ -193,7 +205,7 @@ impl LockStore for MemoryStore {
         // The token is drawn inside the lock's compute, which moka runs
         // alone for this key: line, grant and token are one step.
         self.locks.entry(key.to_owned()).and_compute_with(|held| {
-            if !self.take_turn(key, token, join, held.is_none()) {
+            if !self.take_turn(key, token, join, usize::from(held.is_none())) {
                 return Op::Nop;
             }
             granted = Some(fence.map_or(0, |_| self.draw_fence()));
