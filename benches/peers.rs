@@ -24,6 +24,12 @@
 //! - invalidation: how long after a write by another connection a
 //!   near-cache read returns the new value (median and 99th percentile,
 //!   printed).
+//! - lock handoff: how long after a holder starts releasing a lock a
+//!   waiter on another client (its own connections and pub/sub) holds it,
+//!   on memory, a single node and the cluster; and the same with the old
+//!   wait, polling with backoff from 5 ms to 100 ms (median and 90th
+//!   percentile, printed); and to a waiter in another process (a child of
+//!   this bench), on a single node and the cluster.
 //! - users app: `GET /users/{id}` of the example app, served by a child
 //!   process of this bench, with and without the near cache (requests per
 //!   second, printed).
@@ -649,6 +655,219 @@ fn lock_round_trip(c: &mut Criterion) {
     group.finish();
 }
 
+/// How the waiter of the handoff report waits.
+#[derive(Clone, Copy)]
+enum Waiting {
+    /// `.wait(..)`: woken by the release.
+    Woken,
+    /// The wait before issue 9: try, sleep 5 ms doubling to 100 ms, try again.
+    Polling,
+}
+
+/// One handoff after another: the holder keeps the lock for `hold` while a
+/// waiter on `waiter` waits, then releases it. Returns, per round, the
+/// time from the holder's release call to the waiter holding the lock.
+async fn handoffs(
+    holder: &Cachify,
+    waiter: &Cachify,
+    name: &str,
+    waiting: Waiting,
+    rounds: usize,
+    hold: Duration,
+) -> Vec<Duration> {
+    let mut delays = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let held = holder
+            .lock(name)
+            .wait(Duration::from_secs(10))
+            .acquire()
+            .await
+            .unwrap();
+        let (waiter, name) = (waiter.clone(), name.to_owned());
+        let taken = tokio::spawn(async move {
+            let guard = match waiting {
+                Waiting::Woken => waiter
+                    .lock(&name)
+                    .wait(Duration::from_secs(10))
+                    .acquire()
+                    .await
+                    .unwrap(),
+                Waiting::Polling => {
+                    let mut pause = Duration::from_millis(5);
+                    loop {
+                        match waiter.lock(&name).acquire().await {
+                            Ok(guard) => break guard,
+                            Err(cachify::Error::Locked { .. }) => {
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(Duration::from_millis(100));
+                            }
+                            Err(error) => panic!("{error}"),
+                        }
+                    }
+                }
+            };
+            let at = Instant::now();
+            guard.release().await.unwrap();
+            at
+        });
+        tokio::time::sleep(hold).await;
+        let released = Instant::now();
+        held.release().await.unwrap();
+        delays.push(taken.await.unwrap() - released);
+    }
+    delays.sort();
+    delays
+}
+
+/// The lock handoff latency, printed: median and 90th percentile.
+fn handoff_report() {
+    let rt = runtime();
+    let quick = std::env::args().any(|arg| arg == "--test");
+    let (rounds, polled_rounds) = if quick { (3, 2) } else { (200, 40) };
+    let memory = Cachify::builder().memory().build_blocking().unwrap();
+    let node = || {
+        Cachify::builder()
+            .redis(url())
+            .prefix("bench:")
+            .build_blocking()
+            .unwrap()
+    };
+    let cluster = || {
+        Cachify::builder()
+            .redis_cluster(cluster_seeds())
+            .prefix("bench:")
+            .build_blocking()
+            .unwrap()
+    };
+    let backends = [
+        ("memory", memory.clone(), memory),
+        ("redis", node(), node()),
+        ("cluster", cluster(), cluster()),
+    ];
+    let micros = |delays: &[Duration], q: f64| {
+        delays[((delays.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6
+    };
+    for (backend, holder, waiter) in &backends {
+        let woken = rt.block_on(handoffs(
+            holder,
+            waiter,
+            "handoff-woken",
+            Waiting::Woken,
+            rounds,
+            Duration::from_millis(20),
+        ));
+        // Held long enough for the polling backoff to reach its 100 ms cap.
+        let polled = rt.block_on(handoffs(
+            holder,
+            waiter,
+            "handoff-polled",
+            Waiting::Polling,
+            polled_rounds,
+            Duration::from_millis(300),
+        ));
+        println!(
+            "lock handoff, {backend}: woken {:.0} µs median, {:.0} µs p90 ({} handoffs); polling (before) {:.0} µs median, {:.0} µs p90 ({} handoffs)",
+            micros(&woken, 0.5),
+            micros(&woken, 0.9),
+            woken.len(),
+            micros(&polled, 0.5),
+            micros(&polled, 0.9),
+            polled.len(),
+        );
+    }
+    for (backend, holder, spec) in [
+        ("redis", &backends[1].1, format!("redis {}", url())),
+        (
+            "cluster",
+            &backends[2].1,
+            format!("cluster {}", cluster_seeds().join(",")),
+        ),
+    ] {
+        let delays = process_handoffs(holder, &spec, rounds);
+        println!(
+            "lock handoff to another process, {backend}: {:.0} µs median, {:.0} µs p90 ({} handoffs, blocking API)",
+            micros(&delays, 0.5),
+            micros(&delays, 0.9),
+            delays.len(),
+        );
+    }
+}
+
+/// Set in a child process of this bench: the waiter of the cross-process
+/// handoff, on the Redis (`redis <url>`) or cluster (`cluster <seeds>`) given.
+const HANDOFF_WAITER_ENV: &str = "CACHIFY_BENCH_HANDOFF_WAITER";
+const HANDOFF_LOCK: &str = "handoff-process";
+
+/// Microseconds of the system clock, which both processes share.
+fn wall_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
+/// The child's side: for each line on stdin, wait for the lock, print the
+/// time it was granted, release it.
+fn serve_handoff_waiter(backend: &str) -> ! {
+    use std::io::{BufRead, Write};
+    let builder = match backend.split_once(' ') {
+        Some(("redis", url)) => Cachify::builder().redis(url),
+        Some(("cluster", seeds)) => Cachify::builder().redis_cluster(seeds.split(',')),
+        _ => panic!("unknown handoff backend {backend:?}"),
+    };
+    let client = builder.prefix("bench:").build_blocking().unwrap();
+    let mut stdout = std::io::stdout().lock();
+    for _ in std::io::stdin().lock().lines() {
+        let guard = client
+            .lock(HANDOFF_LOCK)
+            .wait(Duration::from_secs(10))
+            .acquire_blocking()
+            .unwrap();
+        let granted = wall_micros();
+        guard.release_blocking().unwrap();
+        writeln!(stdout, "{granted}").unwrap();
+        stdout.flush().unwrap();
+    }
+    std::process::exit(0)
+}
+
+/// The handoff to a waiter in another process (a child of this bench):
+/// the delay from the holder's release call to the child's grant, by the
+/// system clock both share.
+fn process_handoffs(holder: &Cachify, backend: &str, rounds: usize) -> Vec<Duration> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(HANDOFF_WAITER_ENV, backend)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut delays = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let held = holder
+            .lock(HANDOFF_LOCK)
+            .wait(Duration::from_secs(10))
+            .acquire_blocking()
+            .unwrap();
+        writeln!(to_child).unwrap();
+        to_child.flush().unwrap();
+        // Time for the child to try, subscribe and wait.
+        std::thread::sleep(Duration::from_millis(50));
+        let released = wall_micros();
+        held.release_blocking().unwrap();
+        let granted: u128 = from_child.next().unwrap().unwrap().parse().unwrap();
+        delays.push(Duration::from_micros(
+            u64::try_from(granted.saturating_sub(released)).unwrap(),
+        ));
+    }
+    drop(to_child);
+    child.wait().unwrap();
+    delays.sort();
+    delays
+}
+
 static STAMPEDE_RUNS: AtomicU32 = AtomicU32::new(0);
 
 #[cached("stampede-{round}", client = redis_client())]
@@ -1041,6 +1260,9 @@ fn main() {
     if let Ok(mode) = std::env::var(USERS_APP_ENV) {
         serve_users_app(&mode);
     }
+    if let Ok(backend) = std::env::var(HANDOFF_WAITER_ENV) {
+        serve_handoff_waiter(&backend);
+    }
     let server = start_redis();
     let url = format!("redis://127.0.0.1:{}/0", server.port);
     // SAFETY: set before any other thread exists; the `cached` crate reads it.
@@ -1052,6 +1274,7 @@ fn main() {
     benches();
     stampede_report();
     invalidation_report();
+    handoff_report();
     if !std::env::args().any(|arg| arg == "--test") {
         interleaved_report();
         users_app_report();

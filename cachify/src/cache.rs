@@ -26,8 +26,9 @@ use crate::mode::Mode;
 use crate::observe::{CallOutcome, Tally};
 use crate::policy::Policy;
 use crate::site::{Forget, Index, Site, TypedKey};
-use crate::store::{StoreFuture, TagStore, ValueStore};
+use crate::store::{StoreFuture, TagStore, ValueStore, Watch};
 use crate::value::{AnyValue, CacheValue, ValueType, take};
+use crate::wait::next_release;
 
 /// How a `#[cached]` call runs, from the attribute.
 #[derive(Clone, Debug)]
@@ -72,7 +73,10 @@ impl Ttl {
     }
 }
 
-/// Pause between two looks at the cache while another process fills it.
+/// Pause between two looks at the cache while another process fills it,
+/// when its release cannot be watched; watched, the filler's release wakes
+/// the followers, and they look again after the locks' re-check at the
+/// latest.
 const FILL_POLL: Duration = Duration::from_millis(20);
 
 /// One lookup through the core.
@@ -158,6 +162,11 @@ impl Patience {
             self.deadline = Instant::now() + self.wait;
         }
         Instant::now() < self.deadline
+    }
+
+    /// How long until it runs out.
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 
@@ -413,6 +422,9 @@ impl Core {
     ) -> Fill<T> {
         let fill_key = self.keys.fill(key);
         let mut patience = Patience::new(self.fill_wait);
+        // Taken at the first refusal: the filler's release wakes this
+        // follower, which then reads what it stored.
+        let mut watch: Option<Option<Watch>> = None;
         loop {
             match self
                 .locks
@@ -427,11 +439,23 @@ impl Core {
                     };
                 }
                 Err(Error::Locked { .. }) => {
+                    if watch.is_none() {
+                        watch = Some(self.locks.watch::<M>(&fill_key).await);
+                    }
+                    // Read after the watch: a release before it shows here.
                     let holder = self.locks.holder::<M>(&fill_key).await;
+                    let held = matches!(holder, Ok(Some(_)));
                     if !patience.still_waiting(holder) {
                         return Fill::Run(None);
                     }
-                    M::sleep(FILL_POLL).await;
+                    match watch.as_mut() {
+                        Some(Some(watch)) if held => {
+                            let limit = self.locks.recheck().min(patience.left());
+                            next_release::<M>(watch, limit).await;
+                        }
+                        Some(None) if held => M::sleep(FILL_POLL).await,
+                        _ => {}
+                    }
                     if let Some(value) = self.read::<M, T>(key, tally, accept, codec).await {
                         return Fill::Filled(value);
                     }

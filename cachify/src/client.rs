@@ -23,6 +23,7 @@ use crate::store::protocol::{ConnectSettings, Link};
 use crate::store::redis::{RedisStore, redact};
 use crate::store::tracking::Tracking;
 use crate::store::{Encoded, LockStore, PoolStore, StoreFuture, TagStore, ValueStore};
+use crate::wait;
 
 const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_FENCE_IDLE: Duration = Duration::from_secs(24 * 3600);
@@ -137,6 +138,12 @@ impl Cachify {
     /// How long a lock's fencing counter is kept after its last grant.
     pub fn fence_idle(&self) -> Duration {
         self.inner.core.locks.fence_idle()
+    }
+
+    /// The longest a lock waiter goes between two attempts when no release
+    /// wakes it (see [`CachifyBuilder::lock_recheck`]).
+    pub fn lock_recheck(&self) -> Duration {
+        self.inner.core.locks.recheck()
     }
 
     /// Counters of hits, misses, backend errors and lock contention, and the
@@ -313,6 +320,7 @@ pub struct CachifyBuilder {
     breaker_cool_down: Duration,
     lazy: bool,
     near_entries: Option<u64>,
+    lock_recheck: Duration,
 }
 
 impl Default for CachifyBuilder {
@@ -333,6 +341,7 @@ impl Default for CachifyBuilder {
             breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
             lazy: false,
             near_entries: None,
+            lock_recheck: wait::RECHECK,
         }
     }
 }
@@ -355,6 +364,7 @@ impl fmt::Debug for CachifyBuilder {
             .field("breaker_cool_down", &self.breaker_cool_down)
             .field("lazy", &self.lazy)
             .field("near_cache", &self.near_entries)
+            .field("lock_recheck", &self.lock_recheck)
             .finish()
     }
 }
@@ -522,6 +532,31 @@ impl CachifyBuilder {
     /// ```
     pub fn fence_idle(mut self, idle: Duration) -> Self {
         self.fence_idle = idle;
+        self
+    }
+
+    /// The longest a lock waiter (`wait = ..`, `.wait(..)`, the followers
+    /// of `#[cached(lock = true)]`) goes between two attempts. Default
+    /// 500 ms; below 1 ms rounds up to 1 ms.
+    ///
+    /// Waiters do not poll: a release wakes them at once (in process, or
+    /// by a Redis pub/sub message). This re-check is the safety net for a
+    /// release nobody announces (a holder that crashed and whose lease ran
+    /// out) and for a lost message. A waiter's place in the line lapses
+    /// after four re-checks without an attempt, so a waiter that crashed
+    /// holds up the others that long at most.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let client = cachify::Cachify::builder()
+    ///     .lock_recheck(Duration::from_millis(200))
+    ///     .build_blocking()?;
+    /// assert_eq!(client.lock_recheck(), Duration::from_millis(200));
+    /// # Ok::<(), cachify::Error>(())
+    /// ```
+    pub fn lock_recheck(mut self, recheck: Duration) -> Self {
+        self.lock_recheck = recheck.max(Duration::from_millis(1));
         self
     }
 
@@ -864,7 +899,8 @@ impl CachifyBuilder {
             self.lock_ttl,
             self.fence_idle,
             Arc::clone(&health),
-        );
+        )
+        .with_recheck(self.lock_recheck);
         let core = Core::new(
             stores.values,
             locks,

@@ -12,8 +12,12 @@
 //! | version of a tag (`tags = [..]`) | `{prefix}tag:{` + encoded tag + `}:v` | `cachify:tag:{user:42}:v` |
 //! | index of a tag's entries | `{prefix}tag:{` + encoded tag + `}:i` | `cachify:tag:{user:42}:i` |
 //! | `#[pooled]`, [`crate::pool()`] (a sorted set: slot token -> lease end) | `{prefix}pool:{name}` | `cachify:pool:exports` |
+//! | waiters of a lock, in arrival order | `{prefix}queue:{` + lock key + `}` | `cachify:queue:{cachify:lock:nightly}` |
+//! | when each waiter's place lapses | `{prefix}beats:{` + lock key + `}` | `cachify:beats:{cachify:lock:nightly}` |
+//! | pub/sub channel of a lock's releases | `{prefix}wake:{` + lock key + `}` | `cachify:wake:{cachify:lock:nightly}` |
 //!
-//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`, `pool:`)
+//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`, `pool:`,
+//! `queue:`, `beats:`, `wake:`)
 //! differs from the others, so kinds never share a key.
 //!
 //! **Tags.** A tag's version and index share one hash tag, the encoded tag
@@ -26,13 +30,15 @@
 //! `early_refresh` holds its value in an envelope with its metadata (see
 //! `entry.rs`), under the same key.
 //!
-//! **Hash tags (Redis Cluster).** Only the lock script touches two keys: the
-//! lock and its fencing counter. The counter's key wraps the whole lock key
-//! in `{…}`, which makes Redis hash it exactly like the lock key, so both
-//! live in one slot. When the lock key already holds a hash tag (from the
-//! prefix, `{app}:`, or from a lock name such as `{tenant}:job`), the
-//! counter keeps that tag instead: `{prefix}fence:` and the rest of the lock
-//! key. Interpolated values escape `{` and `}`, so a value can never create
+//! **Hash tags (Redis Cluster).** The lock scripts touch several keys:
+//! the lock, its fencing counter and its waiter queue (two sorted sets),
+//! and they publish on the lock's channel (sharded pub/sub on a cluster,
+//! whose channels are hashed like keys). Each of these wraps the whole lock
+//! key in `{…}`, which makes Redis hash it exactly like the lock key, so
+//! all live in one slot. When the lock key already holds a hash tag (from
+//! the prefix, `{app}:`, or from a lock name such as `{tenant}:job`), they
+//! keep that tag instead: `{prefix}fence:` (or `queue:`, …) and the rest of
+//! the lock key. Interpolated values escape `{` and `}`, so a value can never create
 //! or move a tag.
 //!
 //! **Injectivity.** An interpolated value is percent-encoded for `%`, for
@@ -86,6 +92,9 @@ impl KeyKind {
 /// Tags of derived keys; they differ from every [`KeyKind::tag`].
 const FILL_TAG: &str = "fill:";
 const FENCE_TAG: &str = "fence:";
+const QUEUE_TAG: &str = "queue:";
+const BEATS_TAG: &str = "beats:";
+const WAKE_TAG: &str = "wake:";
 #[cfg(feature = "axum")]
 const HTTP_TAG: &str = "http:";
 const TAG_TAG: &str = "tag:";
@@ -124,6 +133,19 @@ const LONG_KEY_HEAD: usize = 256;
 #[derive(Clone, Debug)]
 pub(crate) struct Keyspace {
     prefix: String,
+}
+
+/// The keys of a lock's waiters, all in the lock key's cluster slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Line {
+    /// The waiters in arrival order: a sorted set of their tokens, scored
+    /// by arrival (the server's clock in microseconds).
+    pub(crate) queue: String,
+    /// When each waiter's place lapses unless it tries again: a sorted set
+    /// of their tokens, scored by deadline (the server's clock in ms).
+    pub(crate) beats: String,
+    /// Where releases are published.
+    pub(crate) channel: String,
 }
 
 impl Default for Keyspace {
@@ -235,10 +257,25 @@ impl Keyspace {
     /// The fencing counter of a lock, in the lock key's cluster slot (see
     /// the module documentation).
     pub(crate) fn fence(&self, lock_key: &str) -> String {
-        let mut key =
-            String::with_capacity(self.prefix.len() + FENCE_TAG.len() + lock_key.len() + 2);
+        self.beside(FENCE_TAG, lock_key)
+    }
+
+    /// Where the waiters of the lock (or any resource) `key` line up and
+    /// are woken, in its cluster slot.
+    pub(crate) fn line(&self, key: &str) -> Line {
+        Line {
+            queue: self.beside(QUEUE_TAG, key),
+            beats: self.beside(BEATS_TAG, key),
+            channel: self.beside(WAKE_TAG, key),
+        }
+    }
+
+    /// `{prefix}{tag}` and `lock_key` in braces, or, when the lock key has
+    /// a hash tag already, the rest of it with that tag: in its slot.
+    fn beside(&self, tag: &str, lock_key: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + lock_key.len() + 2);
         key.push_str(&self.prefix);
-        key.push_str(FENCE_TAG);
+        key.push_str(tag);
         if hash_tag(lock_key).is_some() {
             // The lock key has a tag of its own (in the prefix, or in a
             // name such as `{tenant}:job`): keep it, and the slot with it.
@@ -750,6 +787,29 @@ mod tests {
         assert_eq!(
             keys.fence("cachify:lock:user-42"),
             "cachify:fence:{cachify:lock:user-42}"
+        );
+    }
+
+    #[test]
+    fn a_line_shares_its_locks_hash_slot() {
+        let plain = keys("cachify:");
+        let lock = plain.lock("job");
+        let line = plain.line(&lock);
+        assert_eq!(line.queue, "cachify:queue:{cachify:lock:job}");
+        assert_eq!(line.beats, "cachify:beats:{cachify:lock:job}");
+        assert_eq!(line.channel, "cachify:wake:{cachify:lock:job}");
+        let named = plain.lock("{tenant}:job");
+        let tagged = keys("{app}:");
+        let app_lock = tagged.lock("job");
+        for (keys, lock) in [(&plain, &named), (&tagged, &app_lock)] {
+            let line = keys.line(lock);
+            for key in [&line.queue, &line.beats, &line.channel] {
+                assert_eq!(hash_tag(key), hash_tag(lock), "{key} beside {lock}");
+            }
+        }
+        assert_ne!(
+            plain.line(&named),
+            plain.line(&plain.lock("{tenant}:other"))
         );
     }
 

@@ -166,6 +166,7 @@ mod refresh;
 mod site;
 mod store;
 mod value;
+mod wait;
 
 #[doc(hidden)]
 pub mod __private;

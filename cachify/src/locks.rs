@@ -1,5 +1,7 @@
 //! Owned distributed locks: `SET key token NX PX`, owner-only release and
 //! renewal, and a watchdog that renews the lease while the holder runs.
+//! Waiters are served in arrival order and woken by releases (see
+//! [`crate::wait`]).
 //!
 //! Locks fail closed: a backend error is `Err(Error::Backend)`, never a run
 //! without the lock.
@@ -16,13 +18,14 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::health::Health;
 use crate::io;
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, Line};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, LOCK_API_TEMPLATE, Tally};
-use crate::store::{Fence, LockStore, StoreFuture, clamp_ttl};
+use crate::store::{Fence, LockStore, StoreFuture, Watch, clamp_ttl};
+use crate::wait::{self, Turn};
 
-/// First pause between two attempts while waiting for a held lock; it
-/// doubles up to [`MAX_RETRY_PAUSE`].
+/// First pause between two attempts to release a lock whose release
+/// failed; it doubles up to [`MAX_RETRY_PAUSE`] times ten.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Shortest gap between two renewals, whatever the lease.
@@ -35,6 +38,8 @@ pub(crate) struct Locks {
     lock_ttl: Duration,
     fence_idle: Duration,
     health: Arc<Health>,
+    /// The longest a waiter goes between two attempts.
+    recheck: Duration,
 }
 
 impl fmt::Debug for Locks {
@@ -61,7 +66,19 @@ impl Locks {
             lock_ttl,
             fence_idle,
             health,
+            recheck: wait::RECHECK,
         }
+    }
+
+    /// Sets the longest pause between two attempts of a waiter.
+    pub(crate) fn with_recheck(mut self, recheck: Duration) -> Self {
+        self.recheck = recheck;
+        self
+    }
+
+    /// The longest pause between two attempts of a waiter.
+    pub(crate) fn recheck(&self) -> Duration {
+        self.recheck
     }
 
     /// The lease of locks that set no `ttl`.
@@ -94,20 +111,27 @@ impl Locks {
             idle: self.fence_idle,
         });
         let counters = &self.health.counters;
+        let line = self.keys.line(&key);
+        let join = Turn::join(wait, self.recheck);
         // A wait too long to represent is a wait without end.
         let deadline = Instant::now().checked_add(wait);
-        let mut pause = FIRST_RETRY_PAUSE;
+        // Made at the first refusal of a caller that waits.
+        let mut turn: Option<Turn> = None;
         let fencing_token = loop {
             let attempt = Attempt {
                 store: &self.store,
                 key: &key,
                 token: &token,
+                line: &line,
                 lease,
                 armed: true,
             };
-            match M::io(self.store.try_lock(&key, &token, lease, fence)).await {
+            match M::io(self.store.try_lock(&key, &token, lease, fence, &line, join)).await {
                 Ok(Some(fencing_token)) => {
                     attempt.settle();
+                    if let Some(turn) = turn {
+                        turn.settle();
+                    }
                     break fencing_token;
                 }
                 Ok(None) => attempt.settle(),
@@ -119,32 +143,36 @@ impl Locks {
                     if let Some(suppressed) = self.health.lock_log.admit() {
                         tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
                     }
-                    // Dropping the armed attempt takes back what the SET may yet take.
+                    // Dropping the armed attempt takes back what the SET may
+                    // yet take; dropping the turn leaves the line.
                     drop(attempt);
                     return Err(error);
                 }
             }
-            let now = Instant::now();
-            let pause_now = match deadline {
-                Some(deadline) if now >= deadline => {
-                    match tally {
-                        Some(tally) => tally.lock_contended(),
-                        None => counters.lock_contention.add(),
-                    }
-                    tracing::debug!(
-                        target: "cachify::lock",
-                        lock = "contended",
-                        key,
-                        ?wait,
-                        "cachify: lock held elsewhere; giving up"
-                    );
-                    return Err(Error::Locked { key });
+            let waiting = !wait.is_zero()
+                && turn
+                    .get_or_insert_with(|| {
+                        Turn::new(&self.store, &key, &token, &line, deadline, self.recheck)
+                    })
+                    .pause::<M>()
+                    .await;
+            if !waiting {
+                if let Some(turn) = turn {
+                    turn.leave::<M>().await;
                 }
-                Some(deadline) => pause.min(deadline - now),
-                None => pause,
-            };
-            M::sleep(pause_now).await;
-            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                match tally {
+                    Some(tally) => tally.lock_contended(),
+                    None => counters.lock_contention.add(),
+                }
+                tracing::debug!(
+                    target: "cachify::lock",
+                    lock = "contended",
+                    key,
+                    ?wait,
+                    "cachify: lock held elsewhere; giving up"
+                );
+                return Err(Error::Locked { key });
+            }
         };
         match tally {
             Some(tally) => tally.lock_acquired(),
@@ -171,6 +199,7 @@ impl Locks {
             store: Arc::clone(&self.store),
             key,
             token,
+            line,
             lease,
             fencing_token,
             lost,
@@ -185,7 +214,13 @@ impl Locks {
 
     /// Deletes the lock `key` whoever holds it.
     pub(crate) async fn force_unlock<M: Mode>(&self, key: &str) -> Result<(), Error> {
-        M::io(self.store.force_unlock(key)).await
+        M::io(self.store.force_unlock(key, &self.keys.line(key))).await
+    }
+
+    /// Watches the releases of the lock `key` (the followers of a fill
+    /// wait for its filler this way); `None` if watching failed.
+    pub(crate) async fn watch<M: Mode>(&self, key: &str) -> Option<Watch> {
+        M::io(self.store.watch(&self.keys.line(key))).await.ok()
     }
 
     /// Starts building a lock named `name` on these locks.
@@ -316,6 +351,8 @@ pub struct LockGuard {
     key: String,
     /// Empty once released: `Drop` then has nothing left to do.
     token: String,
+    /// Where its waiters line up and are woken.
+    line: Line,
     lease: Duration,
     fencing_token: u64,
     lost: Arc<Lost>,
@@ -464,7 +501,7 @@ impl LockGuard {
 
     async fn release_in<M: Mode>(mut self) -> Result<(), Error> {
         self.stop_watchdog();
-        let released = M::io(self.store.unlock(&self.key, &self.token)).await;
+        let released = M::io(self.store.unlock(&self.key, &self.token, &self.line)).await;
         let released = match released {
             Ok(true) => {
                 released_event(&self.key);
@@ -478,6 +515,7 @@ impl LockGuard {
                     Arc::clone(&self.store),
                     self.key.clone(),
                     self.token.clone(),
+                    self.line.clone(),
                     self.lease,
                 ));
                 Err(error)
@@ -516,11 +554,16 @@ impl Drop for LockGuard {
         // An in-process store has released already. Otherwise Drop cannot
         // await: release in the background, retrying while the store is
         // unreachable. Owner-only release makes a late one harmless.
-        if let StoreFuture::Io(unlock) = self.store.unlock(&self.key, &token) {
-            let (store, key, lease) = (Arc::clone(&self.store), self.key.clone(), self.lease);
+        if let StoreFuture::Io(unlock) = self.store.unlock(&self.key, &token, &self.line) {
+            let (store, key, line, lease) = (
+                Arc::clone(&self.store),
+                self.key.clone(),
+                self.line.clone(),
+                self.lease,
+            );
             io::spawn(async move {
                 if unlock.await.is_err() {
-                    abandon(store, key, token, lease).await;
+                    abandon(store, key, token, line, lease).await;
                 }
             });
         }
@@ -550,6 +593,7 @@ struct Attempt<'a> {
     store: &'a Arc<dyn LockStore>,
     key: &'a str,
     token: &'a str,
+    line: &'a Line,
     lease: Duration,
     armed: bool,
 }
@@ -563,12 +607,13 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let (store, key, token) = (
+            let (store, key, token, line) = (
                 Arc::clone(self.store),
                 self.key.to_owned(),
                 self.token.to_owned(),
+                self.line.clone(),
             );
-            io::spawn(abandon(store, key, token, self.lease));
+            io::spawn(abandon(store, key, token, line, self.lease));
         }
     }
 }
@@ -584,11 +629,17 @@ pub(crate) fn new_token() -> Result<String, Error> {
 /// After a failed attempt, deletes the lock if that attempt's token holds
 /// it, retrying until the backend answers or the lease would have ended
 /// anyway. Owner-only, so it never touches anyone else's lock.
-async fn abandon(store: Arc<dyn LockStore>, key: String, token: String, lease: Duration) {
+async fn abandon(
+    store: Arc<dyn LockStore>,
+    key: String,
+    token: String,
+    line: Line,
+    lease: Duration,
+) {
     let give_up = Instant::now().checked_add(lease);
     let mut pause = FIRST_RETRY_PAUSE;
     loop {
-        match store.unlock(&key, &token).await {
+        match store.unlock(&key, &token, &line).await {
             Ok(true) => {
                 tracing::info!(
                     key,
@@ -641,5 +692,123 @@ async fn renew(
                 tracing::warn!(key, %error, "cachify: could not renew a lock lease; will retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::wait::RECHECK;
+
+    /// The memory store, counting attempts to take a lock.
+    struct Counting {
+        memory: MemoryStore,
+        attempts: AtomicUsize,
+    }
+
+    impl LockStore for Counting {
+        fn try_lock(
+            &self,
+            key: &str,
+            token: &str,
+            lease: Duration,
+            fence: Option<Fence<'_>>,
+            line: &Line,
+            join: Option<Duration>,
+        ) -> StoreFuture<Option<u64>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            self.memory.try_lock(key, token, lease, fence, line, join)
+        }
+        fn unlock(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
+            self.memory.unlock(key, token, line)
+        }
+        fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
+            self.memory.renew(key, token, lease)
+        }
+        fn holder(&self, key: &str) -> StoreFuture<Option<String>> {
+            self.memory.holder(key)
+        }
+        fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()> {
+            self.memory.force_unlock(key, line)
+        }
+        fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()> {
+            self.memory.leave(key, token, line)
+        }
+        fn watch(&self, line: &Line) -> StoreFuture<Watch> {
+            self.memory.watch(line)
+        }
+    }
+
+    fn locks() -> (Arc<Counting>, Locks) {
+        let store = Arc::new(Counting {
+            memory: MemoryStore::new(10),
+            attempts: AtomicUsize::new(0),
+        });
+        let locks = Locks::new(
+            Arc::clone(&store) as Arc<dyn LockStore>,
+            Keyspace::default(),
+            Duration::from_secs(30),
+            Duration::from_secs(60),
+            Arc::new(Health::new(1, Duration::from_secs(1))),
+        );
+        (store, locks)
+    }
+
+    const HELD_FOR: Duration = Duration::from_millis(2000);
+    const WAIT: Duration = Duration::from_secs(30);
+    /// The first refusal, the attempt right after watching, one per
+    /// re-check while held, and the one that takes the lock. Polling with
+    /// backoff up to 100 ms costs about 25.
+    const HANDFUL: usize = 2 + (HELD_FOR.as_millis() / RECHECK.as_millis()) as usize + 1;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_async_waiter_tries_a_handful_of_times_not_dozens() {
+        let (store, locks) = locks();
+        let held = locks
+            .acquire::<Async>("l".into(), None, Duration::ZERO, true, None)
+            .await
+            .unwrap();
+        let locks = Arc::new(locks);
+        let waiter = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move {
+                locks
+                    .acquire::<Async>("l".into(), None, WAIT, true, None)
+                    .await
+            }
+        });
+        tokio::time::sleep(HELD_FOR).await;
+        held.release().await.unwrap();
+        let taken = waiter.await.unwrap().unwrap();
+        let attempts = store.attempts.load(Ordering::SeqCst) - 1;
+        assert!(
+            (3..=HANDFUL).contains(&attempts),
+            "waiting {HELD_FOR:?} took {attempts} attempts"
+        );
+        taken.release().await.unwrap();
+    }
+
+    #[test]
+    fn a_blocking_waiter_tries_a_handful_of_times_not_dozens() {
+        let (store, locks) = locks();
+        let held =
+            drive(locks.acquire::<Blocking>("l".into(), None, Duration::ZERO, true, None)).unwrap();
+        let locks = Arc::new(locks);
+        let waiter = std::thread::spawn({
+            let locks = Arc::clone(&locks);
+            move || drive(locks.acquire::<Blocking>("l".into(), None, WAIT, true, None))
+        });
+        std::thread::sleep(HELD_FOR);
+        held.release_blocking().unwrap();
+        let taken = waiter.join().unwrap().unwrap();
+        let attempts = store.attempts.load(Ordering::SeqCst) - 1;
+        assert!(
+            (3..=HANDFUL).contains(&attempts),
+            "waiting {HELD_FOR:?} took {attempts} attempts"
+        );
+        taken.release_blocking().unwrap();
     }
 }

@@ -9,11 +9,14 @@ use std::time::Duration;
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, ScriptInvocation};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, ProtocolVersion, ScriptInvocation,
+};
 
-use super::Io;
 use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
 use super::redis::{invalid_url, redact};
+use super::subscriber::Subscriber;
+use super::{Io, Watch};
 use crate::error::{BackendError, Error};
 use crate::keyspace::KeyMatch;
 
@@ -37,6 +40,8 @@ struct Shared {
     command_timeout: Duration,
     /// The first seed's settings (credentials, TLS), to reach each primary.
     seed: ConnectionInfo,
+    /// Release messages for this client's lock waiters.
+    subscriber: Subscriber,
 }
 
 impl ClusterStore {
@@ -64,23 +69,40 @@ impl ClusterStore {
             .into_iter()
             .next()
             .ok_or_else(|| Error::Config("redis_cluster needs at least one seed URL".into()))?;
-        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
-            .connection_timeout(settings.connect_timeout)
-            .response_timeout(settings.command_timeout)
-            .retries(RETRIES)
-            .min_retry_wait(MIN_RETRY_WAIT_MS)
-            .max_retry_wait(MAX_RETRY_WAIT_MS)
-            .build()
-            .map_err(|error| {
-                Error::Config(format!("invalid Redis Cluster seeds {shown}: {error}"))
-            })?;
-        let config = ClusterConfig::new()
-            .set_connection_timeout(settings.connect_timeout)
-            .set_response_timeout(settings.command_timeout);
+        let builder = || {
+            ClusterClient::builder(seeds.iter().map(String::as_str))
+                .connection_timeout(settings.connect_timeout)
+                .response_timeout(settings.command_timeout)
+                .retries(RETRIES)
+                .min_retry_wait(MIN_RETRY_WAIT_MS)
+                .max_retry_wait(MAX_RETRY_WAIT_MS)
+        };
+        let invalid = |error: redis::RedisError| {
+            Error::Config(format!("invalid Redis Cluster seeds {shown}: {error}"))
+        };
+        let client = builder().build().map_err(invalid)?;
+        let config = || {
+            ClusterConfig::new()
+                .set_connection_timeout(settings.connect_timeout)
+                .set_response_timeout(settings.command_timeout)
+        };
+        // Sharded pub/sub needs RESP3 and a push sender; connected on the
+        // first wait, and reconnected and resubscribed by redis-rs.
+        let subscriber = Subscriber::cluster(
+            |sender| {
+                let client = builder()
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(sender)
+                    .build()
+                    .map_err(invalid)?;
+                Ok(client.get_pending_async_connection_with_config(config()))
+            },
+            settings.command_timeout,
+        )?;
         let connection = if settings.lazy {
-            client.get_pending_async_connection_with_config(config)
+            client.get_pending_async_connection_with_config(config())
         } else {
-            let connecting = client.get_async_connection_with_config(config);
+            let connecting = client.get_async_connection_with_config(config());
             match tokio::time::timeout(settings.connect_timeout, connecting).await {
                 Ok(connected) => connected.map_err(|error| {
                     Error::Backend(
@@ -101,6 +123,7 @@ impl ClusterStore {
                 connection,
                 command_timeout: settings.command_timeout,
                 seed,
+                subscriber,
             }),
         };
         if !settings.lazy {
@@ -274,6 +297,14 @@ impl Link for ClusterStore {
     fn primaries(&self) -> Io<Vec<ConnectionInfo>> {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move { shared.primary_connections().await })
+    }
+
+    fn publish(&self) -> &'static str {
+        "SPUBLISH"
+    }
+
+    fn watch(&self, channel: &str) -> Io<Watch> {
+        self.shared.subscriber.watch(channel)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The in-process store: values kept as they are (no encoding), locks,
-//! fencing tokens and pools for callers in this process, and cache tags.
+//! fencing tokens and pools for callers in this process, their waiters'
+//! lines and wake-ups, and cache tags.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,10 +12,12 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
 use super::local::{LocalValues, expiry_after};
+use super::wake::Hub;
 use super::{
-    Fence, Local, LockStore, PoolStore, StoreFuture, TagStore, ValueStore, clamp_ttl, next_fence,
+    Fence, Local, LockStore, PoolStore, StoreFuture, TagStore, ValueStore, Watch, clamp_ttl,
+    next_fence,
 };
-use crate::keyspace::{KeyMatch, TagKeys};
+use crate::keyspace::{KeyMatch, Line, TagKeys};
 use crate::value::{AnyValue, ValueType};
 
 #[derive(Clone)]
@@ -113,6 +116,10 @@ pub(crate) struct MemoryStore {
     /// Unbounded for the same reason as `locks`; a pool goes when its
     /// longest lease ends.
     pools: Cache<String, Slots>,
+    /// The waiters of each lock that has any, in arrival order.
+    lines: Mutex<HashMap<String, VecDeque<Place>>>,
+    /// Wakes a lock's waiters when it is released.
+    hub: Arc<Hub>,
 }
 
 /// Every tag in use, and when to sweep out the ones that are done.
@@ -145,6 +152,12 @@ impl Tag {
     }
 }
 
+/// A waiter's place in a line, kept until `until` unless it tries again.
+struct Place {
+    token: Arc<str>,
+    until: Instant,
+}
+
 /// Microseconds since the Unix epoch, the floor of new fencing tokens.
 fn clock_micros() -> u64 {
     let since = SystemTime::now()
@@ -161,11 +174,60 @@ impl MemoryStore {
             last_fence: AtomicU64::new(0),
             tags: Mutex::default(),
             pools: Cache::builder().expire_after(LongestLease).build(),
+            lines: Mutex::default(),
+            hub: Arc::default(),
         }
     }
 
     fn tags(&self) -> std::sync::MutexGuard<'_, TagBook> {
         self.tags.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the line of `key` lets `token` take one of `free` free
+    /// places (a lock has one, or none while held): it does when fewer than
+    /// `free` waiters are ahead of it (none for a lock: it is the head, or
+    /// the line is empty), after dropping lapsed places. A caller not in
+    /// the line counts as behind all of it. On a refusal with `join`,
+    /// `token` joins the line or keeps its place; on a grant it leaves it.
+    pub(crate) fn take_turn(
+        &self,
+        key: &str,
+        token: &str,
+        join: Option<Duration>,
+        free: usize,
+    ) -> bool {
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let (ahead, queued) = match lines.get_mut(key) {
+            Some(line) => {
+                line.retain(|place| place.until > now);
+                match line.iter().position(|place| &*place.token == token) {
+                    Some(at) => (at, Some(at)),
+                    None => (line.len(), None),
+                }
+            }
+            None => (0, None),
+        };
+        let turn = ahead < free;
+        if let Some(line) = lines.get_mut(key) {
+            match (turn, queued, join) {
+                (true, Some(at), _) => {
+                    line.remove(at);
+                }
+                (false, Some(at), Some(keep)) => line[at].until = now + keep,
+                _ => {}
+            }
+        }
+        if let (false, None, Some(keep)) = (turn, queued, join) {
+            lines.entry(key.to_owned()).or_default().push_back(Place {
+                token: token.into(),
+                until: now + keep,
+            });
+        }
+        if lines.get(key).is_some_and(VecDeque::is_empty) {
+            lines.remove(key);
+        }
+        turn
     }
 
     fn draw_fence(&self) -> u64 {
@@ -233,6 +295,8 @@ impl LockStore for MemoryStore {
         token: &str,
         lease: Duration,
         fence: Option<Fence<'_>>,
+        _: &Line,
+        join: Option<Duration>,
     ) -> StoreFuture<Option<u64>> {
         let lease = Lease {
             token: token.into(),
@@ -240,20 +304,18 @@ impl LockStore for MemoryStore {
         };
         let mut granted = None;
         // The token is drawn inside the lock's compute, which moka runs
-        // alone for this key: grant and token are one step.
-        self.locks
-            .entry(key.to_owned())
-            .and_compute_with(|held| match held {
-                Some(_) => Op::Nop,
-                None => {
-                    granted = Some(fence.map_or(0, |_| self.draw_fence()));
-                    Op::Put(lease)
-                }
-            });
+        // alone for this key: line, grant and token are one step.
+        self.locks.entry(key.to_owned()).and_compute_with(|held| {
+            if !self.take_turn(key, token, join, usize::from(held.is_none())) {
+                return Op::Nop;
+            }
+            granted = Some(fence.map_or(0, |_| self.draw_fence()));
+            Op::Put(lease)
+        });
         StoreFuture::ready(Ok(granted))
     }
 
-    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
+    fn unlock(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
         let result = self
             .locks
             .entry(key.to_owned())
@@ -261,7 +323,11 @@ impl LockStore for MemoryStore {
                 Some(entry) if &*entry.value().token == token => Op::Remove,
                 _ => Op::Nop,
             });
-        StoreFuture::ready(Ok(matches!(result, CompResult::Removed(_))))
+        let released = matches!(result, CompResult::Removed(_));
+        if released {
+            self.hub.ring(&line.channel);
+        }
+        StoreFuture::ready(Ok(released))
     }
 
     fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
@@ -282,14 +348,34 @@ impl LockStore for MemoryStore {
         StoreFuture::ready(Ok(self.locks.get(key).map(|lease| lease.token.to_string())))
     }
 
-    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
+    fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()> {
         // Through the per-key compute, like every other lock operation:
         // `invalidate` is not ordered with a renewal that already read the
         // lease, and that renewal would then put the deleted lock back.
         self.locks
             .entry(key.to_owned())
             .and_compute_with(|_| Op::Remove);
+        self.hub.ring(&line.channel);
         StoreFuture::ready(Ok(()))
+    }
+
+    fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()> {
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(places) = lines.get_mut(key) {
+            places.retain(|place| &*place.token != token);
+            if places.is_empty() {
+                lines.remove(key);
+            }
+        }
+        drop(lines);
+        if !self.locks.contains_key(key) {
+            self.hub.ring(&line.channel);
+        }
+        StoreFuture::ready(Ok(()))
+    }
+
+    fn watch(&self, line: &Line) -> StoreFuture<Watch> {
+        StoreFuture::ready(Ok(self.hub.watch(&line.channel)))
     }
 }
 
@@ -411,6 +497,10 @@ mod tests {
         idle: Duration::from_secs(60),
     });
 
+    fn line() -> Line {
+        crate::keyspace::Keyspace::default().line("l")
+    }
+
     fn now<T>(future: StoreFuture<T>) -> T {
         match future {
             StoreFuture::Ready(Some(result)) => result.unwrap(),
@@ -437,13 +527,18 @@ mod tests {
     #[test]
     fn locks_are_owned_and_expire() {
         let memory = MemoryStore::new(100);
-        let first = now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE)).unwrap();
+        let first =
+            now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE, &line(), None))
+                .unwrap();
         assert!(first > 0);
         assert_eq!(
-            now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE)),
+            now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE, &line(), None)),
             None
         );
-        assert!(!now(memory.unlock("l", "b")), "only the owner releases");
+        assert!(
+            !now(memory.unlock("l", "b", &line())),
+            "only the owner releases"
+        );
         assert!(
             !now(memory.renew("l", "b", Duration::from_secs(1))),
             "only the owner renews"
@@ -455,12 +550,13 @@ mod tests {
             !now(memory.renew("l", "a", Duration::from_secs(1))),
             "an expired lease is gone"
         );
-        let second = now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE)).unwrap();
+        let second =
+            now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE, &line(), None)).unwrap();
         assert!(second > first, "fencing tokens increase");
-        assert!(now(memory.unlock("l", "b")));
+        assert!(now(memory.unlock("l", "b", &line())));
         assert_eq!(now(memory.holder("l")), None);
         assert_eq!(
-            now(memory.try_lock("l", "c", Duration::from_secs(1), None)),
+            now(memory.try_lock("l", "c", Duration::from_secs(1), None, &line(), None)),
             Some(0),
             "no fence, no token"
         );
@@ -469,7 +565,10 @@ mod tests {
     #[test]
     fn renew_extends_the_lease() {
         let memory = MemoryStore::new(100);
-        assert!(now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE)).is_some());
+        assert!(
+            now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE, &line(), None))
+                .is_some()
+        );
         for _ in 0..4 {
             std::thread::sleep(Duration::from_millis(200));
             assert!(now(memory.renew("l", "a", Duration::from_millis(400))));
@@ -480,15 +579,107 @@ mod tests {
     #[test]
     fn a_million_lock_names_leave_nothing_behind() {
         let memory = MemoryStore::new(100);
+        let line = line();
         let mut last = 0;
         for name in 0..1_000_000 {
             let key = format!("l{name}");
-            let token = now(memory.try_lock(&key, "t", Duration::from_secs(5), FENCE)).unwrap();
+            let token = now(memory.try_lock(&key, "t", Duration::from_secs(5), FENCE, &line, None))
+                .unwrap();
             assert!(token > last, "tokens increase across names too");
             last = token;
-            assert!(now(memory.unlock(&key, "t")));
+            assert!(now(memory.unlock(&key, "t", &line)));
         }
         assert_eq!(memory.held_locks(), 0);
+        assert!(memory.lines.lock().unwrap().is_empty());
+    }
+
+    const KEEP: Option<Duration> = Some(Duration::from_secs(60));
+    const LEASE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_free_lock_goes_to_the_head_of_the_line() {
+        let memory = MemoryStore::new(10);
+        let line = line();
+        assert!(now(memory.try_lock("l", "holder", LEASE, FENCE, &line, KEEP)).is_some());
+        assert_eq!(
+            now(memory.try_lock("l", "first", LEASE, FENCE, &line, KEEP)),
+            None
+        );
+        assert_eq!(
+            now(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)),
+            None
+        );
+        assert!(now(memory.unlock("l", "holder", &line)));
+        for cutter in ["holder", "other"] {
+            assert_eq!(
+                now(memory.try_lock("l", cutter, LEASE, FENCE, &line, None)),
+                None,
+                "a free lock waits for the head of its line"
+            );
+        }
+        assert_eq!(
+            now(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)),
+            None,
+            "the second waiter waits for the first"
+        );
+        let first = now(memory.try_lock("l", "first", LEASE, FENCE, &line, KEEP)).unwrap();
+        assert!(now(memory.unlock("l", "first", &line)));
+        let second = now(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)).unwrap();
+        assert!(second > first, "fencing tokens still increase");
+        assert!(now(memory.unlock("l", "second", &line)));
+        assert!(
+            now(memory.try_lock("l", "anyone", LEASE, FENCE, &line, None)).is_some(),
+            "an empty line lets anyone in"
+        );
+        assert!(
+            memory.lines.lock().unwrap().is_empty(),
+            "no line left behind"
+        );
+    }
+
+    #[test]
+    fn a_lapsed_place_lets_the_next_waiter_through() {
+        let memory = MemoryStore::new(10);
+        let line = line();
+        let brief = Some(Duration::from_millis(50));
+        assert!(now(memory.try_lock("l", "holder", LEASE, FENCE, &line, None)).is_some());
+        assert_eq!(
+            now(memory.try_lock("l", "gone", LEASE, FENCE, &line, brief)),
+            None
+        );
+        assert!(now(memory.unlock("l", "holder", &line)));
+        assert_eq!(
+            now(memory.try_lock("l", "next", LEASE, FENCE, &line, KEEP)),
+            None
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(
+            now(memory.try_lock("l", "next", LEASE, FENCE, &line, KEEP)).is_some(),
+            "the place of a waiter that stopped trying lapsed"
+        );
+    }
+
+    #[test]
+    fn leaving_the_line_lets_the_next_one_in_and_wakes_it() {
+        let memory = MemoryStore::new(10);
+        let line = line();
+        let mut watch = now(memory.watch(&line));
+        assert!(now(memory.try_lock("l", "holder", LEASE, FENCE, &line, None)).is_some());
+        assert_eq!(
+            now(memory.try_lock("l", "quitter", LEASE, FENCE, &line, KEEP)),
+            None
+        );
+        assert!(now(memory.unlock("l", "holder", &line)));
+        let rings = crate::io::block_on(watch.next(Duration::from_secs(60))).unwrap();
+        assert_eq!(rings, 1, "the release rang");
+        watch.rung(rings);
+        now(memory.leave("l", "quitter", &line));
+        let rings = crate::io::block_on(watch.next(Duration::from_secs(60))).unwrap();
+        assert_eq!(rings, 2, "leaving a free lock's line rang");
+        assert!(now(memory.try_lock("l", "next", LEASE, FENCE, &line, None)).is_some());
+        now(memory.force_unlock("l", &line));
+        let rings = crate::io::block_on(watch.next(Duration::from_secs(60))).unwrap();
+        assert_eq!(rings, 3, "a forced release rang");
     }
 
     fn tag() -> TagKeys {

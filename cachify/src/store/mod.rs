@@ -23,7 +23,9 @@ pub(crate) mod near;
 pub(crate) mod protocol;
 pub(crate) mod redis;
 mod stall;
+pub(crate) mod subscriber;
 pub(crate) mod tracking;
+pub(crate) mod wake;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,10 +34,11 @@ use std::time::Duration;
 
 use crate::codec::Codec;
 use crate::error::{BackendError, Error};
-use crate::keyspace::{KeyMatch, TagKeys};
+use crate::keyspace::{KeyMatch, Line, TagKeys};
 use crate::value::{AnyValue, ValueType};
 
 pub(crate) use self::encoded::Encoded;
+pub(crate) use self::wake::Watch;
 
 /// Longest TTL or lease handed to a store (about 100 years): Redis refuses
 /// expiry times that overflow, and nobody means more.
@@ -218,10 +221,18 @@ pub(crate) struct Fence<'a> {
 }
 
 /// Owned locks: a random token per holder, owner-only release and renewal.
+///
+/// Fair: a lock's waiters line up in arrival order ([`Line`]), and a free
+/// lock goes only to the head of the line, or to anyone when the line is
+/// empty. A place in the line lapses when its waiter has not tried again
+/// for `keep` (it crashed, or gave up without saying so).
 pub(crate) trait LockStore: Send + Sync + 'static {
-    /// Takes the lock for `lease` if nobody holds it. `Ok(None)`: held
-    /// elsewhere. `Ok(Some(token))`: taken, with the next fencing token of
-    /// `fence` drawn in the same atomic step (`0` without a fence).
+    /// Takes the lock for `lease` if nobody holds it and nobody waits
+    /// before this caller. `Ok(None)`: held elsewhere, or promised to an
+    /// earlier waiter. `Ok(Some(token))`: taken, with the next fencing
+    /// token of `fence` drawn in the same atomic step (`0` without a
+    /// fence). `join`: on a refusal, join the line (or keep this token's
+    /// place in it) for that long; `None` for a caller that will not wait.
     ///
     /// Fencing tokens strictly increase per lock name, across expiry of an
     /// idle counter: a counter starts at (and never falls behind) the
@@ -233,10 +244,13 @@ pub(crate) trait LockStore: Send + Sync + 'static {
         token: &str,
         lease: Duration,
         fence: Option<Fence<'_>>,
+        line: &Line,
+        join: Option<Duration>,
     ) -> StoreFuture<Option<u64>>;
 
-    /// Deletes the lock if `token` still owns it; false when it does not.
-    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool>;
+    /// Deletes the lock if `token` still owns it, and wakes its waiters;
+    /// false when it does not own it.
+    fn unlock(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool>;
 
     /// Renews the lease if `token` still owns the lock; false when it does not.
     fn renew(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool>;
@@ -244,8 +258,17 @@ pub(crate) trait LockStore: Send + Sync + 'static {
     /// The token of whoever holds the lock.
     fn holder(&self, key: &str) -> StoreFuture<Option<String>>;
 
-    /// Deletes the lock whoever holds it (`_release`).
-    fn force_unlock(&self, key: &str) -> StoreFuture<()>;
+    /// Deletes the lock whoever holds it (`_release`), and wakes its waiters.
+    fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()>;
+
+    /// Takes `token` out of the line of `key`, waking the others if the
+    /// lock is free (it may have been waiting for this token).
+    fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()>;
+
+    /// Watches for releases of the lock whose line is `line`: resolves once
+    /// the watch sees every release from then on (or, where releases are
+    /// not announced at the moment, once waiters must rely on re-checks).
+    fn watch(&self, line: &Line) -> StoreFuture<Watch>;
 }
 
 /// The next fencing token: one above the last, and never behind `clock`

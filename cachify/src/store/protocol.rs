@@ -9,46 +9,102 @@ use std::time::Duration;
 
 use redis::{Cmd, ConnectionInfo, FromRedisValue, Script, ScriptInvocation};
 
-use super::{ByteStore, Fence, Io, LockStore, PoolStore, StoreFuture, TagStore, millis};
+use super::{ByteStore, Fence, Io, LockStore, PoolStore, StoreFuture, TagStore, Watch, millis};
 use crate::error::{BackendError, Error};
-use crate::keyspace::{KeyMatch, TagKeys};
+use crate::keyspace::{KeyMatch, Line, TagKeys};
 
-/// Takes the lock if it is free and, in the same atomic step, draws the
-/// next fencing token: one above the last and never behind the server's
-/// clock in microseconds, so a counter that expired while idle restarts
-/// above every token it handed out. The counter expires after ARGV[3]
-/// milliseconds without a grant. Lua numbers are doubles, exact up to
-/// 2^53 (microseconds until the year 2255); `%d` keeps every digit when
-/// the counter is written back. `replicate_commands` lets Redis before 5
-/// accept a write after `TIME` (later versions always replicate effects);
-/// a refusal is `nil`, which reads as "no token" in RESP2 and RESP3 alike.
+/// Takes the lock if it is free and nobody waits before the caller and, in
+/// the same atomic step, draws the next fencing token: one above the last
+/// and never behind the server's clock in microseconds, so a counter that
+/// expired while idle restarts above every token it handed out. The
+/// counter expires after `ARGV[4]` milliseconds without a grant. Lua numbers
+/// are doubles, exact up to 2^53 (microseconds until the year 2255); `%d`
+/// keeps every digit when the counter is written back.
+///
+/// The line (`KEYS[2]`, tokens by arrival; `KEYS[3]`, tokens by the deadline
+/// of their place) is purged of lapsed places first, by the server's
+/// clock. A free lock goes to the line's head, or to anyone when the line
+/// is empty; a refused caller with `ARGV[3]` > 0 joins the line, or keeps its
+/// place, for that many milliseconds (the sets then live at least that
+/// long; never shorter, since other clients may keep places longer).
+/// `replicate_commands` lets Redis before 5 accept writes after `TIME`
+/// (later versions always replicate effects); a refusal is `nil`, which
+/// reads as "no token" in RESP2 and RESP3 alike.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "redis.replicate_commands() \
-         if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
-             return nil \
-         end \
-         if #KEYS < 2 then \
-             return 0 \
-         end \
          local now = redis.call('TIME') \
          local clock = tonumber(now[1]) * 1000000 + tonumber(now[2]) \
-         local last = redis.call('GET', KEYS[2]) \
+         local ms = math.floor(clock / 1000) \
+         local lapsed = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms) \
+         for i = 1, #lapsed do \
+             redis.call('ZREM', KEYS[2], lapsed[i]) \
+             redis.call('ZREM', KEYS[3], lapsed[i]) \
+         end \
+         local keep = tonumber(ARGV[3]) \
+         local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1] \
+         if redis.call('EXISTS', KEYS[1]) == 1 or (head and head ~= ARGV[1]) then \
+             if keep > 0 then \
+                 redis.call('ZADD', KEYS[2], 'NX', string.format('%d', clock), ARGV[1]) \
+                 redis.call('ZADD', KEYS[3], ms + keep, ARGV[1]) \
+                 for k = 2, 3 do \
+                     if redis.call('PTTL', KEYS[k]) < keep then \
+                         redis.call('PEXPIRE', KEYS[k], keep) \
+                     end \
+                 end \
+             end \
+             return nil \
+         end \
+         redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+         if head then \
+             redis.call('ZREM', KEYS[2], ARGV[1]) \
+             redis.call('ZREM', KEYS[3], ARGV[1]) \
+         end \
+         if #KEYS < 4 then \
+             return 0 \
+         end \
+         local last = redis.call('GET', KEYS[4]) \
          last = last and tonumber(last) or 0 \
          local token = math.max(last + 1, clock) \
-         redis.call('SET', KEYS[2], string.format('%d', token), 'PX', ARGV[3]) \
+         redis.call('SET', KEYS[4], string.format('%d', token), 'PX', ARGV[4]) \
          return token",
     )
 });
 
-/// Deletes the lock only if it still holds our token.
+/// Deletes the lock only if it still holds our token, and announces the
+/// release on the lock's channel (`ARGV[3]`) with `ARGV[2]`, `PUBLISH` or
+/// `SPUBLISH`.
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-             return redis.call('DEL', KEYS[1]) \
+             redis.call('DEL', KEYS[1]) \
+             redis.call(ARGV[2], ARGV[3], '') \
+             return 1 \
          else \
              return 0 \
          end",
+    )
+});
+
+/// Deletes the lock whoever holds it, and announces the release.
+static FORCE_UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.call('DEL', KEYS[1]) \
+         redis.call(ARGV[1], ARGV[2], '') \
+         return 1",
+    )
+});
+
+/// Takes a waiter out of the line (`KEYS[2]`, `KEYS[3]`); if the lock is free,
+/// wakes the others, since the lock may have been waiting for this one.
+static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.call('ZREM', KEYS[2], ARGV[1]) \
+         redis.call('ZREM', KEYS[3], ARGV[1]) \
+         if redis.call('EXISTS', KEYS[1]) == 0 then \
+             redis.call(ARGV[2], ARGV[3], '') \
+         end \
+         return 1",
     )
 });
 
@@ -219,6 +275,16 @@ pub(crate) trait Link: Send + Sync + 'static {
     /// with the credentials to reach it (the near cache's invalidation
     /// links connect to each).
     fn primaries(&self) -> Io<Vec<ConnectionInfo>>;
+
+    /// How the scripts announce a release: `PUBLISH`, or `SPUBLISH` on a
+    /// cluster (sharded pub/sub: the channel lives in the lock's slot).
+    fn publish(&self) -> &'static str {
+        "PUBLISH"
+    }
+
+    /// Subscribes this process to a release channel while the watch lives
+    /// (see [`super::subscriber`]).
+    fn watch(&self, channel: &str) -> Io<Watch>;
 }
 
 /// The bytes under `key` and how long they still live (`None`: no expiry),
@@ -301,18 +367,25 @@ impl<L: Link> LockStore for L {
         token: &str,
         lease: Duration,
         fence: Option<Fence<'_>>,
+        line: &Line,
+        join: Option<Duration>,
     ) -> StoreFuture<Option<u64>> {
         let mut invocation = ACQUIRE.key(key);
-        invocation.arg(token).arg(millis(lease));
+        invocation
+            .key(&line.queue)
+            .key(&line.beats)
+            .arg(token)
+            .arg(millis(lease))
+            .arg(join.map_or(0, millis));
         if let Some(fence) = fence {
             invocation.key(fence.key).arg(millis(fence.idle));
         }
         StoreFuture::Io(self.script(invocation))
     }
 
-    fn unlock(&self, key: &str, token: &str) -> StoreFuture<bool> {
+    fn unlock(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
         let mut invocation = UNLOCK.key(key);
-        invocation.arg(token);
+        invocation.arg(token).arg(self.publish()).arg(&line.channel);
         StoreFuture::Io(self.script(invocation)).map(|deleted: i64| Ok(deleted == 1))
     }
 
@@ -326,8 +399,25 @@ impl<L: Link> LockStore for L {
         StoreFuture::Io(self.send(keyed("GET", key)))
     }
 
-    fn force_unlock(&self, key: &str) -> StoreFuture<()> {
-        StoreFuture::Io(self.send(keyed("DEL", key)))
+    fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()> {
+        let mut invocation = FORCE_UNLOCK.key(key);
+        invocation.arg(self.publish()).arg(&line.channel);
+        StoreFuture::Io(self.script(invocation)).map(|_: i64| Ok(()))
+    }
+
+    fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()> {
+        let mut invocation = LEAVE.key(key);
+        invocation
+            .key(&line.queue)
+            .key(&line.beats)
+            .arg(token)
+            .arg(self.publish())
+            .arg(&line.channel);
+        StoreFuture::Io(self.script(invocation)).map(|_: i64| Ok(()))
+    }
+
+    fn watch(&self, line: &Line) -> StoreFuture<Watch> {
+        StoreFuture::Io(Link::watch(self, &line.channel))
     }
 }
 

@@ -17,9 +17,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 
 use redis::{Cmd, ConnectionInfo, FromRedisValue, ScriptInvocation};
 
-use super::Io;
 use super::protocol::{ConnectSettings, Link, keyed, scan, timed};
 use super::stall::WatchedConnection;
+use super::subscriber::Subscriber;
+use super::{Io, Watch};
 use crate::error::{BackendError, Error};
 use crate::io;
 use crate::keyspace::KeyMatch;
@@ -41,6 +42,8 @@ struct Shared {
     connection: ConnectionManager,
     runtimes: PerRuntime,
     command_timeout: Duration,
+    /// Release messages for this client's lock waiters.
+    subscriber: Subscriber,
 }
 
 /// Read connections driven by the callers' own runtimes, one per runtime
@@ -133,7 +136,7 @@ impl RedisStore {
             let connection =
                 ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
                     .map_err(unreachable)?;
-            return Ok(Self::with(connection, client, &settings));
+            return Self::with(connection, client, &settings);
         }
 
         let probe_config = AsyncConnectionConfig::new()
@@ -164,16 +167,18 @@ impl RedisStore {
         let connection = ConnectionManager::new_with_config(client.clone(), manager_config.clone())
             .await
             .map_err(unreachable)?;
-        Ok(Self::with(connection, client, &settings))
+        Self::with(connection, client, &settings)
     }
 
     fn with(
         connection: ConnectionManager,
         client: redis::Client,
         settings: &ConnectSettings,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        Self {
+        let subscriber =
+            Subscriber::node(&client, settings.connect_timeout, settings.command_timeout)?;
+        Ok(Self {
             shared: Arc::new(Shared {
                 connection,
                 runtimes: PerRuntime {
@@ -186,8 +191,9 @@ impl RedisStore {
                     connections: Mutex::new(Vec::new()),
                 },
                 command_timeout: settings.command_timeout,
+                subscriber,
             }),
-        }
+        })
     }
 }
 
@@ -398,6 +404,10 @@ impl Link for RedisStore {
     fn primaries(&self) -> Io<Vec<ConnectionInfo>> {
         let server = self.shared.runtimes.client.get_connection_info().clone();
         Box::pin(async move { Ok(vec![server]) })
+    }
+
+    fn watch(&self, channel: &str) -> Io<Watch> {
+        self.shared.subscriber.watch(channel)
     }
 }
 

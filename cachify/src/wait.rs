@@ -1,0 +1,142 @@
+//! Waiting for a held lock without polling, and in turn.
+//!
+//! A caller that may wait joins the lock's line (its waiters in arrival
+//! order, kept by the store: see [`LockStore`]) on its first refused
+//! attempt, then watches the lock's releases ([`LockStore::watch`]) and
+//! tries again at once (a release may have come before the watch). From
+//! then on it tries again only when a release wakes it, or after
+//! its re-check period ([`RECHECK`] by default) at the latest: a release
+//! message can be lost, and a lease can run out with no release at all.
+//! Each attempt keeps its place in the line for a few re-checks, so a
+//! waiter that crashed lets the others through after that long ([`KEEP_RECHECKS`] re-checks). A waiter that gives up, fails or is cancelled leaves
+//! the line, waking the others.
+//!
+//! Everything is keyed by a resource key and its [`Line`], so any resource
+//! taken by an atomic attempt that honours the line (a lock today, a pool
+//! slot next) waits the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::io;
+use crate::keyspace::Line;
+use crate::mode::Mode;
+use crate::store::{LockStore, Watch};
+
+/// The longest a waiter goes between two attempts by default: the safety
+/// net for a lost release message, and for a lease that ran out without a
+/// release (`CachifyBuilder::lock_recheck`).
+pub(crate) const RECHECK: Duration = Duration::from_millis(500);
+
+/// How many re-checks a waiter's place in a line outlives its last
+/// attempt: room to spare, so a slow but live waiter keeps it.
+const KEEP_RECHECKS: u32 = 4;
+
+/// One caller's turn in a resource's line, from its first refused attempt
+/// until it takes the resource or gives up. Leaves the line when dropped
+/// unless [`Turn::settle`]d.
+pub(crate) struct Turn {
+    store: Arc<dyn LockStore>,
+    key: String,
+    token: String,
+    line: Line,
+    /// `None`: a wait without end.
+    deadline: Option<Instant>,
+    /// The longest pause between two attempts.
+    recheck: Duration,
+    /// Taken after the first refusal; `None` inside once watching failed.
+    watch: Option<Option<Watch>>,
+    /// Whether this caller may still hold a place in the line.
+    queued: bool,
+}
+
+impl Turn {
+    /// A turn for `token`, whose attempts joined `line` (with
+    /// [`Turn::join`]), waiting until `deadline`.
+    pub(crate) fn new(
+        store: &Arc<dyn LockStore>,
+        key: &str,
+        token: &str,
+        line: &Line,
+        deadline: Option<Instant>,
+        recheck: Duration,
+    ) -> Self {
+        Self {
+            store: Arc::clone(store),
+            key: key.to_owned(),
+            token: token.to_owned(),
+            line: line.clone(),
+            deadline,
+            recheck,
+            watch: None,
+            queued: true,
+        }
+    }
+
+    /// What an attempt passes as its `join`: a caller that waits at all
+    /// keeps its place for [`KEEP_RECHECKS`] re-checks; one that does not
+    /// never joins.
+    pub(crate) fn join(wait: Duration, recheck: Duration) -> Option<Duration> {
+        (!wait.is_zero()).then(|| recheck.saturating_mul(KEEP_RECHECKS))
+    }
+
+    /// After a refused attempt: waits until it is worth trying again (a
+    /// release, or the re-check). `false`: the deadline has passed, give
+    /// up (and [`Turn::leave`]).
+    pub(crate) async fn pause<M: Mode>(&mut self) -> bool {
+        let now = Instant::now();
+        let limit = match self.deadline {
+            Some(deadline) if now >= deadline => return false,
+            Some(deadline) => (deadline - now).min(self.recheck),
+            None => self.recheck,
+        };
+        match &mut self.watch {
+            None => {
+                // Watched only now: a release between the refusal and the
+                // watch went unseen, so the next attempt comes at once.
+                self.watch = Some(M::io(self.store.watch(&self.line)).await.ok());
+            }
+            Some(Some(watch)) => next_release::<M>(watch, limit).await,
+            Some(None) => M::sleep(limit).await,
+        }
+        true
+    }
+
+    /// The resource was taken: the attempt that took it left the line.
+    pub(crate) fn settle(mut self) {
+        self.queued = false;
+    }
+
+    /// Leaves the line after giving up, waking the others if the resource
+    /// was waiting for this caller. A failure is left to the place's
+    /// lapse.
+    pub(crate) async fn leave<M: Mode>(mut self) {
+        self.queued = false;
+        let _ = M::io(self.store.leave(&self.key, &self.token, &self.line)).await;
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if !self.queued {
+            return;
+        }
+        // Cancelled or failed mid-wait: leave in the background.
+        let leave = self.store.leave(&self.key, &self.token, &self.line);
+        io::spawn(async move {
+            let _ = leave.await;
+        });
+    }
+}
+
+/// Waits for the next release `watch` sees, or `limit`. Should the wait
+/// itself fail (a blocking call on cachify's own background thread), it
+/// sleeps `limit` instead, so a waiter never spins.
+pub(crate) async fn next_release<M: Mode>(watch: &mut Watch, limit: Duration) {
+    match M::io(watch.next(limit)).await {
+        Ok(rings) => watch.rung(rings),
+        Err(_) => M::sleep(limit).await,
+    }
+}
