@@ -157,6 +157,7 @@ mod health;
 pub mod http;
 mod io;
 mod keyspace;
+mod lease;
 mod locks;
 mod mode;
 mod observe;

@@ -7,11 +7,10 @@
 //! without the lock.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -19,17 +18,11 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::io;
 use crate::keyspace::{Keyspace, Line};
+use crate::lease::{self, Held, Lost, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, LOCK_API_TEMPLATE, Tally};
 use crate::store::{Fence, LockStore, StoreFuture, Watch, clamp_ttl};
 use crate::wait::{self, Turn};
-
-/// First pause between two attempts to release a lock whose release
-/// failed; it doubles up to [`MAX_RETRY_PAUSE`] times ten.
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
-const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Shortest gap between two renewals, whatever the lease.
-const MIN_RENEW_PERIOD: Duration = Duration::from_millis(1);
 
 /// The locks of one client: its lock store and lock settings.
 pub(crate) struct Locks {
@@ -359,38 +352,6 @@ pub struct LockGuard {
     watchdog: Option<AbortHandle>,
 }
 
-/// Set by the watchdog when it finds the lock (or a pool slot) is no
-/// longer ours.
-#[derive(Default)]
-pub(crate) struct Lost {
-    flag: AtomicBool,
-    notify: Notify,
-}
-
-impl Lost {
-    pub(crate) fn mark(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    pub(crate) fn is_marked(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// Resolves once marked.
-    pub(crate) async fn marked(&self) {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_marked() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
@@ -444,7 +405,7 @@ impl LockGuard {
     /// # Ok::<(), cachify::Error>(())
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.lost.flag.load(Ordering::Acquire)
+        self.lost.is_marked()
     }
 
     /// Resolves when the lock is found lost (see [`LockGuard::is_lost`]).
@@ -462,15 +423,7 @@ impl LockGuard {
     /// # Ok(()) }
     /// ```
     pub async fn lost(&self) {
-        loop {
-            let notified = self.lost.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_lost() {
-                return;
-            }
-            notified.await;
-        }
+        self.lost.marked().await;
     }
 
     /// Releases the lock. `Err(Error::NotOwner)` means it was no longer
@@ -504,7 +457,7 @@ impl LockGuard {
         let released = M::io(self.store.unlock(&self.key, &self.token, &self.line)).await;
         let released = match released {
             Ok(true) => {
-                released_event(&self.key);
+                Held::Lock.released_event(&self.key);
                 Ok(())
             }
             Ok(false) => Err(Error::NotOwner),
@@ -550,7 +503,7 @@ impl Drop for LockGuard {
             return;
         }
         let token = std::mem::take(&mut self.token);
-        released_event(&self.key);
+        Held::Lock.released_event(&self.key);
         // An in-process store has released already. Otherwise Drop cannot
         // await: release in the background, retrying while the store is
         // unreachable. Owner-only release makes a late one harmless.
@@ -568,22 +521,6 @@ impl Drop for LockGuard {
             });
         }
     }
-}
-
-/// The DEBUG event of a release by its holder (explicit, at the end of its
-/// function, or on drop).
-fn released_event(key: &str) {
-    tracing::debug!(
-        target: "cachify::lock",
-        lock = "released",
-        key,
-        "cachify: lock released"
-    );
-}
-
-/// The DEBUG event of a lock found taken away, next to the WARN line.
-fn lost_event(key: &str) {
-    tracing::debug!(target: "cachify::lock", lock = "lost", key, "cachify: lock lost");
 }
 
 /// While armed, dropping it (the acquiring future was cancelled mid-call,
@@ -618,81 +555,31 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// A random 128-bit token, as 32 hex digits.
-pub(crate) fn new_token() -> Result<String, Error> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)
-        .map_err(|error| Error::Config(format!("no randomness for a lock token: {error}")))?;
-    Ok(format!("{:032x}", u128::from_be_bytes(bytes)))
-}
-
-/// After a failed attempt, deletes the lock if that attempt's token holds
-/// it, retrying until the backend answers or the lease would have ended
-/// anyway. Owner-only, so it never touches anyone else's lock.
-async fn abandon(
+/// Gives back the lock `token` may hold, in the background (see
+/// [`lease::abandon`]).
+fn abandon(
     store: Arc<dyn LockStore>,
     key: String,
     token: String,
     line: Line,
     lease: Duration,
-) {
-    let give_up = Instant::now().checked_add(lease);
-    let mut pause = FIRST_RETRY_PAUSE;
-    loop {
-        match store.unlock(&key, &token, &line).await {
-            Ok(true) => {
-                tracing::info!(
-                    key,
-                    "cachify: removed a lock taken by an attempt that had timed out"
-                );
-                return;
-            }
-            Ok(false) => return,
-            Err(_) if give_up.is_some_and(|give_up| Instant::now() >= give_up) => return,
-            Err(_) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RETRY_PAUSE * 10);
-            }
-        }
-    }
+) -> impl Future<Output = ()> + Send + 'static {
+    lease::abandon(Held::Lock, key.clone(), lease, move || {
+        store.unlock(&key, &token, &line)
+    })
 }
 
-/// Renews the lease every third of it until aborted or the lock is lost.
-async fn renew(
+/// The lock's watchdog (see [`lease::renew_while_held`]).
+fn renew(
     store: Arc<dyn LockStore>,
     key: String,
     token: String,
     lease: Duration,
     lost: Arc<Lost>,
-) {
-    let period = (lease / 3).max(MIN_RENEW_PERIOD);
-    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renewed = Instant::now();
-    loop {
-        ticks.tick().await;
-        match store.renew(&key, &token, lease).await {
-            Ok(true) => renewed = Instant::now(),
-            Ok(false) => {
-                tracing::warn!(
-                    key,
-                    "cachify: lock lost while its holder was still running (lease expired or key taken)"
-                );
-                lost_event(&key);
-                lost.mark();
-                return;
-            }
-            Err(error) if renewed.elapsed() >= lease => {
-                tracing::warn!(key, %error, "cachify: lock lost: its lease ran out while renewals failed");
-                lost_event(&key);
-                lost.mark();
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(key, %error, "cachify: could not renew a lock lease; will retry");
-            }
-        }
-    }
+) -> impl Future<Output = ()> + Send + 'static {
+    lease::renew_while_held(Held::Lock, key.clone(), lease, lost, move || {
+        store.renew(&key, &token, lease)
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::health::Health;
 use crate::io;
 use crate::keyspace::Keyspace;
-use crate::locks::{Lost, new_token};
+use crate::lease::{self, Held, Lost, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, POOL_API_TEMPLATE, Tally};
 use crate::store::{PoolStore, StoreFuture, clamp_ttl};
@@ -26,8 +26,6 @@ use crate::store::{PoolStore, StoreFuture, clamp_ttl};
 /// doubles up to [`MAX_RETRY_PAUSE`] (as lock waits do).
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Shortest gap between two renewals, whatever the lease.
-const MIN_RENEW_PERIOD: Duration = Duration::from_millis(1);
 
 /// The pools of one client: its pool store and the default lease.
 pub(crate) struct Pools {
@@ -408,13 +406,13 @@ impl PoolSlot {
         let released = M::io(self.store.release_slot(&self.key, &self.token)).await;
         let released = match released {
             Ok(true) => {
-                released_event(&self.key);
+                Held::PoolSlot.released_event(&self.key);
                 Ok(())
             }
             Ok(false) => {
                 // Reported once, whether the watchdog or this release found it.
                 if !self.lost.is_marked() {
-                    lost_event(&self.key);
+                    Held::PoolSlot.lost_event(&self.key);
                     self.lost.mark();
                 }
                 Err(Error::NotOwner)
@@ -460,7 +458,7 @@ impl Drop for PoolSlot {
             return;
         }
         let token = std::mem::take(&mut self.token);
-        released_event(&self.key);
+        Held::PoolSlot.released_event(&self.key);
         // An in-process store has released already. Otherwise Drop cannot
         // await: release in the background, retrying while the store is
         // unreachable. Owner-only release makes a late one harmless.
@@ -473,21 +471,6 @@ impl Drop for PoolSlot {
             });
         }
     }
-}
-
-/// The DEBUG event of a release by its holder.
-fn released_event(key: &str) {
-    tracing::debug!(
-        target: "cachify::pool",
-        pool = "released",
-        key,
-        "cachify: pool slot released"
-    );
-}
-
-/// The DEBUG event of a slot found taken away.
-fn lost_event(key: &str) {
-    tracing::debug!(target: "cachify::pool", pool = "lost", key, "cachify: pool slot lost");
 }
 
 /// While armed, dropping it (the acquiring future was cancelled mid-call,
@@ -520,58 +503,28 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// Frees the slot of `token` if it holds one, retrying until the backend
-/// answers or the lease would have ended anyway. Owner-only, so it never
-/// touches anyone else's slot.
-async fn abandon(store: Arc<dyn PoolStore>, key: String, token: String, lease: Duration) {
-    let give_up = Instant::now().checked_add(lease);
-    let mut pause = FIRST_RETRY_PAUSE;
-    loop {
-        match store.release_slot(&key, &token).await {
-            Ok(_) => return,
-            Err(_) if give_up.is_some_and(|give_up| Instant::now() >= give_up) => return,
-            Err(_) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RETRY_PAUSE * 10);
-            }
-        }
-    }
+/// Frees the slot `token` may hold, in the background (see
+/// [`lease::abandon`]).
+fn abandon(
+    store: Arc<dyn PoolStore>,
+    key: String,
+    token: String,
+    lease: Duration,
+) -> impl Future<Output = ()> + Send + 'static {
+    lease::abandon(Held::PoolSlot, key.clone(), lease, move || {
+        store.release_slot(&key, &token)
+    })
 }
 
-/// Renews the lease every third of it until aborted or the slot is lost.
-async fn renew(
+/// The slot's watchdog (see [`lease::renew_while_held`]).
+fn renew(
     store: Arc<dyn PoolStore>,
     key: String,
     token: String,
     lease: Duration,
     lost: Arc<Lost>,
-) {
-    let period = (lease / 3).max(MIN_RENEW_PERIOD);
-    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renewed = Instant::now();
-    loop {
-        ticks.tick().await;
-        match store.renew_slot(&key, &token, lease).await {
-            Ok(true) => renewed = Instant::now(),
-            Ok(false) => {
-                tracing::warn!(
-                    key,
-                    "cachify: pool slot lost while its holder was still running (lease expired)"
-                );
-                lost_event(&key);
-                lost.mark();
-                return;
-            }
-            Err(error) if renewed.elapsed() >= lease => {
-                tracing::warn!(key, %error, "cachify: pool slot lost: its lease ran out while renewals failed");
-                lost_event(&key);
-                lost.mark();
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(key, %error, "cachify: could not renew a pool slot's lease; will retry");
-            }
-        }
-    }
+) -> impl Future<Output = ()> + Send + 'static {
+    lease::renew_while_held(Held::PoolSlot, key.clone(), lease, lost, move || {
+        store.renew_slot(&key, &token, lease)
+    })
 }
