@@ -3,13 +3,17 @@
 //! fails, and given back by its owner alone, retrying while the store is
 //! unreachable.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::io;
+use crate::mode::Mode;
 use crate::store::StoreFuture;
 
 /// Shortest gap between two renewals, whatever the lease.
@@ -110,7 +114,7 @@ pub(crate) async fn renew_while_held(
     held: Held,
     key: String,
     lease: Duration,
-    lost: std::sync::Arc<Lost>,
+    lost: Arc<Lost>,
     renew: impl Fn() -> StoreFuture<bool>,
 ) {
     let noun = held.noun();
@@ -171,6 +175,144 @@ pub(crate) async fn abandon(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_RETRY_PAUSE);
             }
+        }
+    }
+}
+
+/// The store's owner-only give-back of a lease, for one token.
+pub(crate) type GiveBack = Arc<dyn Fn(&str) -> StoreFuture<bool> + Send + Sync>;
+
+/// A lease held now: what a lock guard and a pool slot keep, and how both
+/// give it back (explicitly, or on drop, a panic and cancellation included).
+pub(crate) struct Holding {
+    held: Held,
+    key: String,
+    /// Empty once given back: `Drop` then has nothing left to do.
+    token: String,
+    lease: Duration,
+    lost: Arc<Lost>,
+    watchdog: Option<AbortHandle>,
+    give_back: GiveBack,
+}
+
+impl Holding {
+    /// Holds the lease `token` was just granted, and starts its watchdog
+    /// (`renew` answers whether `token` still holds it).
+    pub(crate) fn start(
+        held: Held,
+        key: String,
+        token: String,
+        lease: Duration,
+        renew: impl Fn(&str) -> StoreFuture<bool> + Send + Sync + 'static,
+        give_back: GiveBack,
+    ) -> Self {
+        let lost = Arc::new(Lost::default());
+        let watchdog = {
+            let token = token.clone();
+            io::spawn(renew_while_held(
+                held,
+                key.clone(),
+                lease,
+                Arc::clone(&lost),
+                move || renew(&token),
+            ))
+            .abort_handle()
+        };
+        Self {
+            held,
+            key,
+            token,
+            lease,
+            lost,
+            watchdog: Some(watchdog),
+            give_back,
+        }
+    }
+
+    /// The full backend key.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Marked when the watchdog (or a give-back) finds the lease gone.
+    pub(crate) fn lost(&self) -> &Lost {
+        &self.lost
+    }
+
+    /// Gives the lease back. `Err(Error::NotOwner)`: it was no longer ours
+    /// (reported lost, once); on a store error it is given back in the
+    /// background, so it does not linger for its whole lease.
+    pub(crate) async fn release<M: Mode>(mut self) -> Result<(), Error> {
+        self.stop_watchdog();
+        let released = match M::io((self.give_back)(&self.token)).await {
+            Ok(true) => {
+                self.held.released_event(&self.key);
+                Ok(())
+            }
+            Ok(false) => {
+                if !self.lost.is_marked() {
+                    self.held.lost_event(&self.key);
+                    self.lost.mark();
+                }
+                Err(Error::NotOwner)
+            }
+            Err(error) => {
+                let (give_back, token) = (Arc::clone(&self.give_back), self.token.clone());
+                io::spawn(abandon(
+                    self.held,
+                    self.key.clone(),
+                    self.lease,
+                    move || give_back(&token),
+                ));
+                Err(error)
+            }
+        };
+        // Cleared only now: if this future is dropped during the await,
+        // `Drop` still sees the token and gives the lease back.
+        self.token.clear();
+        released
+    }
+
+    /// The give-back at the end of a `#[once]`, `#[lock]` or `#[pooled]`
+    /// function or a fill: the function already ran, so a failure is only
+    /// worth a warning.
+    pub(crate) async fn release_after_run<M: Mode>(self) {
+        let (key, noun) = (self.key.clone(), self.held.noun());
+        if let Err(error) = self.release::<M>().await {
+            tracing::warn!(key, %error, "cachify: giving back a {noun} after its function ran failed");
+        }
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+        if self.token.is_empty() {
+            return;
+        }
+        let token = std::mem::take(&mut self.token);
+        self.held.released_event(&self.key);
+        // An in-process store has given it back already. Otherwise Drop
+        // cannot await: give back in the background, retrying while the
+        // store is unreachable. Owner-only, so a late one is harmless.
+        if let StoreFuture::Io(release) = (self.give_back)(&token) {
+            let (held, key, lease, give_back) = (
+                self.held,
+                self.key.clone(),
+                self.lease,
+                Arc::clone(&self.give_back),
+            );
+            io::spawn(async move {
+                if release.await.is_err() {
+                    abandon(held, key, lease, move || give_back(&token)).await;
+                }
+            });
         }
     }
 }

@@ -11,17 +11,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::health::Health;
 use crate::io;
 use crate::keyspace::{Keyspace, Line};
-use crate::lease::{self, Held, Lost, new_token};
+use crate::lease::{self, GiveBack, Held, Holding, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, LOCK_API_TEMPLATE, Tally};
-use crate::store::{Fence, LockStore, StoreFuture, Watch, clamp_ttl};
+use crate::store::{Fence, LockStore, Watch, clamp_ttl};
 use crate::wait::{self, Turn};
 
 /// The locks of one client: its lock store and lock settings.
@@ -179,24 +178,17 @@ impl Locks {
             ?lease,
             "cachify: lock acquired"
         );
-        let lost = Arc::new(Lost::default());
-        let watchdog = io::spawn(renew(
-            Arc::clone(&self.store),
-            key.clone(),
-            token.clone(),
-            lease,
-            Arc::clone(&lost),
-        ))
-        .abort_handle();
+        let renew = {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            move |token: &str| store.renew(&key, token, lease)
+        };
+        let give_back: GiveBack = {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            Arc::new(move |token: &str| store.unlock(&key, token, &line))
+        };
         Ok(LockGuard {
-            store: Arc::clone(&self.store),
-            key,
-            token,
-            line,
-            lease,
+            holding: Holding::start(Held::Lock, key, token, lease, renew, give_back),
             fencing_token,
-            lost,
-            watchdog: Some(watchdog),
         })
     }
 
@@ -340,22 +332,14 @@ impl<'a> LockBuilder<'a> {
 /// (including on panic or when the future holding it is cancelled).
 #[must_use = "dropping the guard releases the lock at once"]
 pub struct LockGuard {
-    store: Arc<dyn LockStore>,
-    key: String,
-    /// Empty once released: `Drop` then has nothing left to do.
-    token: String,
-    /// Where its waiters line up and are woken.
-    line: Line,
-    lease: Duration,
+    holding: Holding,
     fencing_token: u64,
-    lost: Arc<Lost>,
-    watchdog: Option<AbortHandle>,
 }
 
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
-            .field("key", &self.key)
+            .field("key", &self.holding.key())
             .field("fencing_token", &self.fencing_token)
             .finish_non_exhaustive()
     }
@@ -370,7 +354,7 @@ impl LockGuard {
     /// # Ok::<(), cachify::Error>(())
     /// ```
     pub fn key(&self) -> &str {
-        &self.key
+        self.holding.key()
     }
 
     /// A number that strictly increases with every grant of this lock name,
@@ -405,7 +389,7 @@ impl LockGuard {
     /// # Ok::<(), cachify::Error>(())
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.lost.is_marked()
+        self.holding.lost().is_marked()
     }
 
     /// Resolves when the lock is found lost (see [`LockGuard::is_lost`]).
@@ -423,7 +407,7 @@ impl LockGuard {
     /// # Ok(()) }
     /// ```
     pub async fn lost(&self) {
-        self.lost.marked().await;
+        self.holding.lost().marked().await;
     }
 
     /// Releases the lock. `Err(Error::NotOwner)` means it was no longer
@@ -452,74 +436,14 @@ impl LockGuard {
         drive(self.release_in::<Blocking>())
     }
 
-    async fn release_in<M: Mode>(mut self) -> Result<(), Error> {
-        self.stop_watchdog();
-        let released = M::io(self.store.unlock(&self.key, &self.token, &self.line)).await;
-        let released = match released {
-            Ok(true) => {
-                Held::Lock.released_event(&self.key);
-                Ok(())
-            }
-            Ok(false) => Err(Error::NotOwner),
-            Err(error) => {
-                // Keep trying in the background, so the lock does not
-                // linger for its whole lease.
-                io::spawn(abandon(
-                    Arc::clone(&self.store),
-                    self.key.clone(),
-                    self.token.clone(),
-                    self.line.clone(),
-                    self.lease,
-                ));
-                Err(error)
-            }
-        };
-        // Cleared only now: if this future is dropped during the await,
-        // `Drop` still sees the token and releases in the background.
-        self.token.clear();
-        released
+    async fn release_in<M: Mode>(self) -> Result<(), Error> {
+        self.holding.release::<M>().await
     }
 
     /// Release at the end of a `#[once]`/`#[lock]` function or a fill: the
     /// function already ran, so a failure is only worth a warning.
     pub(crate) async fn release_after_run<M: Mode>(self) {
-        let key = self.key.clone();
-        if let Err(error) = self.release_in::<M>().await {
-            tracing::warn!(key, %error, "cachify: releasing a lock after its function ran failed");
-        }
-    }
-
-    fn stop_watchdog(&mut self) {
-        if let Some(watchdog) = self.watchdog.take() {
-            watchdog.abort();
-        }
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        self.stop_watchdog();
-        if self.token.is_empty() {
-            return;
-        }
-        let token = std::mem::take(&mut self.token);
-        Held::Lock.released_event(&self.key);
-        // An in-process store has released already. Otherwise Drop cannot
-        // await: release in the background, retrying while the store is
-        // unreachable. Owner-only release makes a late one harmless.
-        if let StoreFuture::Io(unlock) = self.store.unlock(&self.key, &token, &self.line) {
-            let (store, key, line, lease) = (
-                Arc::clone(&self.store),
-                self.key.clone(),
-                self.line.clone(),
-                self.lease,
-            );
-            io::spawn(async move {
-                if unlock.await.is_err() {
-                    abandon(store, key, token, line, lease).await;
-                }
-            });
-        }
+        self.holding.release_after_run::<M>().await;
     }
 }
 
@@ -569,24 +493,12 @@ fn abandon(
     })
 }
 
-/// The lock's watchdog (see [`lease::renew_while_held`]).
-fn renew(
-    store: Arc<dyn LockStore>,
-    key: String,
-    token: String,
-    lease: Duration,
-    lost: Arc<Lost>,
-) -> impl Future<Output = ()> + Send + 'static {
-    lease::renew_while_held(Held::Lock, key.clone(), lease, lost, move || {
-        store.renew(&key, &token, lease)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::store::StoreFuture;
     use crate::store::memory::MemoryStore;
     use crate::wait::RECHECK;
 

@@ -10,17 +10,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::health::Health;
 use crate::io;
 use crate::keyspace::Keyspace;
-use crate::lease::{self, Held, Lost, new_token};
+use crate::lease::{self, GiveBack, Held, Holding, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, POOL_API_TEMPLATE, Tally};
-use crate::store::{PoolStore, StoreFuture, clamp_ttl};
+use crate::store::{PoolStore, clamp_ttl};
 
 /// First pause between two attempts while waiting for a free slot; it
 /// doubles up to [`MAX_RETRY_PAUSE`] (as lock waits do).
@@ -132,22 +131,16 @@ impl Pools {
             ?lease,
             "cachify: pool slot acquired"
         );
-        let lost = Arc::new(Lost::default());
-        let watchdog = io::spawn(renew(
-            Arc::clone(&self.store),
-            key.clone(),
-            token.clone(),
-            lease,
-            Arc::clone(&lost),
-        ))
-        .abort_handle();
+        let renew = {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            move |token: &str| store.renew_slot(&key, token, lease)
+        };
+        let give_back: GiveBack = {
+            let (store, key) = (Arc::clone(&self.store), key.clone());
+            Arc::new(move |token: &str| store.release_slot(&key, token))
+        };
         Ok(PoolSlot {
-            store: Arc::clone(&self.store),
-            key,
-            token,
-            lease,
-            lost,
-            watchdog: Some(watchdog),
+            holding: Holding::start(Held::PoolSlot, key, token, lease, renew, give_back),
         })
     }
 
@@ -315,19 +308,13 @@ impl<'a> PoolBuilder<'a> {
 /// dropped (including on panic or when the future holding it is cancelled).
 #[must_use = "dropping the slot releases it at once"]
 pub struct PoolSlot {
-    store: Arc<dyn PoolStore>,
-    key: String,
-    /// Empty once released: `Drop` then has nothing left to do.
-    token: String,
-    lease: Duration,
-    lost: Arc<Lost>,
-    watchdog: Option<AbortHandle>,
+    holding: Holding,
 }
 
 impl fmt::Debug for PoolSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolSlot")
-            .field("key", &self.key)
+            .field("key", &self.holding.key())
             .field("lost", &self.is_lost())
             .finish_non_exhaustive()
     }
@@ -342,7 +329,7 @@ impl PoolSlot {
     /// # Ok::<(), cachify::Error>(())
     /// ```
     pub fn key(&self) -> &str {
-        &self.key
+        self.holding.key()
     }
 
     /// Whether the watchdog found the slot taken away (its lease ran out,
@@ -354,7 +341,7 @@ impl PoolSlot {
     /// # Ok::<(), cachify::Error>(())
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.lost.is_marked()
+        self.holding.lost().is_marked()
     }
 
     /// Resolves when the slot is found lost (see [`PoolSlot::is_lost`]).
@@ -372,7 +359,7 @@ impl PoolSlot {
     /// # Ok(()) }
     /// ```
     pub async fn lost(&self) {
-        self.lost.marked().await;
+        self.holding.lost().marked().await;
     }
 
     /// Frees the slot. `Err(Error::NotOwner)` means it was no longer ours:
@@ -401,75 +388,14 @@ impl PoolSlot {
         drive(self.release_in::<Blocking>())
     }
 
-    async fn release_in<M: Mode>(mut self) -> Result<(), Error> {
-        self.stop_watchdog();
-        let released = M::io(self.store.release_slot(&self.key, &self.token)).await;
-        let released = match released {
-            Ok(true) => {
-                Held::PoolSlot.released_event(&self.key);
-                Ok(())
-            }
-            Ok(false) => {
-                // Reported once, whether the watchdog or this release found it.
-                if !self.lost.is_marked() {
-                    Held::PoolSlot.lost_event(&self.key);
-                    self.lost.mark();
-                }
-                Err(Error::NotOwner)
-            }
-            Err(error) => {
-                // Keep trying in the background, so the slot does not stay
-                // taken for its whole lease.
-                io::spawn(abandon(
-                    Arc::clone(&self.store),
-                    self.key.clone(),
-                    self.token.clone(),
-                    self.lease,
-                ));
-                Err(error)
-            }
-        };
-        // Cleared only now: if this future is dropped during the await,
-        // `Drop` still sees the token and releases in the background.
-        self.token.clear();
-        released
+    async fn release_in<M: Mode>(self) -> Result<(), Error> {
+        self.holding.release::<M>().await
     }
 
     /// Release at the end of a `#[pooled]` function: the function already
     /// ran, so a failure is only worth a warning.
     pub(crate) async fn release_after_run<M: Mode>(self) {
-        let key = self.key.clone();
-        if let Err(error) = self.release_in::<M>().await {
-            tracing::warn!(key, %error, "cachify: releasing a pool slot after its function ran failed");
-        }
-    }
-
-    fn stop_watchdog(&mut self) {
-        if let Some(watchdog) = self.watchdog.take() {
-            watchdog.abort();
-        }
-    }
-}
-
-impl Drop for PoolSlot {
-    fn drop(&mut self) {
-        self.stop_watchdog();
-        if self.token.is_empty() {
-            return;
-        }
-        let token = std::mem::take(&mut self.token);
-        Held::PoolSlot.released_event(&self.key);
-        // An in-process store has released already. Otherwise Drop cannot
-        // await: release in the background, retrying while the store is
-        // unreachable. Owner-only release makes a late one harmless.
-        if let StoreFuture::Io(release) = self.store.release_slot(&self.key, &token) {
-            let (store, key, lease) = (Arc::clone(&self.store), self.key.clone(), self.lease);
-            io::spawn(async move {
-                if release.await.is_err() {
-                    abandon(store, key, token, lease).await;
-                }
-            });
-        }
+        self.holding.release_after_run::<M>().await;
     }
 }
 
@@ -513,18 +439,5 @@ fn abandon(
 ) -> impl Future<Output = ()> + Send + 'static {
     lease::abandon(Held::PoolSlot, key.clone(), lease, move || {
         store.release_slot(&key, &token)
-    })
-}
-
-/// The slot's watchdog (see [`lease::renew_while_held`]).
-fn renew(
-    store: Arc<dyn PoolStore>,
-    key: String,
-    token: String,
-    lease: Duration,
-    lost: Arc<Lost>,
-) -> impl Future<Output = ()> + Send + 'static {
-    lease::renew_while_held(Held::PoolSlot, key.clone(), lease, lost, move || {
-        store.renew_slot(&key, &token, lease)
     })
 }
