@@ -5,6 +5,11 @@
 //! watchdog while its holder runs, released only by its holder, and lost
 //! (never silently regained) once its lease ran out. Pools fail closed: a
 //! backend error is `Err(Error::Backend)`, never a run without a slot.
+//!
+//! Waiters line up and are woken by releases exactly as lock waiters are
+//! (see [`crate::wait`]): a free slot goes to the earliest waiters first,
+//! so a holder that releases and takes a slot again in a loop cannot
+//! starve one that waits.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,14 +21,15 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::health::Health;
 use crate::io;
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, Line};
 use crate::locks::{Lost, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, POOL_API_TEMPLATE, Tally};
-use crate::store::{PoolStore, StoreFuture, clamp_ttl};
+use crate::store::{LockStore, PoolStore, StoreFuture, clamp_ttl};
+use crate::wait::Turn;
 
-/// First pause between two attempts while waiting for a free slot; it
-/// doubles up to [`MAX_RETRY_PAUSE`] (as lock waits do).
+/// First pause between two attempts to release a slot whose release
+/// failed; it doubles up to [`MAX_RETRY_PAUSE`] times ten.
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Shortest gap between two renewals, whatever the lease.
@@ -35,6 +41,11 @@ pub(crate) struct Pools {
     keys: Keyspace,
     lock_ttl: Duration,
     health: Arc<Health>,
+    /// Where waiters watch a pool's releases (its line is keyed like a
+    /// lock's).
+    locks: Arc<dyn LockStore>,
+    /// The longest a waiter goes between two attempts.
+    recheck: Duration,
 }
 
 impl fmt::Debug for Pools {
@@ -52,12 +63,16 @@ impl Pools {
         keys: Keyspace,
         lock_ttl: Duration,
         health: Arc<Health>,
+        locks: Arc<dyn LockStore>,
+        recheck: Duration,
     ) -> Self {
         Self {
             store,
             keys,
             lock_ttl,
             health,
+            locks,
+            recheck,
         }
     }
 
@@ -78,20 +93,30 @@ impl Pools {
         }
         let lease = clamp_ttl(ttl.unwrap_or(self.lock_ttl));
         let token = new_token()?;
+        let line = self.keys.line(&key);
+        let join = Turn::join(wait, self.recheck);
         // A wait too long to represent is a wait without end.
         let deadline = Instant::now().checked_add(wait);
-        let mut pause = FIRST_RETRY_PAUSE;
+        // Made at the first refusal of a caller that waits.
+        let mut turn: Option<Turn> = None;
         loop {
             let attempt = Attempt {
                 store: &self.store,
                 key: &key,
                 token: &token,
+                line: &line,
                 lease,
                 armed: true,
             };
-            match M::io(self.store.acquire_slot(&key, &token, max_size, lease)).await {
+            let taken = self
+                .store
+                .acquire_slot(&key, &token, max_size, lease, &line, join);
+            match M::io(taken).await {
                 Ok(true) => {
                     attempt.settle();
+                    if let Some(turn) = turn {
+                        turn.settle();
+                    }
                     break;
                 }
                 Ok(false) => attempt.settle(),
@@ -100,30 +125,35 @@ impl Pools {
                     if let Some(suppressed) = self.health.lock_log.admit() {
                         tracing::warn!(key, %error, suppressed, "cachify: could not take a pool slot; refusing to run without it");
                     }
-                    // Dropping the armed attempt takes back what the script may yet take.
+                    // Dropping the armed attempt takes back what the script
+                    // may yet take; dropping the turn leaves the line.
                     drop(attempt);
                     return Err(error);
                 }
             }
-            let now = Instant::now();
-            let pause_now = match deadline {
-                Some(deadline) if now >= deadline => {
-                    tally.lock_contended();
-                    tracing::debug!(
-                        target: "cachify::pool",
-                        pool = "full",
-                        key,
-                        max_size,
-                        ?wait,
-                        "cachify: pool full; giving up"
-                    );
-                    return Err(Error::PoolFull { key });
+            let waiting = !wait.is_zero()
+                && turn
+                    .get_or_insert_with(|| {
+                        Turn::new(&self.locks, &key, &token, &line, deadline, self.recheck)
+                            .in_pool(&self.store)
+                    })
+                    .pause::<M>()
+                    .await;
+            if !waiting {
+                if let Some(turn) = turn {
+                    turn.leave::<M>().await;
                 }
-                Some(deadline) => pause.min(deadline - now),
-                None => pause,
-            };
-            M::sleep(pause_now).await;
-            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                tally.lock_contended();
+                tracing::debug!(
+                    target: "cachify::pool",
+                    pool = "full",
+                    key,
+                    max_size,
+                    ?wait,
+                    "cachify: pool full; giving up"
+                );
+                return Err(Error::PoolFull { key });
+            }
         }
         tally.lock_acquired();
         tracing::debug!(
@@ -147,6 +177,7 @@ impl Pools {
             store: Arc::clone(&self.store),
             key,
             token,
+            line,
             lease,
             lost,
             watchdog: Some(watchdog),
@@ -321,6 +352,8 @@ pub struct PoolSlot {
     key: String,
     /// Empty once released: `Drop` then has nothing left to do.
     token: String,
+    /// Where its waiters line up and are woken.
+    line: Line,
     lease: Duration,
     lost: Arc<Lost>,
     watchdog: Option<AbortHandle>,
@@ -405,7 +438,7 @@ impl PoolSlot {
 
     async fn release_in<M: Mode>(mut self) -> Result<(), Error> {
         self.stop_watchdog();
-        let released = M::io(self.store.release_slot(&self.key, &self.token)).await;
+        let released = M::io(self.store.release_slot(&self.key, &self.token, &self.line)).await;
         let released = match released {
             Ok(true) => {
                 released_event(&self.key);
@@ -426,6 +459,7 @@ impl PoolSlot {
                     Arc::clone(&self.store),
                     self.key.clone(),
                     self.token.clone(),
+                    self.line.clone(),
                     self.lease,
                 ));
                 Err(error)
@@ -464,11 +498,16 @@ impl Drop for PoolSlot {
         // An in-process store has released already. Otherwise Drop cannot
         // await: release in the background, retrying while the store is
         // unreachable. Owner-only release makes a late one harmless.
-        if let StoreFuture::Io(release) = self.store.release_slot(&self.key, &token) {
-            let (store, key, lease) = (Arc::clone(&self.store), self.key.clone(), self.lease);
+        if let StoreFuture::Io(release) = self.store.release_slot(&self.key, &token, &self.line) {
+            let (store, key, line, lease) = (
+                Arc::clone(&self.store),
+                self.key.clone(),
+                self.line.clone(),
+                self.lease,
+            );
             io::spawn(async move {
                 if release.await.is_err() {
-                    abandon(store, key, token, lease).await;
+                    abandon(store, key, token, line, lease).await;
                 }
             });
         }
@@ -497,6 +536,7 @@ struct Attempt<'a> {
     store: &'a Arc<dyn PoolStore>,
     key: &'a str,
     token: &'a str,
+    line: &'a Line,
     lease: Duration,
     armed: bool,
 }
@@ -510,12 +550,13 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let (store, key, token) = (
+            let (store, key, token, line) = (
                 Arc::clone(self.store),
                 self.key.to_owned(),
                 self.token.to_owned(),
+                self.line.clone(),
             );
-            io::spawn(abandon(store, key, token, self.lease));
+            io::spawn(abandon(store, key, token, line, self.lease));
         }
     }
 }
@@ -523,11 +564,17 @@ impl Drop for Attempt<'_> {
 /// Frees the slot of `token` if it holds one, retrying until the backend
 /// answers or the lease would have ended anyway. Owner-only, so it never
 /// touches anyone else's slot.
-async fn abandon(store: Arc<dyn PoolStore>, key: String, token: String, lease: Duration) {
+async fn abandon(
+    store: Arc<dyn PoolStore>,
+    key: String,
+    token: String,
+    line: Line,
+    lease: Duration,
+) {
     let give_up = Instant::now().checked_add(lease);
     let mut pause = FIRST_RETRY_PAUSE;
     loop {
-        match store.release_slot(&key, &token).await {
+        match store.release_slot(&key, &token, &line).await {
             Ok(_) => return,
             Err(_) if give_up.is_some_and(|give_up| Instant::now() >= give_up) => return,
             Err(_) => {

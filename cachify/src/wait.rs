@@ -12,8 +12,8 @@
 //! the line, waking the others.
 //!
 //! Everything is keyed by a resource key and its [`Line`], so any resource
-//! taken by an atomic attempt that honours the line (a lock today, a pool
-//! slot next) waits the same way.
+//! taken by an atomic attempt that honours the line (a lock, a pool slot)
+//! waits the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::io;
 use crate::keyspace::Line;
 use crate::mode::Mode;
-use crate::store::{LockStore, Watch};
+use crate::store::{LockStore, PoolStore, StoreFuture, Watch};
 
 /// The longest a waiter goes between two attempts by default: the safety
 /// net for a lost release message, and for a lease that ran out without a
@@ -50,6 +50,8 @@ pub(crate) struct Turn {
     watch: Option<Option<Watch>>,
     /// Whether this caller may still hold a place in the line.
     queued: bool,
+    /// Set for a pool's line: leaving goes through the pool store.
+    pool: Option<Arc<dyn PoolStore>>,
 }
 
 impl Turn {
@@ -72,7 +74,16 @@ impl Turn {
             recheck,
             watch: None,
             queued: true,
+            pool: None,
         }
+    }
+
+    /// The same turn in the line of a pool of `pools`: leaving it wakes
+    /// the other waiters even while slots are held
+    /// ([`PoolStore::leave_pool`]).
+    pub(crate) fn in_pool(mut self, pools: &Arc<dyn PoolStore>) -> Self {
+        self.pool = Some(Arc::clone(pools));
+        self
     }
 
     /// What an attempt passes as its `join`: a caller that waits at all
@@ -114,7 +125,15 @@ impl Turn {
     /// lapse.
     pub(crate) async fn leave<M: Mode>(mut self) {
         self.queued = false;
-        let _ = M::io(self.store.leave(&self.key, &self.token, &self.line)).await;
+        let _ = M::io(self.leaving()).await;
+    }
+
+    /// The store call that takes this caller out of its line.
+    fn leaving(&self) -> StoreFuture<()> {
+        match &self.pool {
+            Some(pools) => pools.leave_pool(&self.key, &self.token, &self.line),
+            None => self.store.leave(&self.key, &self.token, &self.line),
+        }
     }
 }
 
@@ -124,7 +143,7 @@ impl Drop for Turn {
             return;
         }
         // Cancelled or failed mid-wait: leave in the background.
-        let leave = self.store.leave(&self.key, &self.token, &self.line);
+        let leave = self.leaving();
         io::spawn(async move {
             let _ = leave.await;
         });
