@@ -299,7 +299,7 @@ async fn a_waiter_leaving_wakes_the_next_one(backend: &Backend<'_>) {
         async move { holder.pool(NAME, 2).wait(HOUR).acquire().await }
     });
     tokio::time::sleep(SETTLE).await;
-    let second = tokio::spawn(async move { waiter.pool(NAME, 2).wait(SOON).acquire().await });
+    let second = tokio::spawn(async move { waiter.pool(NAME, 2).wait(HOUR).acquire().await });
     tokio::time::sleep(SETTLE).await;
     let waiting: u64 = backend.query(redis::cmd("ZCARD").arg(&queue));
     assert_eq!(waiting, 2, "both waiters are in line");
