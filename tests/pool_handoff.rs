@@ -131,6 +131,7 @@ on_every_backend!(
     a_blocking_holder_in_a_loop_does_not_starve_a_blocking_pool_waiter,
     a_pool_waiter_that_gives_up_leaves_the_line,
     a_cancelled_pool_waiter_leaves_the_line,
+    a_caller_that_does_not_wait_does_not_jump_the_line,
 );
 
 on_redis_backends!(a_waiter_leaving_wakes_the_next_one,);
@@ -275,6 +276,26 @@ async fn a_cancelled_pool_waiter_leaves_the_line(backend: &Backend<'_>) {
             other => panic!("the cancelled waiter still holds its place: {other:?}"),
         }
     }
+}
+
+async fn a_caller_that_does_not_wait_does_not_jump_the_line(backend: &Backend<'_>) {
+    let (holder, waiter) = backend.pair(HOUR).await;
+    let held = holder.pool(NAME, 1).acquire().await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.pool(NAME, 1).wait(HOUR).acquire().await });
+    tokio::time::sleep(SETTLE).await;
+    held.release().await.unwrap();
+    // The freed slot is the waiter's, whether it has taken it yet or not.
+    let jumped = holder.pool(NAME, 1).acquire().await;
+    assert!(
+        matches!(jumped, Err(Error::PoolFull { .. })),
+        "a caller that does not wait took the slot from the waiter: {jumped:?}"
+    );
+    let taken = tokio::time::timeout(SOON, waiting)
+        .await
+        .expect("the release did not wake the waiter")
+        .unwrap()
+        .unwrap();
+    taken.release().await.unwrap();
 }
 
 /// A slot kept for the head of the line, whose wait is then cancelled:
