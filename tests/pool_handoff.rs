@@ -132,6 +132,7 @@ on_every_backend!(
     a_pool_waiter_that_gives_up_leaves_the_line,
     a_cancelled_pool_waiter_leaves_the_line,
     a_caller_that_does_not_wait_does_not_jump_the_line,
+    freed_slots_go_to_the_earliest_waiters,
 );
 
 on_redis_backends!(a_waiter_leaving_wakes_the_next_one,);
@@ -296,6 +297,42 @@ async fn a_caller_that_does_not_wait_does_not_jump_the_line(backend: &Backend<'_
         .unwrap()
         .unwrap();
     taken.release().await.unwrap();
+}
+
+/// Two slots freed at once go to the first two waiters, each woken by a
+/// release, and a caller that does not wait is refused while they wait.
+async fn freed_slots_go_to_the_earliest_waiters(backend: &Backend<'_>) {
+    let (holder, waiter) = backend.pair(HOUR).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(holder.pool(NAME, 3).acquire().await.unwrap());
+    }
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let waiter = waiter.clone();
+        waiting.push(tokio::spawn(async move {
+            waiter.pool(NAME, 3).wait(HOUR).acquire().await
+        }));
+        tokio::time::sleep(SETTLE).await;
+    }
+    let last = held.pop().unwrap();
+    // A free slot, but two waiters ahead of a caller that does not wait.
+    last.release().await.unwrap();
+    let jumped = holder.pool(NAME, 3).acquire().await;
+    assert!(
+        matches!(jumped, Err(Error::PoolFull { .. })),
+        "a caller that does not wait took a slot from the waiters: {jumped:?}"
+    );
+    held.pop().unwrap().release().await.unwrap();
+    for waiter in waiting {
+        let taken = tokio::time::timeout(SOON, waiter)
+            .await
+            .expect("a freed slot did not reach a waiter (its re-check is an hour away)")
+            .unwrap()
+            .unwrap();
+        taken.release().await.unwrap();
+    }
+    held.pop().unwrap().release().await.unwrap();
 }
 
 /// A slot kept for the head of the line, whose wait is then cancelled:
