@@ -135,7 +135,10 @@ on_every_backend!(
     freed_slots_go_to_the_earliest_waiters,
 );
 
-on_redis_backends!(a_waiter_leaving_wakes_the_next_one,);
+on_redis_backends!(
+    a_waiter_leaving_wakes_the_next_one,
+    a_second_waiter_takes_the_second_free_slot,
+);
 
 // ---------------------------------------------------------------- scenarios
 
@@ -333,6 +336,44 @@ async fn freed_slots_go_to_the_earliest_waiters(backend: &Backend<'_>) {
         taken.release().await.unwrap();
     }
     held.pop().unwrap().release().await.unwrap();
+}
+
+/// A waiter second in line (behind a waiter that crashed and keeps its
+/// place) gets nothing from one free slot, which is the head's, and takes
+/// the second one: a free slot goes to any waiter with fewer waiters ahead
+/// of it than there are free slots, not only to the head of the line.
+async fn a_second_waiter_takes_the_second_free_slot(backend: &Backend<'_>) {
+    let (holder, waiter) = backend.pair(HOUR).await;
+    let (_, queue) = keys(&holder);
+    let beats = queue.replacen("queue:", "beats:", 1);
+    let mut held = vec![
+        holder.pool(NAME, 2).acquire().await.unwrap(),
+        holder.pool(NAME, 2).acquire().await.unwrap(),
+    ];
+    let (seconds, micros): (u64, u64) = backend.query(&redis::cmd("TIME"));
+    let now_ms = seconds * 1000 + micros / 1000;
+    backend.query::<()>(redis::cmd("ZADD").arg(&queue).arg(0).arg("ghost"));
+    backend.query::<()>(
+        redis::cmd("ZADD")
+            .arg(&beats)
+            .arg(now_ms + 3_600_000)
+            .arg("ghost"),
+    );
+    let waiting = tokio::spawn(async move { waiter.pool(NAME, 2).wait(HOUR).acquire().await });
+    tokio::time::sleep(SETTLE).await;
+    held.pop().unwrap().release().await.unwrap();
+    tokio::time::sleep(SETTLE).await;
+    assert!(
+        !waiting.is_finished(),
+        "the one free slot is kept for the head of the line"
+    );
+    held.pop().unwrap().release().await.unwrap();
+    let taken = tokio::time::timeout(SOON, waiting)
+        .await
+        .expect("the second free slot did not go to the second waiter")
+        .unwrap()
+        .unwrap();
+    taken.release().await.unwrap();
 }
 
 /// A slot kept for the head of the line, whose wait is then cancelled:
