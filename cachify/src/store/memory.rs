@@ -753,6 +753,31 @@ mod tests {
     }
 
     #[test]
+    fn free_pool_slots_go_to_the_waiters_ahead() {
+        let memory = MemoryStore::new(100);
+        let lease = Duration::from_secs(60);
+        let keep = Some(Duration::from_secs(60));
+        let take = |token, join| now(memory.acquire_slot("p", token, 2, lease, &line(), join));
+        assert!(take("a", None) && take("b", None));
+        assert!(!take("w1", keep), "full: w1 joins the line");
+        assert!(!take("w2", keep), "full: w2 joins behind it");
+        assert!(now(memory.release_slot("p", "a", &line())));
+        assert!(!take("w2", keep), "one free slot: w1's");
+        assert!(
+            !take("c", None),
+            "a caller that does not wait is behind both"
+        );
+        assert!(now(memory.release_slot("p", "b", &line())));
+        assert!(take("w2", keep), "two free slots: one is w2's");
+        assert!(take("w1", keep));
+        assert!(!take("c", None), "full again");
+        assert!(
+            memory.lines.lock().unwrap().is_empty(),
+            "both left the line"
+        );
+    }
+
+    #[test]
     fn pool_slots_are_capped_owned_and_expire() {
         let memory = MemoryStore::new(100);
         let lease = Duration::from_millis(300);
