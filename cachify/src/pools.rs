@@ -26,7 +26,7 @@ use crate::locks::{Lost, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, POOL_API_TEMPLATE, Tally};
 use crate::store::{LockStore, PoolStore, StoreFuture, clamp_ttl};
-use crate::wait::Turn;
+use crate::wait::{self, Turn};
 
 /// First pause between two attempts to release a slot whose release
 /// failed; it doubles up to [`MAX_RETRY_PAUSE`] times ten.
@@ -97,9 +97,7 @@ impl Pools {
         let join = Turn::join(wait, self.recheck);
         // A wait too long to represent is a wait without end.
         let deadline = Instant::now().checked_add(wait);
-        // Made at the first refusal of a caller that waits.
-        let mut turn: Option<Turn> = None;
-        loop {
+        let attempt = || async {
             let attempt = Attempt {
                 store: &self.store,
                 key: &key,
@@ -111,38 +109,20 @@ impl Pools {
             let taken = self
                 .store
                 .acquire_slot(&key, &token, max_size, lease, &line, join);
-            match M::io(taken).await {
-                Ok(true) => {
-                    attempt.settle();
-                    if let Some(turn) = turn {
-                        turn.settle();
-                    }
-                    break;
-                }
-                Ok(false) => attempt.settle(),
-                Err(error) => {
-                    tally.error();
-                    if let Some(suppressed) = self.health.lock_log.admit() {
-                        tracing::warn!(key, %error, suppressed, "cachify: could not take a pool slot; refusing to run without it");
-                    }
-                    // Dropping the armed attempt takes back what the script
-                    // may yet take; dropping the turn leaves the line.
-                    drop(attempt);
-                    return Err(error);
-                }
+            let taken = M::io(taken).await;
+            // On an error the armed attempt, dropped, takes back what the
+            // script may yet take.
+            if taken.is_ok() {
+                attempt.settle();
             }
-            let waiting = !wait.is_zero()
-                && turn
-                    .get_or_insert_with(|| {
-                        Turn::new(&self.locks, &key, &token, &line, deadline, self.recheck)
-                            .in_pool(&self.store)
-                    })
-                    .pause::<M>()
-                    .await;
-            if !waiting {
-                if let Some(turn) = turn {
-                    turn.leave::<M>().await;
-                }
+            taken.map(|taken| taken.then_some(()))
+        };
+        let turn = || {
+            Turn::new(&self.locks, &key, &token, &line, deadline, self.recheck).in_pool(&self.store)
+        };
+        match wait::in_turn::<M, _, _>(wait, attempt, turn).await {
+            Ok(Some(())) => {}
+            Ok(None) => {
                 tally.lock_contended();
                 tracing::debug!(
                     target: "cachify::pool",
@@ -153,6 +133,13 @@ impl Pools {
                     "cachify: pool full; giving up"
                 );
                 return Err(Error::PoolFull { key });
+            }
+            Err(error) => {
+                tally.error();
+                if let Some(suppressed) = self.health.lock_log.admit() {
+                    tracing::warn!(key, %error, suppressed, "cachify: could not take a pool slot; refusing to run without it");
+                }
+                return Err(error);
             }
         }
         tally.lock_acquired();

@@ -15,11 +15,13 @@
 //! taken by an atomic attempt that honours the line (a lock, a pool slot)
 //! waits the same way.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::error::Error;
 use crate::io;
 use crate::keyspace::Line;
 use crate::mode::Mode;
@@ -147,6 +149,39 @@ impl Drop for Turn {
         io::spawn(async move {
             let _ = leave.await;
         });
+    }
+}
+
+/// Makes attempts until one takes the resource or the wait is over: the
+/// waiting of a lock and of a pool slot, written once. `attempt` is one
+/// atomic try that honours the line (`Ok(None)`: refused); `turn` makes
+/// the caller's turn at its first refusal, when `wait` is not zero.
+/// `Ok(None)`: refused until the deadline, and out of the line. An error
+/// ends the wait at once (the dropped turn leaves the line in the
+/// background).
+pub(crate) async fn in_turn<M: Mode, T, F>(
+    wait: Duration,
+    mut attempt: impl FnMut() -> F,
+    turn: impl Fn() -> Turn,
+) -> Result<Option<T>, Error>
+where
+    F: Future<Output = Result<Option<T>, Error>>,
+{
+    let mut waiting: Option<Turn> = None;
+    loop {
+        if let Some(taken) = attempt().await? {
+            if let Some(waiting) = waiting {
+                waiting.settle();
+            }
+            return Ok(Some(taken));
+        }
+        let again = !wait.is_zero() && waiting.get_or_insert_with(&turn).pause::<M>().await;
+        if !again {
+            if let Some(waiting) = waiting {
+                waiting.leave::<M>().await;
+            }
+            return Ok(None);
+        }
     }
 }
 
