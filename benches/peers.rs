@@ -29,7 +29,8 @@
 //!   on memory, a single node and the cluster; and the same with the old
 //!   wait, polling with backoff from 5 ms to 100 ms (median and 90th
 //!   percentile, printed); and to a waiter in another process (a child of
-//!   this bench), on a single node and the cluster.
+//!   this bench), on a single node and the cluster. The same for the slot of
+//!   a pool of one, to a waiter on another client.
 //! - users app: `GET /users/{id}` of the example app, served by a child
 //!   process of this bench, with and without the near cache (requests per
 //!   second, printed).
@@ -719,6 +720,37 @@ async fn handoffs(
     delays
 }
 
+/// One pool handoff after another: the holder keeps the one slot of a
+/// pool of one for `hold` while a waiter on `waiter` waits, then releases
+/// it. Returns, per round, the time from the holder's release call to the
+/// waiter holding the slot.
+async fn pool_handoffs(
+    holder: &Cachify,
+    waiter: &Cachify,
+    name: &str,
+    rounds: usize,
+    hold: Duration,
+) -> Vec<Duration> {
+    let wait = Duration::from_secs(10);
+    let mut delays = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let held = holder.pool(name, 1).wait(wait).acquire().await.unwrap();
+        let (waiter, name) = (waiter.clone(), name.to_owned());
+        let taken = tokio::spawn(async move {
+            let slot = waiter.pool(&name, 1).wait(wait).acquire().await.unwrap();
+            let at = Instant::now();
+            slot.release().await.unwrap();
+            at
+        });
+        tokio::time::sleep(hold).await;
+        let released = Instant::now();
+        held.release().await.unwrap();
+        delays.push(taken.await.unwrap() - released);
+    }
+    delays.sort();
+    delays
+}
+
 /// The lock handoff latency, printed: median and 90th percentile.
 fn handoff_report() {
     let rt = runtime();
@@ -773,6 +805,19 @@ fn handoff_report() {
             micros(&polled, 0.5),
             micros(&polled, 0.9),
             polled.len(),
+        );
+        let pooled = rt.block_on(pool_handoffs(
+            holder,
+            waiter,
+            "handoff-pool",
+            rounds,
+            Duration::from_millis(20),
+        ));
+        println!(
+            "pool handoff, {backend}: woken {:.0} µs median, {:.0} µs p90 ({} handoffs)",
+            micros(&pooled, 0.5),
+            micros(&pooled, 0.9),
+            pooled.len(),
         );
     }
     for (backend, holder, spec) in [

@@ -892,6 +892,8 @@ impl CachifyBuilder {
             keys.clone(),
             self.lock_ttl,
             Arc::clone(&health),
+            Arc::clone(&stores.locks),
+            self.lock_recheck,
         );
         let locks = Locks::new(
             stores.locks,

@@ -12,9 +12,9 @@
 //! | version of a tag (`tags = [..]`) | `{prefix}tag:{` + encoded tag + `}:v` | `cachify:tag:{user:42}:v` |
 //! | index of a tag's entries | `{prefix}tag:{` + encoded tag + `}:i` | `cachify:tag:{user:42}:i` |
 //! | `#[pooled]`, [`crate::pool()`] (a sorted set: slot token -> lease end) | `{prefix}pool:{name}` | `cachify:pool:exports` |
-//! | waiters of a lock, in arrival order | `{prefix}queue:{` + lock key + `}` | `cachify:queue:{cachify:lock:nightly}` |
-//! | when each waiter's place lapses | `{prefix}beats:{` + lock key + `}` | `cachify:beats:{cachify:lock:nightly}` |
-//! | pub/sub channel of a lock's releases | `{prefix}wake:{` + lock key + `}` | `cachify:wake:{cachify:lock:nightly}` |
+//! | waiters of a lock or pool, in arrival order | `{prefix}queue:{` + lock or pool key + `}` | `cachify:queue:{cachify:lock:nightly}`, `cachify:queue:{cachify:pool:exports}` |
+//! | when each waiter's place lapses | `{prefix}beats:{` + lock or pool key + `}` | `cachify:beats:{cachify:lock:nightly}` |
+//! | pub/sub channel of a lock's or pool's releases | `{prefix}wake:{` + lock or pool key + `}` | `cachify:wake:{cachify:lock:nightly}` |
 //!
 //! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`, `pool:`,
 //! `queue:`, `beats:`, `wake:`)
@@ -38,7 +38,7 @@
 //! all live in one slot. When the lock key already holds a hash tag (from
 //! the prefix, `{app}:`, or from a lock name such as `{tenant}:job`), they
 //! keep that tag instead: `{prefix}fence:` (or `queue:`, …) and the rest of
-//! the lock key. Interpolated values escape `{` and `}`, so a value can never create
+//! the lock key. A pool's line is built the same way around the pool key. Interpolated values escape `{` and `}`, so a value can never create
 //! or move a tag.
 //!
 //! **Injectivity.** An interpolated value is percent-encoded for `%`, for
@@ -810,6 +810,33 @@ mod tests {
         assert_ne!(
             plain.line(&named),
             plain.line(&plain.lock("{tenant}:other"))
+        );
+    }
+
+    #[test]
+    fn a_pools_line_shares_its_hash_slot() {
+        let plain = keys("cachify:");
+        let pool = plain.pool("exports");
+        assert_eq!(
+            plain.line(&pool).queue,
+            "cachify:queue:{cachify:pool:exports}"
+        );
+        // What Redis hashes to find a key's slot.
+        let hashed = |key: &str| hash_tag(key).unwrap_or(key).to_owned();
+        let tagged = keys("{app}:");
+        for (keys, pool) in [
+            (&plain, pool),
+            (&plain, plain.pool("{tenant}:exports")),
+            (&tagged, tagged.pool("exports")),
+        ] {
+            let line = keys.line(&pool);
+            for key in [&line.queue, &line.beats, &line.channel] {
+                assert_eq!(hashed(key), hashed(&pool), "{key} beside {pool}");
+            }
+        }
+        assert_ne!(
+            plain.line(&plain.pool("job")),
+            plain.line(&plain.lock("job"))
         );
     }
 

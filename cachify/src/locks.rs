@@ -107,9 +107,7 @@ impl Locks {
         let join = Turn::join(wait, self.recheck);
         // A wait too long to represent is a wait without end.
         let deadline = Instant::now().checked_add(wait);
-        // Made at the first refusal of a caller that waits.
-        let mut turn: Option<Turn> = None;
-        let fencing_token = loop {
+        let attempt = || async {
             let attempt = Attempt {
                 store: &self.store,
                 key: &key,
@@ -118,40 +116,18 @@ impl Locks {
                 lease,
                 armed: true,
             };
-            match M::io(self.store.try_lock(&key, &token, lease, fence, &line, join)).await {
-                Ok(Some(fencing_token)) => {
-                    attempt.settle();
-                    if let Some(turn) = turn {
-                        turn.settle();
-                    }
-                    break fencing_token;
-                }
-                Ok(None) => attempt.settle(),
-                Err(error) => {
-                    match tally {
-                        Some(tally) => tally.error(),
-                        None => counters.errors.add(),
-                    }
-                    if let Some(suppressed) = self.health.lock_log.admit() {
-                        tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
-                    }
-                    // Dropping the armed attempt takes back what the SET may
-                    // yet take; dropping the turn leaves the line.
-                    drop(attempt);
-                    return Err(error);
-                }
+            let taken = M::io(self.store.try_lock(&key, &token, lease, fence, &line, join)).await;
+            // On an error the armed attempt, dropped, takes back what the
+            // SET may yet take.
+            if taken.is_ok() {
+                attempt.settle();
             }
-            let waiting = !wait.is_zero()
-                && turn
-                    .get_or_insert_with(|| {
-                        Turn::new(&self.store, &key, &token, &line, deadline, self.recheck)
-                    })
-                    .pause::<M>()
-                    .await;
-            if !waiting {
-                if let Some(turn) = turn {
-                    turn.leave::<M>().await;
-                }
+            taken
+        };
+        let turn = || Turn::new(&self.store, &key, &token, &line, deadline, self.recheck);
+        let fencing_token = match wait::in_turn::<M, _, _>(wait, attempt, turn).await {
+            Ok(Some(fencing_token)) => fencing_token,
+            Ok(None) => {
                 match tally {
                     Some(tally) => tally.lock_contended(),
                     None => counters.lock_contention.add(),
@@ -164,6 +140,16 @@ impl Locks {
                     "cachify: lock held elsewhere; giving up"
                 );
                 return Err(Error::Locked { key });
+            }
+            Err(error) => {
+                match tally {
+                    Some(tally) => tally.error(),
+                    None => counters.errors.add(),
+                }
+                if let Some(suppressed) = self.health.lock_log.admit() {
+                    tracing::warn!(key, %error, suppressed, "cachify: could not take a lock; refusing to run without it");
+                }
+                return Err(error);
             }
         };
         match tally {

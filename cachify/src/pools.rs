@@ -5,6 +5,11 @@
 //! watchdog while its holder runs, released only by its holder, and lost
 //! (never silently regained) once its lease ran out. Pools fail closed: a
 //! backend error is `Err(Error::Backend)`, never a run without a slot.
+//!
+//! Waiters line up and are woken by releases exactly as lock waiters are
+//! (see [`crate::wait`]): a free slot goes to the earliest waiters first,
+//! so a holder that releases and takes a slot again in a loop cannot
+//! starve one that waits.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,16 +20,12 @@ use tokio::time::Instant;
 use crate::error::Error;
 use crate::health::Health;
 use crate::io;
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, Line};
 use crate::lease::{self, GiveBack, Held, Holding, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, POOL_API_TEMPLATE, Tally};
-use crate::store::{PoolStore, clamp_ttl};
-
-/// First pause between two attempts while waiting for a free slot; it
-/// doubles up to [`MAX_RETRY_PAUSE`] (as lock waits do).
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(5);
-const MAX_RETRY_PAUSE: Duration = Duration::from_millis(100);
+use crate::store::{LockStore, PoolStore, clamp_ttl};
+use crate::wait::{self, Turn};
 
 /// The pools of one client: its pool store and the default lease.
 pub(crate) struct Pools {
@@ -32,6 +33,11 @@ pub(crate) struct Pools {
     keys: Keyspace,
     lock_ttl: Duration,
     health: Arc<Health>,
+    /// Where waiters watch a pool's releases (its line is keyed like a
+    /// lock's).
+    locks: Arc<dyn LockStore>,
+    /// The longest a waiter goes between two attempts.
+    recheck: Duration,
 }
 
 impl fmt::Debug for Pools {
@@ -49,12 +55,16 @@ impl Pools {
         keys: Keyspace,
         lock_ttl: Duration,
         health: Arc<Health>,
+        locks: Arc<dyn LockStore>,
+        recheck: Duration,
     ) -> Self {
         Self {
             store,
             keys,
             lock_ttl,
             health,
+            locks,
+            recheck,
         }
     }
 
@@ -75,52 +85,54 @@ impl Pools {
         }
         let lease = clamp_ttl(ttl.unwrap_or(self.lock_ttl));
         let token = new_token()?;
+        let line = self.keys.line(&key);
+        let join = Turn::join(wait, self.recheck);
         // A wait too long to represent is a wait without end.
         let deadline = Instant::now().checked_add(wait);
-        let mut pause = FIRST_RETRY_PAUSE;
-        loop {
+        let attempt = || async {
             let attempt = Attempt {
                 store: &self.store,
                 key: &key,
                 token: &token,
+                line: &line,
                 lease,
                 armed: true,
             };
-            match M::io(self.store.acquire_slot(&key, &token, max_size, lease)).await {
-                Ok(true) => {
-                    attempt.settle();
-                    break;
-                }
-                Ok(false) => attempt.settle(),
-                Err(error) => {
-                    tally.error();
-                    if let Some(suppressed) = self.health.lock_log.admit() {
-                        tracing::warn!(key, %error, suppressed, "cachify: could not take a pool slot; refusing to run without it");
-                    }
-                    // Dropping the armed attempt takes back what the script may yet take.
-                    drop(attempt);
-                    return Err(error);
-                }
+            let taken = self
+                .store
+                .acquire_slot(&key, &token, max_size, lease, &line, join);
+            let taken = M::io(taken).await;
+            // On an error the armed attempt, dropped, takes back what the
+            // script may yet take.
+            if taken.is_ok() {
+                attempt.settle();
             }
-            let now = Instant::now();
-            let pause_now = match deadline {
-                Some(deadline) if now >= deadline => {
-                    tally.lock_contended();
-                    tracing::debug!(
-                        target: "cachify::pool",
-                        pool = "full",
-                        key,
-                        max_size,
-                        ?wait,
-                        "cachify: pool full; giving up"
-                    );
-                    return Err(Error::PoolFull { key });
+            taken.map(|taken| taken.then_some(()))
+        };
+        let turn = || {
+            Turn::new(&self.locks, &key, &token, &line, deadline, self.recheck).in_pool(&self.store)
+        };
+        match wait::in_turn::<M, _, _>(wait, attempt, turn).await {
+            Ok(Some(())) => {}
+            Ok(None) => {
+                tally.lock_contended();
+                tracing::debug!(
+                    target: "cachify::pool",
+                    pool = "full",
+                    key,
+                    max_size,
+                    ?wait,
+                    "cachify: pool full; giving up"
+                );
+                return Err(Error::PoolFull { key });
+            }
+            Err(error) => {
+                tally.error();
+                if let Some(suppressed) = self.health.lock_log.admit() {
+                    tracing::warn!(key, %error, suppressed, "cachify: could not take a pool slot; refusing to run without it");
                 }
-                Some(deadline) => pause.min(deadline - now),
-                None => pause,
-            };
-            M::sleep(pause_now).await;
-            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                return Err(error);
+            }
         }
         tally.lock_acquired();
         tracing::debug!(
@@ -137,7 +149,7 @@ impl Pools {
         };
         let give_back: GiveBack = {
             let (store, key) = (Arc::clone(&self.store), key.clone());
-            Arc::new(move |token: &str| store.release_slot(&key, token))
+            Arc::new(move |token: &str| store.release_slot(&key, token, &line))
         };
         Ok(PoolSlot {
             holding: Holding::start(Held::PoolSlot, key, token, lease, renew, give_back),
@@ -406,6 +418,7 @@ struct Attempt<'a> {
     store: &'a Arc<dyn PoolStore>,
     key: &'a str,
     token: &'a str,
+    line: &'a Line,
     lease: Duration,
     armed: bool,
 }
@@ -419,12 +432,13 @@ impl Attempt<'_> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let (store, key, token) = (
+            let (store, key, token, line) = (
                 Arc::clone(self.store),
                 self.key.to_owned(),
                 self.token.to_owned(),
+                self.line.clone(),
             );
-            io::spawn(abandon(store, key, token, self.lease));
+            io::spawn(abandon(store, key, token, line, self.lease));
         }
     }
 }
@@ -435,9 +449,10 @@ fn abandon(
     store: Arc<dyn PoolStore>,
     key: String,
     token: String,
+    line: Line,
     lease: Duration,
 ) -> impl Future<Output = ()> + Send + 'static {
     lease::abandon(Held::PoolSlot, key.clone(), lease, move || {
-        store.release_slot(&key, &token)
+        store.release_slot(&key, &token, &line)
     })
 }

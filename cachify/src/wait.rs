@@ -12,18 +12,20 @@
 //! the line, waking the others.
 //!
 //! Everything is keyed by a resource key and its [`Line`], so any resource
-//! taken by an atomic attempt that honours the line (a lock today, a pool
-//! slot next) waits the same way.
+//! taken by an atomic attempt that honours the line (a lock, a pool slot)
+//! waits the same way.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::error::Error;
 use crate::io;
 use crate::keyspace::Line;
 use crate::mode::Mode;
-use crate::store::{LockStore, Watch};
+use crate::store::{LockStore, PoolStore, StoreFuture, Watch};
 
 /// The longest a waiter goes between two attempts by default: the safety
 /// net for a lost release message, and for a lease that ran out without a
@@ -50,6 +52,8 @@ pub(crate) struct Turn {
     watch: Option<Option<Watch>>,
     /// Whether this caller may still hold a place in the line.
     queued: bool,
+    /// Set for a pool's line: leaving goes through the pool store.
+    pool: Option<Arc<dyn PoolStore>>,
 }
 
 impl Turn {
@@ -72,7 +76,16 @@ impl Turn {
             recheck,
             watch: None,
             queued: true,
+            pool: None,
         }
+    }
+
+    /// The same turn in the line of a pool of `pools`: leaving it wakes
+    /// the other waiters even while slots are held
+    /// ([`PoolStore::leave_pool`]).
+    pub(crate) fn in_pool(mut self, pools: &Arc<dyn PoolStore>) -> Self {
+        self.pool = Some(Arc::clone(pools));
+        self
     }
 
     /// What an attempt passes as its `join`: a caller that waits at all
@@ -114,7 +127,15 @@ impl Turn {
     /// lapse.
     pub(crate) async fn leave<M: Mode>(mut self) {
         self.queued = false;
-        let _ = M::io(self.store.leave(&self.key, &self.token, &self.line)).await;
+        let _ = M::io(self.leaving()).await;
+    }
+
+    /// The store call that takes this caller out of its line.
+    fn leaving(&self) -> StoreFuture<()> {
+        match &self.pool {
+            Some(pools) => pools.leave_pool(&self.key, &self.token, &self.line),
+            None => self.store.leave(&self.key, &self.token, &self.line),
+        }
     }
 }
 
@@ -124,10 +145,43 @@ impl Drop for Turn {
             return;
         }
         // Cancelled or failed mid-wait: leave in the background.
-        let leave = self.store.leave(&self.key, &self.token, &self.line);
+        let leave = self.leaving();
         io::spawn(async move {
             let _ = leave.await;
         });
+    }
+}
+
+/// Makes attempts until one takes the resource or the wait is over: the
+/// waiting of a lock and of a pool slot, written once. `attempt` is one
+/// atomic try that honours the line (`Ok(None)`: refused); `turn` makes
+/// the caller's turn at its first refusal, when `wait` is not zero.
+/// `Ok(None)`: refused until the deadline, and out of the line. An error
+/// ends the wait at once (the dropped turn leaves the line in the
+/// background).
+pub(crate) async fn in_turn<M: Mode, T, F>(
+    wait: Duration,
+    mut attempt: impl FnMut() -> F,
+    turn: impl Fn() -> Turn,
+) -> Result<Option<T>, Error>
+where
+    F: Future<Output = Result<Option<T>, Error>>,
+{
+    let mut waiting: Option<Turn> = None;
+    loop {
+        if let Some(taken) = attempt().await? {
+            if let Some(waiting) = waiting {
+                waiting.settle();
+            }
+            return Ok(Some(taken));
+        }
+        let again = !wait.is_zero() && waiting.get_or_insert_with(&turn).pause::<M>().await;
+        if !again {
+            if let Some(waiting) = waiting {
+                waiting.leave::<M>().await;
+            }
+            return Ok(None);
+        }
     }
 }
 

@@ -116,9 +116,9 @@ pub(crate) struct MemoryStore {
     /// Unbounded for the same reason as `locks`; a pool goes when its
     /// longest lease ends.
     pools: Cache<String, Slots>,
-    /// The waiters of each lock that has any, in arrival order.
+    /// The waiters of each lock or pool that has any, in arrival order.
     lines: Mutex<HashMap<String, VecDeque<Place>>>,
-    /// Wakes a lock's waiters when it is released.
+    /// Wakes a lock's or pool's waiters when it is released.
     hub: Arc<Hub>,
 }
 
@@ -427,15 +427,19 @@ impl PoolStore for MemoryStore {
         token: &str,
         max_size: usize,
         lease: Duration,
+        _: &Line,
+        join: Option<Duration>,
     ) -> StoreFuture<bool> {
         let mut taken = false;
-        // Each pool's compute runs alone for its key: count and take are one step.
+        // Each pool's compute runs alone for its key: line, count and take
+        // are one step.
         self.pools.entry(key.to_owned()).and_compute_with(|held| {
             let now = Instant::now();
             let mut live = held
                 .map(|entry| entry.value().live(now))
                 .unwrap_or_default();
-            if live.0.len() < max_size {
+            let free = max_size.saturating_sub(live.0.len());
+            if self.take_turn(key, token, join, free) {
                 live.0.push((token.into(), now + clamp_ttl(lease)));
                 taken = true;
             }
@@ -461,7 +465,7 @@ impl PoolStore for MemoryStore {
         StoreFuture::ready(Ok(renewed))
     }
 
-    fn release_slot(&self, key: &str, token: &str) -> StoreFuture<bool> {
+    fn release_slot(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
         let mut released = false;
         self.pools.entry(key.to_owned()).and_compute_with(|held| {
             let Some(held) = held else {
@@ -473,6 +477,9 @@ impl PoolStore for MemoryStore {
             released = live.0.len() < before;
             live.put()
         });
+        if released {
+            self.hub.ring(&line.channel);
+        }
         StoreFuture::ready(Ok(released))
     }
 
@@ -482,6 +489,19 @@ impl PoolStore for MemoryStore {
             .get(key)
             .map_or(0, |slots| slots.live(Instant::now()).0.len());
         StoreFuture::ready(Ok(size))
+    }
+
+    fn leave_pool(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()> {
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(places) = lines.get_mut(key) {
+            places.retain(|place| &*place.token != token);
+            if places.is_empty() {
+                lines.remove(key);
+            }
+        }
+        drop(lines);
+        self.hub.ring(&line.channel);
+        StoreFuture::ready(Ok(()))
     }
 }
 
@@ -733,20 +753,50 @@ mod tests {
     }
 
     #[test]
+    fn free_pool_slots_go_to_the_waiters_ahead() {
+        let memory = MemoryStore::new(100);
+        let lease = Duration::from_secs(60);
+        let keep = Some(Duration::from_secs(60));
+        let take = |token, join| now(memory.acquire_slot("p", token, 2, lease, &line(), join));
+        assert!(take("a", None) && take("b", None));
+        assert!(!take("w1", keep), "full: w1 joins the line");
+        assert!(!take("w2", keep), "full: w2 joins behind it");
+        assert!(now(memory.release_slot("p", "a", &line())));
+        assert!(!take("w2", keep), "one free slot: w1's");
+        assert!(
+            !take("c", None),
+            "a caller that does not wait is behind both"
+        );
+        assert!(now(memory.release_slot("p", "b", &line())));
+        assert!(take("w2", keep), "two free slots: one is w2's");
+        assert!(take("w1", keep));
+        assert!(!take("c", None), "full again");
+        assert!(
+            memory.lines.lock().unwrap().is_empty(),
+            "both left the line"
+        );
+    }
+
+    #[test]
     fn pool_slots_are_capped_owned_and_expire() {
         let memory = MemoryStore::new(100);
         let lease = Duration::from_millis(300);
-        assert!(now(memory.acquire_slot("p", "a", 2, lease)));
+        assert!(now(memory.acquire_slot("p", "a", 2, lease, &line(), None)));
         assert!(now(memory.acquire_slot(
             "p",
             "b",
             2,
-            Duration::from_secs(5)
+            Duration::from_secs(5),
+            &line(),
+            None
         )));
-        assert!(!now(memory.acquire_slot("p", "c", 2, lease)), "full");
+        assert!(
+            !now(memory.acquire_slot("p", "c", 2, lease, &line(), None)),
+            "full"
+        );
         assert_eq!(now(memory.pool_size("p")), 2);
         assert!(
-            !now(memory.release_slot("p", "c")),
+            !now(memory.release_slot("p", "c", &line())),
             "only a holder releases"
         );
         assert!(
@@ -760,15 +810,15 @@ mod tests {
             "an ended lease is gone"
         );
         assert!(
-            !now(memory.release_slot("p", "a",)),
+            !now(memory.release_slot("p", "a", &line())),
             "and cannot be released"
         );
         assert!(
-            now(memory.acquire_slot("p", "c", 2, lease)),
+            now(memory.acquire_slot("p", "c", 2, lease, &line(), None)),
             "its slot is free"
         );
-        assert!(now(memory.release_slot("p", "b")));
-        assert!(now(memory.release_slot("p", "c")));
+        assert!(now(memory.release_slot("p", "b", &line())));
+        assert!(now(memory.release_slot("p", "c", &line())));
         assert_eq!(now(memory.pool_size("p")), 0);
         memory.pools.run_pending_tasks();
         assert_eq!(

@@ -311,25 +311,43 @@ pub(crate) trait TagStore: Send + Sync + 'static {
 
 /// Pools (a distributed semaphore): up to `max_size` owned slots per key,
 /// each a random token with its own lease, all timed by the store's clock.
+///
+/// Fair like [`LockStore`]: a pool's waiters line up in arrival order
+/// ([`Line`]), and a free slot goes to a caller only when fewer waiters
+/// are ahead of it than there are free slots. Releases wake the waiters
+/// ([`LockStore::watch`] on the pool's line).
 pub(crate) trait PoolStore: Send + Sync + 'static {
     /// Takes a slot for `token` for `lease` if fewer than `max_size` live
-    /// slots are held; false when the pool is full. Expired slots are
-    /// dropped first, in the same atomic step.
+    /// slots are held and fewer waiters of `line` are ahead of `token` than
+    /// there are free slots; false when refused. Expired slots and lapsed
+    /// places are dropped first, in the same atomic step. `join`: on a
+    /// refusal, join the line (or keep this token's place in it) for that
+    /// long; `None` for a caller that will not wait. On a grant the token
+    /// leaves the line.
     fn acquire_slot(
         &self,
         key: &str,
         token: &str,
         max_size: usize,
         lease: Duration,
+        line: &Line,
+        join: Option<Duration>,
     ) -> StoreFuture<bool>;
 
     /// Renews the lease of `token`'s slot if it is still live; false when
     /// it expired or is gone.
     fn renew_slot(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool>;
 
-    /// Frees `token`'s slot; false when it had already expired or was gone.
-    fn release_slot(&self, key: &str, token: &str) -> StoreFuture<bool>;
+    /// Frees `token`'s slot and wakes the waiters of `line`; false when it
+    /// had already expired or was gone.
+    fn release_slot(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool>;
 
     /// How many live slots the pool holds.
     fn pool_size(&self, key: &str) -> StoreFuture<usize>;
+
+    /// Takes `token` out of the pool's line and wakes the others: a slot
+    /// may have been free and kept for this token. (A lock's
+    /// [`LockStore::leave`] wakes only when the lock is free; a pool key
+    /// exists while any slot is held.)
+    fn leave_pool(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()>;
 }

@@ -122,20 +122,48 @@ static RENEW: LazyLock<Script> = LazyLock::new(|| {
 /// The server's clock in milliseconds, as the pool scripts start: `now`.
 /// A pool is a sorted set of slot tokens scored by when their lease ends
 /// (server milliseconds); a member whose score is not above `now` is
-/// expired. Every script touches only its one key (cluster-safe), and a
+/// expired. Every script touches only the pool key and its line, all in
+/// the pool key's cluster slot ([`crate::keyspace::Keyspace::line`]), and a
 /// write keeps the set's own expiry at least as far out as its longest
 /// lease, so an abandoned pool disappears by itself.
 const POOL_CLOCK: &str = "redis.replicate_commands() \
      local time = redis.call('TIME') \
      local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) ";
 
-/// Drops expired slots, then takes one for ARGV[1] (token) for ARGV[3]
-/// milliseconds if fewer than ARGV[2] are held: 1 taken, 0 full.
+/// Drops expired slots and lapsed places in the line (`KEYS[2]`, tokens by
+/// arrival in microseconds; `KEYS[3]`, tokens by the deadline of their
+/// place), then takes a slot for ARGV[1] (token) for ARGV[3] milliseconds
+/// if fewer than ARGV[2] are held and fewer waiters are ahead of it than
+/// there are free slots (a caller not in line is behind all of it): 1
+/// taken (leaving the line), 0 refused. A refused caller with ARGV[4] > 0
+/// joins the line, or keeps its place, for that many milliseconds, as in
+/// the lock's `ACQUIRE`.
 static POOL_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{POOL_CLOCK} \
          redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) \
-         if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then \
+         local lapsed = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now) \
+         for i = 1, #lapsed do \
+             redis.call('ZREM', KEYS[2], lapsed[i]) \
+             redis.call('ZREM', KEYS[3], lapsed[i]) \
+         end \
+         local rank = redis.call('ZRANK', KEYS[2], ARGV[1]) \
+         if not rank then \
+             rank = redis.call('ZCARD', KEYS[2]) \
+         end \
+         local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1]) \
+         if free <= rank then \
+             local keep = tonumber(ARGV[4]) \
+             if keep > 0 then \
+                 local clock = tonumber(time[1]) * 1000000 + tonumber(time[2]) \
+                 redis.call('ZADD', KEYS[2], 'NX', string.format('%d', clock), ARGV[1]) \
+                 redis.call('ZADD', KEYS[3], now + keep, ARGV[1]) \
+                 for k = 2, 3 do \
+                     if redis.call('PTTL', KEYS[k]) < keep then \
+                         redis.call('PEXPIRE', KEYS[k], keep) \
+                     end \
+                 end \
+             end \
              return 0 \
          end \
          local lease = tonumber(ARGV[3]) \
@@ -143,6 +171,8 @@ static POOL_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
          if redis.call('PTTL', KEYS[1]) < lease then \
              redis.call('PEXPIRE', KEYS[1], lease) \
          end \
+         redis.call('ZREM', KEYS[2], ARGV[1]) \
+         redis.call('ZREM', KEYS[3], ARGV[1]) \
          return 1"
     ))
 });
@@ -169,8 +199,9 @@ static POOL_RENEW: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// Frees ARGV[1]'s slot: 1 when it was live, 0 when it had expired or was
-/// gone (an expired member is removed all the same).
+/// Frees ARGV[1]'s slot and announces it on the pool's channel (ARGV[3])
+/// with ARGV[2], `PUBLISH` or `SPUBLISH`: 1 when it was live, 0 when it had
+/// expired or was gone (an expired member is removed all the same).
 static POOL_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{POOL_CLOCK} \
@@ -179,6 +210,7 @@ static POOL_RELEASE: LazyLock<Script> = LazyLock::new(|| {
              return 0 \
          end \
          redis.call('ZREM', KEYS[1], ARGV[1]) \
+         redis.call(ARGV[2], ARGV[3], '') \
          if tonumber(ends) <= now then \
              return 0 \
          end \
@@ -192,6 +224,18 @@ static POOL_SIZE: LazyLock<Script> = LazyLock::new(|| {
         "{POOL_CLOCK} \
          return redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', now), '+inf')"
     ))
+});
+
+/// Takes a waiter (ARGV[1]) out of a pool's line (`KEYS[1]`, `KEYS[2]`)
+/// and wakes the others with ARGV[2] on ARGV[3]: a free slot may have been
+/// kept for this waiter.
+static POOL_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.call('ZREM', KEYS[1], ARGV[1]) \
+         redis.call('ZREM', KEYS[2], ARGV[1]) \
+         redis.call(ARGV[2], ARGV[3], '') \
+         return 1",
+    )
 });
 
 /// A value and its remaining time to live, read in one atomic step for the
@@ -428,9 +472,17 @@ impl<L: Link> PoolStore for L {
         token: &str,
         max_size: usize,
         lease: Duration,
+        line: &Line,
+        join: Option<Duration>,
     ) -> StoreFuture<bool> {
         let mut invocation = POOL_ACQUIRE.key(key);
-        invocation.arg(token).arg(max_size).arg(millis(lease));
+        invocation
+            .key(&line.queue)
+            .key(&line.beats)
+            .arg(token)
+            .arg(max_size)
+            .arg(millis(lease))
+            .arg(join.map_or(0, millis));
         StoreFuture::Io(self.script(invocation)).map(|taken: i64| Ok(taken == 1))
     }
 
@@ -440,9 +492,9 @@ impl<L: Link> PoolStore for L {
         StoreFuture::Io(self.script(invocation)).map(|renewed: i64| Ok(renewed == 1))
     }
 
-    fn release_slot(&self, key: &str, token: &str) -> StoreFuture<bool> {
+    fn release_slot(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
         let mut invocation = POOL_RELEASE.key(key);
-        invocation.arg(token);
+        invocation.arg(token).arg(self.publish()).arg(&line.channel);
         StoreFuture::Io(self.script(invocation)).map(|released: i64| Ok(released == 1))
     }
 
@@ -451,6 +503,16 @@ impl<L: Link> PoolStore for L {
             usize::try_from(size)
                 .map_err(|_| Error::Backend(BackendError::new("a pool size below zero")))
         })
+    }
+
+    fn leave_pool(&self, _key: &str, token: &str, line: &Line) -> StoreFuture<()> {
+        let mut invocation = POOL_LEAVE.key(&line.queue);
+        invocation
+            .key(&line.beats)
+            .arg(token)
+            .arg(self.publish())
+            .arg(&line.channel);
+        StoreFuture::Io(self.script(invocation)).map(|_: i64| Ok(()))
     }
 }
 
