@@ -169,8 +169,10 @@ use crate::attr::Kind;
 /// first written is the outermost layer, as Python's decorators read. The
 /// first attribute expands the ones below it too, so the stack has one set
 /// of siblings: `<fn>_reset` deletes the entry of every `#[cached]` layer,
-/// innermost first; `<fn>_is_locked` and `<fn>_release` answer for every
-/// lock layer. Each sibling takes the parameters any layer's key uses.
+/// innermost first, and `<fn>_clear` every entry of each; `<fn>_is_locked`
+/// and `<fn>_release` answer for every lock layer, and `<fn>_pool_size` for
+/// the busiest `#[pooled]` layer. Each sibling takes the parameters any
+/// layer's key uses.
 ///
 /// ```
 /// use std::sync::LazyLock;
