@@ -125,6 +125,54 @@ fn generics_where_clauses_and_impl_trait() {
     assert_eq!(generic("a", || 6_u8), 6);
 }
 
+/// A generic type's methods: each names its sibling (with its type and
+/// const arguments) to tell an inherent impl from a trait impl, which must
+/// compile and leave calls as they were.
+pub struct Shelf<T>(std::marker::PhantomData<T>);
+
+static SHELF: AtomicU32 = AtomicU32::new(0);
+
+impl<T: Display + Send + Sync + 'static> Shelf<T> {
+    #[cached("shelf-items-{items:?}")]
+    pub fn count<U: std::fmt::Debug + Clone, const N: usize>(&self, items: [U; N]) -> usize {
+        SHELF.fetch_add(1, Ordering::SeqCst);
+        items.len()
+    }
+
+    #[cached("shelf-label-{label}")]
+    pub async fn label(&self, label: impl Display + Send) -> String
+    where
+        T: Clone,
+    {
+        SHELF.fetch_add(1, Ordering::SeqCst);
+        format!("[{label}]")
+    }
+
+    /// No receiver, but the signature names `Self`.
+    #[lock("shelf-new-{name}")]
+    pub fn named(name: &str) -> Result<Self, cachify::Error> {
+        let _ = name;
+        Ok(Self(std::marker::PhantomData))
+    }
+}
+
+#[tokio::test]
+async fn generic_impl_methods_and_their_siblings() {
+    let shelf = Shelf::<String>::named("s").unwrap();
+    assert!(!Shelf::<String>::named_is_locked("s").unwrap());
+    let before = SHELF.load(Ordering::SeqCst);
+    assert_eq!(shelf.count([1_u8, 2, 3]), 3);
+    assert_eq!(shelf.count([1_u8, 2, 3]), 3, "cached");
+    assert_eq!(SHELF.load(Ordering::SeqCst), before + 1);
+    Shelf::<String>::count_reset::<u8, 3>([1, 2, 3]).unwrap();
+    assert_eq!(shelf.count([1_u8, 2, 3]), 3);
+    assert_eq!(SHELF.load(Ordering::SeqCst), before + 2);
+    assert_eq!(shelf.label(7).await, "[7]");
+    assert_eq!(shelf.label(7).await, "[7]", "cached");
+    assert_eq!(SHELF.load(Ordering::SeqCst), before + 3);
+    Shelf::<String>::label_reset(7).await.unwrap();
+}
+
 #[cached("display-{value}")]
 async fn display_any(value: impl Display + Send) -> String {
     format!("<{value}>")

@@ -66,6 +66,35 @@ pub(crate) fn mentions(tokens: &impl ToTokens) -> HashSet<String> {
     names
 }
 
+/// Whether the function is certainly inside an `impl` or a trait: it has
+/// a receiver or its signature names `Self`. A free function can do
+/// neither; its body is not looked at, since a nested `impl` there may
+/// name `Self` too.
+pub(crate) fn in_impl(sig: &syn::Signature) -> bool {
+    sig.receiver().is_some() || mentions(sig).contains("Self")
+}
+
+/// The generic arguments that name a sibling with these `generics` and
+/// `inputs` as a value (`Self::find_reset::<T, N>`): its type and const
+/// parameters, in order. `None` when an input is `impl Trait`, whose
+/// anonymous parameter cannot be named.
+pub(crate) fn generic_arguments(generics: &Generics, inputs: &[TokenStream]) -> Option<Vec<Ident>> {
+    if inputs.iter().any(|input| mentions(input).contains("impl")) {
+        return None;
+    }
+    Some(
+        generics
+            .params
+            .iter()
+            .filter_map(|param| match param {
+                GenericParam::Type(param) => Some(param.ident.clone()),
+                GenericParam::Const(param) => Some(param.ident.clone()),
+                GenericParam::Lifetime(_) => None,
+            })
+            .collect(),
+    )
+}
+
 /// Rewrites a kept parameter's pattern for a sibling (see [`Prune`]).
 pub(crate) fn prune_pattern(pat: &mut Pat, used: &HashSet<String>) {
     Prune(used).visit_pat_mut(pat);

@@ -84,6 +84,12 @@ pub(crate) fn try_expand(
     for key in keys.iter().rev() {
         wrapped = wrap(key, &wrapped)?;
     }
+    if method.is_none() {
+        wrapped
+            .block
+            .stmts
+            .splice(0..0, trait_impl_check(&keys, &function));
+    }
     wrapped.attrs.extend(
         inner
             .iter()
@@ -925,6 +931,38 @@ fn siblings(keys: &[Key], function: &ItemFn, vis: &Visibility) -> Vec<TokenStrea
             }
         })
         .collect()
+}
+
+/// In a trait impl without `#[cachify::trait_impl]` the siblings are not
+/// members of the trait, and rustc's only error would say so without the
+/// fix. So a method names its first sibling: an inherent impl or a trait
+/// has it, and otherwise the name falls back to a local trait whose unmet
+/// bound (`__private::NeedsTraitImplAttribute`) names the fix. Nothing is
+/// checked where the name cannot be written: a function that may be free
+/// (no receiver, no `Self` in its signature) or an `impl Trait` input.
+fn trait_impl_check(keys: &[Key], function: &ItemFn) -> Option<syn::Stmt> {
+    let sig = &function.sig;
+    if !analysis::in_impl(sig) {
+        return None;
+    }
+    let suffix = sibling_specs(keys.last()?.kind, "").first()?.suffix;
+    let used: HashSet<String> = keys.iter().flat_map(Key::used_names).collect();
+    let (inputs, generics) = sibling_parameters(keys.iter(), sig, &used);
+    let arguments = analysis::generic_arguments(&generics, &inputs)?;
+    let turbofish = (!arguments.is_empty()).then(|| quote!(::<#(#arguments),*>));
+    let sibling = format_ident!("{}_{}", sig.ident, suffix, span = sig.ident.span());
+    let check = local("CachifySiblingCheck");
+    Some(syn::parse_quote_spanned! { sig.ident.span() =>
+        {
+            #[allow(dead_code, non_upper_case_globals)]
+            trait #check {
+                const #sibling: () = ();
+            }
+            impl<Checked: ?::core::marker::Sized + ::cachify::__private::NeedsTraitImplAttribute>
+                #check for Checked {}
+            let _ = Self::#sibling #turbofish;
+        }
+    })
 }
 
 /// A sibling's parameters: only those of the function that `used` names

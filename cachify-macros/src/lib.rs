@@ -542,6 +542,13 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
 /// no farther than `Type`); give another visibility as the argument, e.g.
 /// `#[cachify::trait_impl(pub(crate))]`.
 ///
+/// Without this attribute, rustc reports each sibling as "not a member of
+/// trait", and the method gets a second error that names
+/// `#[cachify::trait_impl]`. That error needs a method whose sibling can be
+/// named: an associated function that neither takes `self` nor names
+/// `Self` in its signature, or a key parameter of type `impl Trait`, gets
+/// rustc's error alone.
+///
 /// With `#[async_trait]`, write `#[cachify::trait_impl]` above it, so the
 /// methods are expanded while they are still `async fn`s; `#[async_trait]`
 /// then boxes the wrapped bodies. Below it, the methods are already

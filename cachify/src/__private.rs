@@ -309,6 +309,16 @@ where
     output
 }
 
+/// Never implemented. A method of a trait impl that has a cachify
+/// attribute but no `#[cachify::trait_impl]` on its impl block looks for
+/// its sibling and finds only this bound, so the error names the fix.
+#[diagnostic::on_unimplemented(
+    message = "a method of a trait impl with `#[cached]`, `#[once]`, `#[lock]` or `#[pooled]` needs `#[cachify::trait_impl]` on its impl block",
+    label = "its siblings cannot be members of the trait",
+    note = "write `#[cachify::trait_impl]` above `impl Trait for Type`: it moves the siblings (`<fn>_reset`, `<fn>_clear`, ...) to an inherent `impl Type`"
+)]
+pub trait NeedsTraitImplAttribute {}
+
 /// What an argument of an `early_refresh` function must be: the
 /// background refresh runs the function on clones of the arguments, on
 /// another task or thread, after the call has returned.

@@ -1,5 +1,6 @@
 // Without `#[cachify::trait_impl]` on a native trait impl, `#[cached]` cannot
-// tell the method from an inherent one: rustc reports the sibling.
+// tell the method from an inherent one: rustc reports the siblings as not
+// members of the trait, and the method's check names the fix.
 use cachify::cached;
 
 trait UserStore {
