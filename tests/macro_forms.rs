@@ -148,6 +148,13 @@ impl<T: Display + Send + Sync + 'static> Shelf<T> {
         format!("[{label}]")
     }
 
+    /// No receiver and no `Self` in the signature, but in the body.
+    #[cached("shelf-size-{id}")]
+    pub fn size(id: usize) -> usize {
+        SHELF.fetch_add(1, Ordering::SeqCst);
+        std::mem::size_of::<Self>() + id
+    }
+
     /// No receiver, but the signature names `Self`.
     #[lock("shelf-new-{name}")]
     pub fn named(name: &str) -> Result<Self, cachify::Error> {
@@ -171,6 +178,10 @@ async fn generic_impl_methods_and_their_siblings() {
     assert_eq!(shelf.label(7).await, "[7]", "cached");
     assert_eq!(SHELF.load(Ordering::SeqCst), before + 3);
     Shelf::<String>::label_reset(7).await.unwrap();
+    assert_eq!(Shelf::<String>::size(2), 2);
+    assert_eq!(Shelf::<String>::size(2), 2, "cached");
+    assert_eq!(SHELF.load(Ordering::SeqCst), before + 4);
+    assert_eq!(Shelf::<String>::size_clear().unwrap(), 1);
 }
 
 #[cached("display-{value}")]

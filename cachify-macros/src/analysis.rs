@@ -67,11 +67,30 @@ pub(crate) fn mentions(tokens: &impl ToTokens) -> HashSet<String> {
 }
 
 /// Whether the function is certainly inside an `impl` or a trait: it has
-/// a receiver or its signature names `Self`. A free function can do
-/// neither; its body is not looked at, since a nested `impl` there may
-/// name `Self` too.
-pub(crate) fn in_impl(sig: &syn::Signature) -> bool {
-    sig.receiver().is_some() || mentions(sig).contains("Self")
+/// a receiver, or names `Self` in its signature or its body. A free
+/// function can do none of these. In the body, nested items and macro
+/// calls are skipped: an `impl` there may name `Self` of its own.
+pub(crate) fn in_impl(function: &syn::ItemFn) -> bool {
+    let sig = &function.sig;
+    if sig.receiver().is_some() || mentions(sig).contains("Self") {
+        return true;
+    }
+    let mut names = NamesSelf(false);
+    names.visit_block(&function.block);
+    names.0
+}
+
+/// Whether a body names `Self` outside nested items and macro calls.
+struct NamesSelf(bool);
+
+impl Visit<'_> for NamesSelf {
+    fn visit_item(&mut self, _: &syn::Item) {}
+
+    fn visit_macro(&mut self, _: &syn::Macro) {}
+
+    fn visit_ident(&mut self, ident: &Ident) {
+        self.0 |= ident == "Self";
+    }
 }
 
 /// The generic arguments that name a sibling with these `generics` and

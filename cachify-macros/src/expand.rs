@@ -935,24 +935,20 @@ fn siblings(keys: &[Key], function: &ItemFn, vis: &Visibility) -> Vec<TokenStrea
 
 /// In a trait impl without `#[cachify::trait_impl]` the siblings are not
 /// members of the trait, and rustc's only error would say so without the
-/// fix. So a method names its first sibling: an inherent impl or a trait
+/// fix. So a method names one of its siblings: an inherent impl or a trait
 /// has it, and otherwise the name falls back to a local trait whose unmet
 /// bound (`__private::NeedsTraitImplAttribute`) names the fix. Nothing is
-/// checked where the name cannot be written: a function that may be free
-/// (no receiver, no `Self` in its signature) or an `impl Trait` input.
+/// checked where no sibling can be named: in a function that may be free
+/// (see [`analysis::in_impl`]), or when every sibling has an `impl Trait`
+/// input.
 fn trait_impl_check(keys: &[Key], function: &ItemFn) -> Option<syn::Stmt> {
-    let sig = &function.sig;
-    if !analysis::in_impl(sig) {
+    if !analysis::in_impl(function) {
         return None;
     }
-    let suffix = sibling_specs(keys.last()?.kind, "").first()?.suffix;
-    let used: HashSet<String> = keys.iter().flat_map(Key::used_names).collect();
-    let (inputs, generics) = sibling_parameters(keys.iter(), sig, &used);
-    let arguments = analysis::generic_arguments(&generics, &inputs)?;
+    let (sibling, arguments) = nameable_sibling(keys, &function.sig)?;
     let turbofish = (!arguments.is_empty()).then(|| quote!(::<#(#arguments),*>));
-    let sibling = format_ident!("{}_{}", sig.ident, suffix, span = sig.ident.span());
     let check = local("CachifySiblingCheck");
-    Some(syn::parse_quote_spanned! { sig.ident.span() =>
+    Some(syn::parse_quote_spanned! { function.sig.ident.span() =>
         {
             #[allow(dead_code, non_upper_case_globals)]
             trait #check {
@@ -963,6 +959,26 @@ fn trait_impl_check(keys: &[Key], function: &ItemFn) -> Option<syn::Stmt> {
             let _ = Self::#sibling #turbofish;
         }
     })
+}
+
+/// A sibling of the stack that can be named as a value, with the generic
+/// arguments that name it: the innermost layer's first, else `<fn>_clear`.
+fn nameable_sibling(keys: &[Key], sig: &syn::Signature) -> Option<(Ident, Vec<Ident>)> {
+    let first = sibling_specs(keys.last()?.kind, "").first()?.suffix;
+    let used: HashSet<String> = keys.iter().flat_map(Key::used_names).collect();
+    let first = (first, sibling_parameters(keys.iter(), sig, &used));
+    let cached = cached_layers(keys);
+    let clear = (!cached.is_empty()).then(|| ("clear", clear_parameters(&cached, sig)));
+    std::iter::once(first)
+        .chain(clear)
+        .find_map(|(suffix, (inputs, generics))| {
+            let arguments = analysis::generic_arguments(&generics, &inputs)?;
+            let name = &sig.ident;
+            Some((
+                format_ident!("{}_{}", name, suffix, span = name.span()),
+                arguments,
+            ))
+        })
 }
 
 /// A sibling's parameters: only those of the function that `used` names
@@ -1020,21 +1036,13 @@ fn sibling_attrs(function: &ItemFn) -> Vec<&Attribute> {
 /// every argument, in every cached layer (innermost first), and returns how
 /// many. It takes only the parameters the layers' `client` expressions use.
 fn clear_sibling(keys: &[Key], function: &ItemFn, vis: &Visibility) -> Option<TokenStream> {
-    let cached: Vec<&Key> = keys
-        .iter()
-        .rev()
-        .filter(|key| key.kind == Kind::Cached)
-        .collect();
+    let cached = cached_layers(keys);
     if cached.is_empty() {
         return None;
     }
     let sig = &function.sig;
     let name = &sig.ident;
-    let used = cached
-        .iter()
-        .flat_map(|key| analysis::used_names(&[], key.args.client.as_ref()))
-        .collect();
-    let (inputs, generics) = sibling_parameters(cached.iter().copied(), sig, &used);
+    let (inputs, generics) = clear_parameters(&cached, sig);
     let (generics, _, where_clause) = generics.split_for_impl();
     let attrs = sibling_attrs(function);
     let asyncness = &sig.asyncness;
@@ -1078,6 +1086,23 @@ fn clear_sibling(keys: &[Key], function: &ItemFn, vis: &Visibility) -> Option<To
             ::cachify::__private::total_of_layers([#(#answers),*])
         }
     })
+}
+
+/// The `#[cached]` layers of a stack, innermost first.
+fn cached_layers<'k, 'a>(keys: &'k [Key<'a>]) -> Vec<&'k Key<'a>> {
+    keys.iter()
+        .rev()
+        .filter(|key| key.kind == Kind::Cached)
+        .collect()
+}
+
+/// `<fn>_clear`'s parameters: those the layers' `client` expressions use.
+fn clear_parameters(cached: &[&Key], sig: &syn::Signature) -> (Vec<TokenStream>, syn::Generics) {
+    let used = cached
+        .iter()
+        .flat_map(|key| analysis::used_names(&[], key.args.client.as_ref()))
+        .collect();
+    sibling_parameters(cached.iter().copied(), sig, &used)
 }
 
 fn is_cfg(attr: &Attribute) -> bool {

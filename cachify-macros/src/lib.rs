@@ -544,10 +544,11 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
 ///
 /// Without this attribute, rustc reports each sibling as "not a member of
 /// trait", and the method gets a second error that names
-/// `#[cachify::trait_impl]`. That error needs a method whose sibling can be
-/// named: an associated function that neither takes `self` nor names
-/// `Self` in its signature, or a key parameter of type `impl Trait`, gets
-/// rustc's error alone.
+/// `#[cachify::trait_impl]`. That error needs a function known to sit in an
+/// `impl` and a sibling it can name: an associated function that neither
+/// takes `self` nor names `Self` (in its signature or its body), or a
+/// `#[once]`, `#[lock]` or `#[pooled]` key with an `impl Trait` parameter,
+/// gets rustc's error alone.
 ///
 /// With `#[async_trait]`, write `#[cachify::trait_impl]` above it, so the
 /// methods are expanded while they are still `async fn`s; `#[async_trait]`

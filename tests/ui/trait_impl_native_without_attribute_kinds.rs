@@ -1,6 +1,7 @@
-// Every kind, a generic method and an associated function that names
-// `Self` get the error naming `#[cachify::trait_impl]` in a plain trait
-// impl without it, next to rustc's own "not a member" errors.
+// Every kind, a generic method, a key with an `impl Trait` parameter and
+// associated functions that name `Self` in the signature or the body get
+// the error naming `#[cachify::trait_impl]` in a plain trait impl without
+// it, next to rustc's own "not a member" errors.
 use std::fmt::Debug;
 
 use cachify::{cached, lock, once, pooled};
@@ -11,6 +12,8 @@ trait Jobs: Sized {
     fn fetch(&self, id: i64) -> Result<(), cachify::Error>;
     fn show<T: Debug + Clone, const N: usize>(&self, item: [T; N]) -> String;
     fn load(id: i64) -> Option<Self>;
+    fn describe(&self, value: impl Debug) -> String;
+    fn size(id: i64) -> usize;
 }
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -44,6 +47,16 @@ impl Jobs for Worker {
     fn load(id: i64) -> Option<Self> {
         let _ = id;
         None
+    }
+
+    #[cached("describe-{value:?}")]
+    fn describe(&self, value: impl Debug) -> String {
+        format!("{value:?}")
+    }
+
+    #[cached("size-{id}")]
+    fn size(id: i64) -> usize {
+        std::mem::size_of::<Self>() + id as usize
     }
 }
 
