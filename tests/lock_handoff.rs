@@ -2,7 +2,8 @@
 //! are served in arrival order (a holder that releases and takes the lock
 //! again in a loop cannot starve one), and the safety nets hold (a waiter
 //! that gave up, was cancelled or crashed does not block the others; a
-//! release nobody announced is found by the re-check).
+//! lease that runs out wakes its waiters when it ends; a release nobody
+//! announced is found by the re-check).
 //!
 //! Every scenario runs on memory (one client: memory locks are per
 //! client), on a single Redis node and on the binary's shared Redis
@@ -145,6 +146,8 @@ on_every_backend!(
 on_redis_backends!(
     a_crashed_waiter_lets_the_others_through,
     a_release_nobody_announced_is_found_by_the_recheck,
+    a_lease_that_runs_out_wakes_its_waiter,
+    a_lease_that_runs_out_wakes_its_blocking_waiter,
     a_fill_wakes_its_followers_on_other_clients,
 );
 
@@ -323,17 +326,61 @@ async fn a_crashed_waiter_lets_the_others_through(backend: &Backend<'_>) {
 async fn a_release_nobody_announced_is_found_by_the_recheck(backend: &Backend<'_>) {
     let (holder, waiter) = backend.pair(Duration::from_millis(100)).await;
     let (lock, _, _) = keys(&holder);
+    // A lease an hour long, as the waiter first sees it...
+    backend.query::<()>(
+        redis::cmd("SET")
+            .arg(&lock)
+            .arg("crashed")
+            .arg("PX")
+            .arg(3_600_000),
+    );
+    let waiting = tokio::spawn(async move { waiter.lock(NAME).wait(SOON).acquire().await });
+    tokio::time::sleep(SETTLE).await;
+    // ...then cut short behind its back: nobody publishes, and the end the
+    // waiter was told of is an hour away, so only the re-check finds it.
+    backend.query::<()>(redis::cmd("PEXPIRE").arg(&lock).arg(300));
+    let taken = tokio::time::timeout(SOON, waiting)
+        .await
+        .expect("the re-check never found the lapsed lease")
+        .unwrap();
+    taken.unwrap().release().await.unwrap();
+}
+
+async fn a_lease_that_runs_out_wakes_its_waiter(backend: &Backend<'_>) {
+    let (holder, waiter) = backend.pair(HOUR).await;
+    let (lock, _, _) = keys(&holder);
     // A holder that crashed: its lease runs out, and nobody publishes.
     backend.query::<()>(
         redis::cmd("SET")
             .arg(&lock)
             .arg("crashed")
             .arg("PX")
-            .arg(300),
+            .arg(500),
     );
-    let taken = tokio::time::timeout(SOON, waiter.lock(NAME).wait(SOON).acquire())
+    let taken = tokio::time::timeout(SOON, waiter.lock(NAME).wait(HOUR).acquire())
         .await
-        .expect("the re-check never found the lapsed lease");
+        .expect("the end of the lease did not wake the waiter (its re-check is an hour away)");
+    taken.unwrap().release().await.unwrap();
+}
+
+async fn a_lease_that_runs_out_wakes_its_blocking_waiter(backend: &Backend<'_>) {
+    let (holder, waiter) = backend.pair(HOUR).await;
+    let (lock, _, _) = keys(&holder);
+    backend.query::<()>(
+        redis::cmd("SET")
+            .arg(&lock)
+            .arg("crashed")
+            .arg("PX")
+            .arg(500),
+    );
+    let (done, taken) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(waiter.lock(NAME).wait(HOUR).acquire_blocking());
+    });
+    let taken = tokio::task::spawn_blocking(move || taken.recv_timeout(SOON))
+        .await
+        .unwrap()
+        .expect("the end of the lease did not wake the blocking waiter");
     taken.unwrap().release().await.unwrap();
 }
 

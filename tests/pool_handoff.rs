@@ -136,6 +136,7 @@ on_every_backend!(
 );
 
 on_redis_backends!(
+    a_slot_lease_that_runs_out_wakes_a_waiter,
     a_waiter_leaving_wakes_the_next_one,
     a_second_waiter_takes_the_second_free_slot,
 );
@@ -376,6 +377,26 @@ async fn a_second_waiter_takes_the_second_free_slot(backend: &Backend<'_>) {
     taken.release().await.unwrap();
 }
 
+/// A full pool whose one slot belongs to a holder that crashed: the end
+/// of its lease wakes the waiter, though nobody announces it and the
+/// re-check is an hour away.
+async fn a_slot_lease_that_runs_out_wakes_a_waiter(backend: &Backend<'_>) {
+    let (holder, waiter) = backend.pair(HOUR).await;
+    let (pool, _) = keys(&holder);
+    let (seconds, micros): (u64, u64) = backend.query(&redis::cmd("TIME"));
+    let now_ms = seconds * 1000 + micros / 1000;
+    backend.query::<()>(
+        redis::cmd("ZADD")
+            .arg(&pool)
+            .arg(now_ms + 500)
+            .arg("crashed"),
+    );
+    let taken = tokio::time::timeout(SOON, waiter.pool(NAME, 1).wait(HOUR).acquire())
+        .await
+        .expect("the end of the slot's lease did not wake the waiter");
+    taken.unwrap().release().await.unwrap();
+}
+
 /// A slot kept for the head of the line, whose wait is then cancelled:
 /// its leaving wakes the next waiter at once, though slots are still held
 /// (the pool key exists) and the next re-check is an hour away.
@@ -383,14 +404,16 @@ async fn a_waiter_leaving_wakes_the_next_one(backend: &Backend<'_>) {
     let (holder, waiter) = backend.pair(HOUR).await;
     let (pool, queue) = keys(&holder);
     // Two slots: one held by a live holder, one by a holder that crashed,
-    // whose lease ends in 500 ms with nobody announcing it.
+    // whose lease the waiters are told ends in an hour.
     let kept = holder.pool(NAME, 2).acquire().await.unwrap();
-    let (seconds, micros): (u64, u64) = backend.query(&redis::cmd("TIME"));
-    let now_ms = seconds * 1000 + micros / 1000;
+    let server_ms = || {
+        let (seconds, micros): (u64, u64) = backend.query(&redis::cmd("TIME"));
+        seconds * 1000 + micros / 1000
+    };
     backend.query::<()>(
         redis::cmd("ZADD")
             .arg(&pool)
-            .arg(now_ms + 500)
+            .arg(server_ms() + 3_600_000)
             .arg("crashed"),
     );
     let first = tokio::spawn({
@@ -402,8 +425,16 @@ async fn a_waiter_leaving_wakes_the_next_one(backend: &Backend<'_>) {
     tokio::time::sleep(SETTLE).await;
     let waiting: u64 = backend.query(redis::cmd("ZCARD").arg(&queue));
     assert_eq!(waiting, 2, "both waiters are in line");
-    // The crashed slot has freed unannounced: it is kept for the head,
-    // whose wait is now cancelled. Only its leaving can wake the second.
+    // The crashed slot's lease is cut short behind the waiters' backs and
+    // frees unannounced: it is kept for the head, whose wait is now
+    // cancelled. Only its leaving can wake the second.
+    backend.query::<()>(
+        redis::cmd("ZADD")
+            .arg(&pool)
+            .arg("XX")
+            .arg(server_ms() + 100)
+            .arg("crashed"),
+    );
     tokio::time::sleep(SETTLE).await;
     assert!(!first.is_finished() && !second.is_finished());
     first.abort();

@@ -540,9 +540,11 @@ impl CachifyBuilder {
     /// 500 ms; below 1 ms rounds up to 1 ms.
     ///
     /// Waiters do not poll: a release wakes them at once (in process, or
-    /// by a Redis pub/sub message). This re-check is the safety net for a
-    /// release nobody announces (a holder that crashed and whose lease ran
-    /// out) and for a lost message. A waiter's place in the line lapses
+    /// by a Redis pub/sub message), and a lease that runs out unreleased
+    /// (a holder that crashed) when it ends, since each refused attempt
+    /// reports the time left on it. This re-check is the safety net for a
+    /// lost message and for a lease cut short by someone other than its
+    /// holder. A waiter's place in the line lapses
     /// after four re-checks without an attempt, so a waiter that crashed
     /// holds up the others that long at most.
     ///

@@ -484,8 +484,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::store::StoreFuture;
     use crate::store::memory::MemoryStore;
+    use crate::store::{Grant, StoreFuture};
     use crate::wait::RECHECK;
 
     /// The memory store, counting attempts to take a lock.
@@ -503,7 +503,7 @@ mod tests {
             fence: Option<Fence<'_>>,
             line: &Line,
             join: Option<Duration>,
-        ) -> StoreFuture<Option<u64>> {
+        ) -> StoreFuture<Grant<u64>> {
             self.attempts.fetch_add(1, Ordering::SeqCst);
             self.memory.try_lock(key, token, lease, fence, line, join)
         }

@@ -107,7 +107,7 @@ impl Pools {
             if taken.is_ok() {
                 attempt.settle();
             }
-            taken.map(|taken| taken.then_some(()))
+            taken
         };
         let turn = || {
             Turn::new(&self.locks, &key, &token, &line, deadline, self.recheck).in_pool(&self.store)

@@ -4,9 +4,10 @@
 //! order, kept by the store: see [`LockStore`]) on its first refused
 //! attempt, then watches the lock's releases ([`LockStore::watch`]) and
 //! tries again at once (a release may have come before the watch). From
-//! then on it tries again only when a release wakes it, or after
+//! then on it tries again when a release wakes it, when the lease that
+//! refused it runs out (a lease that runs out announces nothing), or after
 //! its re-check period ([`RECHECK`] by default) at the latest: a release
-//! message can be lost, and a lease can run out with no release at all.
+//! message can be lost.
 //! Each attempt keeps its place in the line for a few re-checks, so a
 //! waiter that crashed lets the others through after that long ([`KEEP_RECHECKS`] re-checks). A waiter that gives up, fails or is cancelled leaves
 //! the line, waking the others.
@@ -25,16 +26,19 @@ use crate::error::Error;
 use crate::io;
 use crate::keyspace::Line;
 use crate::mode::Mode;
-use crate::store::{LockStore, PoolStore, StoreFuture, Watch};
+use crate::store::{Grant, LockStore, PoolStore, StoreFuture, Watch};
 
 /// The longest a waiter goes between two attempts by default: the safety
-/// net for a lost release message, and for a lease that ran out without a
-/// release (`CachifyBuilder::lock_recheck`).
+/// net for a lost release message (`CachifyBuilder::lock_recheck`).
 pub(crate) const RECHECK: Duration = Duration::from_millis(500);
 
 /// How many re-checks a waiter's place in a line outlives its last
 /// attempt: room to spare, so a slow but live waiter keeps it.
 const KEEP_RECHECKS: u32 = 4;
+
+/// How long after the end of the lease in the way a waiter tries again:
+/// stores count lease time in whole milliseconds.
+const LEASE_MARGIN: Duration = Duration::from_millis(2);
 
 /// One caller's turn in a resource's line, from its first refused attempt
 /// until it takes the resource or gives up. Leaves the line when dropped
@@ -96,15 +100,20 @@ impl Turn {
     }
 
     /// After a refused attempt: waits until it is worth trying again (a
-    /// release, or the re-check). `false`: the deadline has passed, give
-    /// up (and [`Turn::leave`]).
-    pub(crate) async fn pause<M: Mode>(&mut self) -> bool {
+    /// release, the end of the lease in the way, `free_in`, or the
+    /// re-check). `false`: the deadline has passed, give up (and
+    /// [`Turn::leave`]).
+    pub(crate) async fn pause<M: Mode>(&mut self, free_in: Option<Duration>) -> bool {
         let now = Instant::now();
-        let limit = match self.deadline {
+        let mut limit = match self.deadline {
             Some(deadline) if now >= deadline => return false,
             Some(deadline) => (deadline - now).min(self.recheck),
             None => self.recheck,
         };
+        if let Some(free_in) = free_in {
+            // A moment past the end, so the store sees the lease gone.
+            limit = limit.min(free_in + LEASE_MARGIN);
+        }
         match &mut self.watch {
             None => {
                 // Watched only now: a release between the refusal and the
@@ -154,7 +163,7 @@ impl Drop for Turn {
 
 /// Makes attempts until one takes the resource or the wait is over: the
 /// waiting of a lock and of a pool slot, written once. `attempt` is one
-/// atomic try that honours the line (`Ok(None)`: refused); `turn` makes
+/// atomic try that honours the line; `turn` makes
 /// the caller's turn at its first refusal, when `wait` is not zero.
 /// `Ok(None)`: refused until the deadline, and out of the line. An error
 /// ends the wait at once (the dropped turn leaves the line in the
@@ -165,17 +174,20 @@ pub(crate) async fn in_turn<M: Mode, T, F>(
     turn: impl Fn() -> Turn,
 ) -> Result<Option<T>, Error>
 where
-    F: Future<Output = Result<Option<T>, Error>>,
+    F: Future<Output = Result<Grant<T>, Error>>,
 {
     let mut waiting: Option<Turn> = None;
     loop {
-        if let Some(taken) = attempt().await? {
-            if let Some(waiting) = waiting {
-                waiting.settle();
+        let free_in = match attempt().await? {
+            Grant::Taken(taken) => {
+                if let Some(waiting) = waiting {
+                    waiting.settle();
+                }
+                return Ok(Some(taken));
             }
-            return Ok(Some(taken));
-        }
-        let again = !wait.is_zero() && waiting.get_or_insert_with(&turn).pause::<M>().await;
+            Grant::Refused { free_in } => free_in,
+        };
+        let again = !wait.is_zero() && waiting.get_or_insert_with(&turn).pause::<M>(free_in).await;
         if !again {
             if let Some(waiting) = waiting {
                 waiting.leave::<M>().await;

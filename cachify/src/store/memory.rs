@@ -14,7 +14,7 @@ use moka::sync::Cache;
 use super::local::{LocalValues, expiry_after};
 use super::wake::Hub;
 use super::{
-    Fence, Local, LockStore, PoolStore, StoreFuture, TagStore, ValueStore, Watch, clamp_ttl,
+    Fence, Grant, Local, LockStore, PoolStore, StoreFuture, TagStore, ValueStore, Watch, clamp_ttl,
     next_fence,
 };
 use crate::keyspace::{KeyMatch, Line, TagKeys};
@@ -24,6 +24,8 @@ use crate::value::{AnyValue, ValueType};
 struct Lease {
     token: Arc<str>,
     ttl: Duration,
+    /// When the lease runs out, for the waiters' [`Grant::Refused`].
+    ends: Instant,
 }
 
 /// Gives each lease its own time to live, renewed on every renewal.
@@ -297,22 +299,29 @@ impl LockStore for MemoryStore {
         fence: Option<Fence<'_>>,
         _: &Line,
         join: Option<Duration>,
-    ) -> StoreFuture<Option<u64>> {
+    ) -> StoreFuture<Grant<u64>> {
+        let ttl = clamp_ttl(lease);
         let lease = Lease {
             token: token.into(),
-            ttl: clamp_ttl(lease),
+            ttl,
+            ends: Instant::now() + ttl,
         };
-        let mut granted = None;
+        let mut grant = Grant::Refused { free_in: None };
         // The token is drawn inside the lock's compute, which moka runs
         // alone for this key: line, grant and token are one step.
         self.locks.entry(key.to_owned()).and_compute_with(|held| {
             if !self.take_turn(key, token, join, usize::from(held.is_none())) {
+                grant = Grant::Refused {
+                    free_in: held
+                        .as_ref()
+                        .map(|held| held.value().ends.saturating_duration_since(Instant::now())),
+                };
                 return Op::Nop;
             }
-            granted = Some(fence.map_or(0, |_| self.draw_fence()));
+            grant = Grant::Taken(fence.map_or(0, |_| self.draw_fence()));
             Op::Put(lease)
         });
-        StoreFuture::ready(Ok(granted))
+        StoreFuture::ready(Ok(grant))
     }
 
     fn unlock(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
@@ -338,6 +347,7 @@ impl LockStore for MemoryStore {
                 Some(entry) if &*entry.value().token == token => Op::Put(Lease {
                     token: entry.into_value().token,
                     ttl: clamp_ttl(lease),
+                    ends: Instant::now() + clamp_ttl(lease),
                 }),
                 _ => Op::Nop,
             });
@@ -429,8 +439,8 @@ impl PoolStore for MemoryStore {
         lease: Duration,
         _: &Line,
         join: Option<Duration>,
-    ) -> StoreFuture<bool> {
-        let mut taken = false;
+    ) -> StoreFuture<Grant<()>> {
+        let mut grant = Grant::Refused { free_in: None };
         // Each pool's compute runs alone for its key: line, count and take
         // are one step.
         self.pools.entry(key.to_owned()).and_compute_with(|held| {
@@ -441,11 +451,16 @@ impl PoolStore for MemoryStore {
             let free = max_size.saturating_sub(live.0.len());
             if self.take_turn(key, token, join, free) {
                 live.0.push((token.into(), now + clamp_ttl(lease)));
-                taken = true;
+                grant = Grant::Taken(());
+            } else if free == 0 {
+                let soonest = live.0.iter().map(|(_, ends)| *ends).min();
+                grant = Grant::Refused {
+                    free_in: soonest.map(|ends| ends.saturating_duration_since(now)),
+                };
             }
             live.put()
         });
-        StoreFuture::ready(Ok(taken))
+        StoreFuture::ready(Ok(grant))
     }
 
     fn renew_slot(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
@@ -528,6 +543,19 @@ mod tests {
         }
     }
 
+    /// A lock attempt's fencing token, if it took the lock.
+    fn taken(future: StoreFuture<Grant<u64>>) -> Option<u64> {
+        match now(future) {
+            Grant::Taken(token) => Some(token),
+            Grant::Refused { .. } => None,
+        }
+    }
+
+    /// Whether a pool attempt took a slot.
+    fn slot(future: StoreFuture<Grant<()>>) -> bool {
+        now(future) == Grant::Taken(())
+    }
+
     fn get<T: crate::value::CacheValue>(memory: &MemoryStore, key: &str) -> Option<T> {
         now(ValueStore::get(memory, key, ValueType::of::<T>())).and_then(take::<T>)
     }
@@ -548,11 +576,11 @@ mod tests {
     fn locks_are_owned_and_expire() {
         let memory = MemoryStore::new(100);
         let first =
-            now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE, &line(), None))
+            taken(memory.try_lock("l", "a", Duration::from_millis(400), FENCE, &line(), None))
                 .unwrap();
         assert!(first > 0);
         assert_eq!(
-            now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE, &line(), None)),
+            taken(memory.try_lock("l", "b", Duration::from_secs(1), FENCE, &line(), None)),
             None
         );
         assert!(
@@ -571,12 +599,12 @@ mod tests {
             "an expired lease is gone"
         );
         let second =
-            now(memory.try_lock("l", "b", Duration::from_secs(1), FENCE, &line(), None)).unwrap();
+            taken(memory.try_lock("l", "b", Duration::from_secs(1), FENCE, &line(), None)).unwrap();
         assert!(second > first, "fencing tokens increase");
         assert!(now(memory.unlock("l", "b", &line())));
         assert_eq!(now(memory.holder("l")), None);
         assert_eq!(
-            now(memory.try_lock("l", "c", Duration::from_secs(1), None, &line(), None)),
+            taken(memory.try_lock("l", "c", Duration::from_secs(1), None, &line(), None)),
             Some(0),
             "no fence, no token"
         );
@@ -586,7 +614,7 @@ mod tests {
     fn renew_extends_the_lease() {
         let memory = MemoryStore::new(100);
         assert!(
-            now(memory.try_lock("l", "a", Duration::from_millis(400), FENCE, &line(), None))
+            taken(memory.try_lock("l", "a", Duration::from_millis(400), FENCE, &line(), None))
                 .is_some()
         );
         for _ in 0..4 {
@@ -603,8 +631,9 @@ mod tests {
         let mut last = 0;
         for name in 0..1_000_000 {
             let key = format!("l{name}");
-            let token = now(memory.try_lock(&key, "t", Duration::from_secs(5), FENCE, &line, None))
-                .unwrap();
+            let token =
+                taken(memory.try_lock(&key, "t", Duration::from_secs(5), FENCE, &line, None))
+                    .unwrap();
             assert!(token > last, "tokens increase across names too");
             last = token;
             assert!(now(memory.unlock(&key, "t", &line)));
@@ -616,39 +645,76 @@ mod tests {
     const KEEP: Option<Duration> = Some(Duration::from_secs(60));
     const LEASE: Duration = Duration::from_secs(60);
 
+    /// The time left on the lease in the way, if any.
+    fn free_in<T: std::fmt::Debug>(future: StoreFuture<Grant<T>>) -> Option<Duration> {
+        match now(future) {
+            Grant::Refused { free_in } => free_in,
+            taken => panic!("expected a refusal, got {taken:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_tells_when_the_lease_in_the_way_ends() {
+        let memory = MemoryStore::new(10);
+        let line = line();
+        assert!(taken(memory.try_lock("l", "holder", LEASE, FENCE, &line, None)).is_some());
+        let left = free_in(memory.try_lock("l", "waiter", LEASE, FENCE, &line, KEEP))
+            .expect("a held lock tells its lease");
+        assert!(left <= LEASE && left > LEASE / 2, "{left:?}");
+        assert!(now(memory.unlock("l", "holder", &line)));
+        assert_eq!(
+            free_in(memory.try_lock("l", "other", LEASE, FENCE, &line, None)),
+            None,
+            "a free lock promised to a waiter has no lease to wait for"
+        );
+
+        let short = Duration::from_secs(5);
+        assert!(slot(memory.acquire_slot("p", "a", 2, LEASE, &line, None)));
+        assert!(slot(memory.acquire_slot("p", "b", 2, short, &line, None)));
+        let left = free_in(memory.acquire_slot("p", "c", 2, LEASE, &line, KEEP))
+            .expect("a full pool tells its soonest lease");
+        assert!(left <= short && left > short / 2, "{left:?}");
+        assert!(now(memory.release_slot("p", "b", &line)));
+        assert_eq!(
+            free_in(memory.acquire_slot("p", "d", 2, LEASE, &line, None)),
+            None,
+            "a free slot kept for a waiter has no lease to wait for"
+        );
+    }
+
     #[test]
     fn a_free_lock_goes_to_the_head_of_the_line() {
         let memory = MemoryStore::new(10);
         let line = line();
-        assert!(now(memory.try_lock("l", "holder", LEASE, FENCE, &line, KEEP)).is_some());
+        assert!(taken(memory.try_lock("l", "holder", LEASE, FENCE, &line, KEEP)).is_some());
         assert_eq!(
-            now(memory.try_lock("l", "first", LEASE, FENCE, &line, KEEP)),
+            taken(memory.try_lock("l", "first", LEASE, FENCE, &line, KEEP)),
             None
         );
         assert_eq!(
-            now(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)),
+            taken(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)),
             None
         );
         assert!(now(memory.unlock("l", "holder", &line)));
         for cutter in ["holder", "other"] {
             assert_eq!(
-                now(memory.try_lock("l", cutter, LEASE, FENCE, &line, None)),
+                taken(memory.try_lock("l", cutter, LEASE, FENCE, &line, None)),
                 None,
                 "a free lock waits for the head of its line"
             );
         }
         assert_eq!(
-            now(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)),
+            taken(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)),
             None,
             "the second waiter waits for the first"
         );
-        let first = now(memory.try_lock("l", "first", LEASE, FENCE, &line, KEEP)).unwrap();
+        let first = taken(memory.try_lock("l", "first", LEASE, FENCE, &line, KEEP)).unwrap();
         assert!(now(memory.unlock("l", "first", &line)));
-        let second = now(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)).unwrap();
+        let second = taken(memory.try_lock("l", "second", LEASE, FENCE, &line, KEEP)).unwrap();
         assert!(second > first, "fencing tokens still increase");
         assert!(now(memory.unlock("l", "second", &line)));
         assert!(
-            now(memory.try_lock("l", "anyone", LEASE, FENCE, &line, None)).is_some(),
+            taken(memory.try_lock("l", "anyone", LEASE, FENCE, &line, None)).is_some(),
             "an empty line lets anyone in"
         );
         assert!(
@@ -662,19 +728,19 @@ mod tests {
         let memory = MemoryStore::new(10);
         let line = line();
         let brief = Some(Duration::from_millis(50));
-        assert!(now(memory.try_lock("l", "holder", LEASE, FENCE, &line, None)).is_some());
+        assert!(taken(memory.try_lock("l", "holder", LEASE, FENCE, &line, None)).is_some());
         assert_eq!(
-            now(memory.try_lock("l", "gone", LEASE, FENCE, &line, brief)),
+            taken(memory.try_lock("l", "gone", LEASE, FENCE, &line, brief)),
             None
         );
         assert!(now(memory.unlock("l", "holder", &line)));
         assert_eq!(
-            now(memory.try_lock("l", "next", LEASE, FENCE, &line, KEEP)),
+            taken(memory.try_lock("l", "next", LEASE, FENCE, &line, KEEP)),
             None
         );
         std::thread::sleep(Duration::from_millis(120));
         assert!(
-            now(memory.try_lock("l", "next", LEASE, FENCE, &line, KEEP)).is_some(),
+            taken(memory.try_lock("l", "next", LEASE, FENCE, &line, KEEP)).is_some(),
             "the place of a waiter that stopped trying lapsed"
         );
     }
@@ -684,9 +750,9 @@ mod tests {
         let memory = MemoryStore::new(10);
         let line = line();
         let mut watch = now(memory.watch(&line));
-        assert!(now(memory.try_lock("l", "holder", LEASE, FENCE, &line, None)).is_some());
+        assert!(taken(memory.try_lock("l", "holder", LEASE, FENCE, &line, None)).is_some());
         assert_eq!(
-            now(memory.try_lock("l", "quitter", LEASE, FENCE, &line, KEEP)),
+            taken(memory.try_lock("l", "quitter", LEASE, FENCE, &line, KEEP)),
             None
         );
         assert!(now(memory.unlock("l", "holder", &line)));
@@ -696,7 +762,7 @@ mod tests {
         now(memory.leave("l", "quitter", &line));
         let rings = crate::io::block_on(watch.next(Duration::from_secs(60))).unwrap();
         assert_eq!(rings, 2, "leaving a free lock's line rang");
-        assert!(now(memory.try_lock("l", "next", LEASE, FENCE, &line, None)).is_some());
+        assert!(taken(memory.try_lock("l", "next", LEASE, FENCE, &line, None)).is_some());
         now(memory.force_unlock("l", &line));
         let rings = crate::io::block_on(watch.next(Duration::from_secs(60))).unwrap();
         assert_eq!(rings, 3, "a forced release rang");
@@ -757,7 +823,7 @@ mod tests {
         let memory = MemoryStore::new(100);
         let lease = Duration::from_secs(60);
         let keep = Some(Duration::from_secs(60));
-        let take = |token, join| now(memory.acquire_slot("p", token, 2, lease, &line(), join));
+        let take = |token, join| slot(memory.acquire_slot("p", token, 2, lease, &line(), join));
         assert!(take("a", None) && take("b", None));
         assert!(!take("w1", keep), "full: w1 joins the line");
         assert!(!take("w2", keep), "full: w2 joins behind it");
@@ -781,8 +847,8 @@ mod tests {
     fn pool_slots_are_capped_owned_and_expire() {
         let memory = MemoryStore::new(100);
         let lease = Duration::from_millis(300);
-        assert!(now(memory.acquire_slot("p", "a", 2, lease, &line(), None)));
-        assert!(now(memory.acquire_slot(
+        assert!(slot(memory.acquire_slot("p", "a", 2, lease, &line(), None)));
+        assert!(slot(memory.acquire_slot(
             "p",
             "b",
             2,
@@ -791,7 +857,7 @@ mod tests {
             None
         )));
         assert!(
-            !now(memory.acquire_slot("p", "c", 2, lease, &line(), None)),
+            !slot(memory.acquire_slot("p", "c", 2, lease, &line(), None)),
             "full"
         );
         assert_eq!(now(memory.pool_size("p")), 2);
@@ -814,7 +880,7 @@ mod tests {
             "and cannot be released"
         );
         assert!(
-            now(memory.acquire_slot("p", "c", 2, lease, &line(), None)),
+            slot(memory.acquire_slot("p", "c", 2, lease, &line(), None)),
             "its slot is free"
         );
         assert!(now(memory.release_slot("p", "b", &line())));

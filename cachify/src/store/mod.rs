@@ -211,6 +211,29 @@ pub(crate) trait ByteStore: Send + Sync + 'static {
     fn delete_matching(&self, matching: &KeyMatch) -> StoreFuture<u64>;
 }
 
+/// What one atomic attempt at a lock or a pool slot got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grant<T> {
+    /// Taken: the lock's fencing token, or `()` for a pool slot.
+    Taken(T),
+    /// Refused. `free_in`: when the lease in the way runs out (a held
+    /// lock's, or the soonest of a full pool's), if one is; a waiter tries
+    /// again then at the latest, since a lease that runs out announces
+    /// nothing. `None`: refused for the waiters ahead, whose leaving or
+    /// taking wakes the line.
+    Refused { free_in: Option<Duration> },
+}
+
+impl<T> Grant<T> {
+    /// The grant of what `f` makes of the taken value.
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Grant<U> {
+        match self {
+            Grant::Taken(taken) => Grant::Taken(f(taken)),
+            Grant::Refused { free_in } => Grant::Refused { free_in },
+        }
+    }
+}
+
 /// Where a lock draws its fencing token.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fence<'a> {
@@ -228,10 +251,10 @@ pub(crate) struct Fence<'a> {
 /// for `keep` (it crashed, or gave up without saying so).
 pub(crate) trait LockStore: Send + Sync + 'static {
     /// Takes the lock for `lease` if nobody holds it and nobody waits
-    /// before this caller. `Ok(None)`: held elsewhere, or promised to an
-    /// earlier waiter. `Ok(Some(token))`: taken, with the next fencing
-    /// token of `fence` drawn in the same atomic step (`0` without a
-    /// fence). `join`: on a refusal, join the line (or keep this token's
+    /// before this caller. [`Grant::Refused`]: held elsewhere (with the
+    /// time left on its lease), or promised to an earlier waiter.
+    /// [`Grant::Taken`]: taken, with the next fencing token of `fence`
+    /// drawn in the same atomic step (`0` without a fence). `join`: on a refusal, join the line (or keep this token's
     /// place in it) for that long; `None` for a caller that will not wait.
     ///
     /// Fencing tokens strictly increase per lock name, across expiry of an
@@ -246,7 +269,7 @@ pub(crate) trait LockStore: Send + Sync + 'static {
         fence: Option<Fence<'_>>,
         line: &Line,
         join: Option<Duration>,
-    ) -> StoreFuture<Option<u64>>;
+    ) -> StoreFuture<Grant<u64>>;
 
     /// Deletes the lock if `token` still owns it, and wakes its waiters;
     /// false when it does not own it.
@@ -319,7 +342,8 @@ pub(crate) trait TagStore: Send + Sync + 'static {
 pub(crate) trait PoolStore: Send + Sync + 'static {
     /// Takes a slot for `token` for `lease` if fewer than `max_size` live
     /// slots are held and fewer waiters of `line` are ahead of `token` than
-    /// there are free slots; false when refused. Expired slots and lapsed
+    /// there are free slots; refused otherwise (with the time left on the
+    /// soonest lease when the pool is full). Expired slots and lapsed
     /// places are dropped first, in the same atomic step. `join`: on a
     /// refusal, join the line (or keep this token's place in it) for that
     /// long; `None` for a caller that will not wait. On a grant the token
@@ -332,7 +356,7 @@ pub(crate) trait PoolStore: Send + Sync + 'static {
         lease: Duration,
         line: &Line,
         join: Option<Duration>,
-    ) -> StoreFuture<bool>;
+    ) -> StoreFuture<Grant<()>>;
 
     /// Renews the lease of `token`'s slot if it is still live; false when
     /// it expired or is gone.

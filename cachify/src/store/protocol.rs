@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use redis::{Cmd, ConnectionInfo, FromRedisValue, Script, ScriptInvocation};
 
-use super::{ByteStore, Fence, Io, LockStore, PoolStore, StoreFuture, TagStore, Watch, millis};
+use super::{
+    ByteStore, Fence, Grant, Io, LockStore, PoolStore, StoreFuture, TagStore, Watch, millis,
+};
 use crate::error::{BackendError, Error};
 use crate::keyspace::{KeyMatch, Line, TagKeys};
 
@@ -28,8 +30,10 @@ use crate::keyspace::{KeyMatch, Line, TagKeys};
 /// place, for that many milliseconds (the sets then live at least that
 /// long; never shorter, since other clients may keep places longer).
 /// `replicate_commands` lets Redis before 5 accept writes after `TIME`
-/// (later versions always replicate effects); a refusal is `nil`, which
-/// reads as "no token" in RESP2 and RESP3 alike.
+/// (later versions always replicate effects). The reply is `{1, token}`
+/// when taken (token 0 without a counter), `{0, pttl}` when refused: the
+/// lock's time to live in milliseconds, or -2 when it is free but promised
+/// to an earlier waiter.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "redis.replicate_commands() \
@@ -53,7 +57,7 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
                      end \
                  end \
              end \
-             return nil \
+             return {0, redis.call('PTTL', KEYS[1])} \
          end \
          redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
          if head then \
@@ -61,15 +65,30 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
              redis.call('ZREM', KEYS[3], ARGV[1]) \
          end \
          if #KEYS < 4 then \
-             return 0 \
+             return {1, 0} \
          end \
          local last = redis.call('GET', KEYS[4]) \
          last = last and tonumber(last) or 0 \
          local token = math.max(last + 1, clock) \
          redis.call('SET', KEYS[4], string.format('%d', token), 'PX', ARGV[4]) \
-         return token",
+         return {1, token}",
     )
 });
+
+/// Reads an `ACQUIRE` or `POOL_ACQUIRE` reply: `{1, value}` taken,
+/// `{0, ms}` refused with the milliseconds left on the lease in the way
+/// (negative: none).
+fn grant(reply: Vec<i64>) -> Result<Grant<u64>, Error> {
+    match reply[..] {
+        [1, taken] => Ok(Grant::Taken(u64::try_from(taken).unwrap_or_default())),
+        [0, left] => Ok(Grant::Refused {
+            free_in: u64::try_from(left).ok().map(Duration::from_millis),
+        }),
+        _ => Err(Error::Backend(BackendError::new(format!(
+            "unexpected reply to a lock or pool attempt: {reply:?}"
+        )))),
+    }
+}
 
 /// Deletes the lock only if it still holds our token, and announces the
 /// release on the lock's channel (`ARGV[3]`) with `ARGV[2]`, `PUBLISH` or
@@ -134,10 +153,11 @@ const POOL_CLOCK: &str = "redis.replicate_commands() \
 /// arrival in microseconds; `KEYS[3]`, tokens by the deadline of their
 /// place), then takes a slot for ARGV[1] (token) for ARGV[3] milliseconds
 /// if fewer than ARGV[2] are held and fewer waiters are ahead of it than
-/// there are free slots (a caller not in line is behind all of it): 1
-/// taken (leaving the line), 0 refused. A refused caller with ARGV[4] > 0
-/// joins the line, or keeps its place, for that many milliseconds, as in
-/// the lock's `ACQUIRE`.
+/// there are free slots (a caller not in line is behind all of it):
+/// `{1, 0}` taken (leaving the line), `{0, left}` refused, where `left` is
+/// the milliseconds until the soonest lease ends when the pool is full,
+/// else -1. A refused caller with ARGV[4] > 0 joins the line, or keeps its
+/// place, for that many milliseconds, as in the lock's `ACQUIRE`.
 static POOL_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{POOL_CLOCK} \
@@ -164,7 +184,14 @@ static POOL_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
                      end \
                  end \
              end \
-             return 0 \
+             local left = -1 \
+             if free <= 0 then \
+                 local soonest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] \
+                 if soonest then \
+                     left = tonumber(soonest) - now \
+                 end \
+             end \
+             return {{0, left}} \
          end \
          local lease = tonumber(ARGV[3]) \
          redis.call('ZADD', KEYS[1], now + lease, ARGV[1]) \
@@ -173,7 +200,7 @@ static POOL_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
          end \
          redis.call('ZREM', KEYS[2], ARGV[1]) \
          redis.call('ZREM', KEYS[3], ARGV[1]) \
-         return 1"
+         return {{1, 0}}"
     ))
 });
 
@@ -413,7 +440,7 @@ impl<L: Link> LockStore for L {
         fence: Option<Fence<'_>>,
         line: &Line,
         join: Option<Duration>,
-    ) -> StoreFuture<Option<u64>> {
+    ) -> StoreFuture<Grant<u64>> {
         let mut invocation = ACQUIRE.key(key);
         invocation
             .key(&line.queue)
@@ -424,7 +451,7 @@ impl<L: Link> LockStore for L {
         if let Some(fence) = fence {
             invocation.key(fence.key).arg(millis(fence.idle));
         }
-        StoreFuture::Io(self.script(invocation))
+        StoreFuture::Io(self.script(invocation)).map(grant)
     }
 
     fn unlock(&self, key: &str, token: &str, line: &Line) -> StoreFuture<bool> {
@@ -474,7 +501,7 @@ impl<L: Link> PoolStore for L {
         lease: Duration,
         line: &Line,
         join: Option<Duration>,
-    ) -> StoreFuture<bool> {
+    ) -> StoreFuture<Grant<()>> {
         let mut invocation = POOL_ACQUIRE.key(key);
         invocation
             .key(&line.queue)
@@ -483,7 +510,7 @@ impl<L: Link> PoolStore for L {
             .arg(max_size)
             .arg(millis(lease))
             .arg(join.map_or(0, millis));
-        StoreFuture::Io(self.script(invocation)).map(|taken: i64| Ok(taken == 1))
+        StoreFuture::Io(self.script(invocation)).map(|reply| Ok(grant(reply)?.map(|_| ())))
     }
 
     fn renew_slot(&self, key: &str, token: &str, lease: Duration) -> StoreFuture<bool> {
