@@ -436,15 +436,18 @@ mod layout {
         report(&client, &calls, "green {x}", 1);
         let mut connection = cluster.connection();
         let index = "tags-layout-Cluster:tag:{team:green%20%7Bx%7D}:i";
-        let members: Vec<String> = ::redis::cmd("SMEMBERS")
+        let members: Vec<String> = ::redis::cmd("ZRANGE")
             .arg(index)
+            .arg(0)
+            .arg(-1)
             .query(&mut connection)
             .unwrap();
         assert_eq!(members, ["0|tags-layout-Cluster:cache:report-1"]);
         let guard = client.lock("held").acquire_blocking().unwrap();
         // A member naming a lock, as only a write from outside could add.
-        let () = ::redis::cmd("SADD")
+        let () = ::redis::cmd("ZADD")
             .arg(index)
+            .arg("+inf")
             .arg(format!("0|{}", guard.key()))
             .query(&mut connection)
             .unwrap();
@@ -464,5 +467,60 @@ mod layout {
             .query(&mut connection)
             .unwrap();
         assert!(!exists, "the entry went");
+    }
+}
+
+/// A tag's index on Redis holds the live entries only: each write drops
+/// the members whose entries have expired, so a tag that is never
+/// invalidated does not grow without end.
+mod index_size {
+    use super::*;
+
+    #[cached("brief-{id}", ttl = Duration::from_millis(300), tags = ["brief"], client = client)]
+    async fn brief(client: &Cachify, id: u64) -> u64 {
+        id
+    }
+
+    #[cached("lasting-{id}", ttl = None, tags = ["brief"], client = client)]
+    async fn lasting(client: &Cachify, id: u64) -> u64 {
+        id
+    }
+
+    async fn expired_entries_leave_the_index(
+        store: Store,
+        connection: &mut dyn ::redis::ConnectionLike,
+    ) {
+        let client = store.client("index-size").await;
+        let index = format!("{}tag:{{brief}}:i", client.prefix());
+        let size = |connection: &mut dyn ::redis::ConnectionLike| -> u64 {
+            ::redis::cmd("ZCARD").arg(&index).query(connection).unwrap()
+        };
+        lasting(&client, 0).await;
+        for id in 1..=20 {
+            brief(&client, id).await;
+        }
+        assert_eq!(size(connection), 21, "every live entry is indexed");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        brief(&client, 21).await;
+        assert_eq!(
+            size(connection),
+            2,
+            "the expired entries left the index; the one without expiry and the new one stay"
+        );
+        client.invalidate_tags(["brief"]).await.unwrap();
+        assert_eq!(size(connection), 0);
+        client.clear().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        let mut connection = support::shared_server().connection();
+        expired_entries_leave_the_index(Store::Redis, &mut connection).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster() {
+        let mut connection = support::cluster::shared_cluster().connection();
+        expired_entries_leave_the_index(Store::Cluster, &mut connection).await;
     }
 }

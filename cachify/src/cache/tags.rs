@@ -27,12 +27,17 @@ use super::Core;
 use crate::error::Error;
 use crate::keyspace::{KeyKind, KeyTemplate};
 use crate::mode::Mode;
+use crate::store::StoreFuture;
 
 /// How long a tag's version is kept after its last invalidation: far longer
 /// than any computation that read the version before. An expired version
 /// reads as 0, which differs from every bumped one, so a writer that read
 /// it before still sees it move.
 const TAG_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// How many of an invalidation's deletes are in flight at once: enough to
+/// fill the pipeline, few enough not to crowd out other callers.
+const DELETES_AT_ONCE: usize = 64;
 
 impl Core {
     /// The versions of `tags` before a computation; `None` when they are
@@ -112,9 +117,8 @@ impl Core {
                 .filter_map(|member| member.split_once('|'))
                 .map(|(_, entry)| entry)
                 .filter(|entry| entry.starts_with(&scope));
-            for entry in entries {
-                M::io(self.values.delete(entry)).await?;
-            }
+            let deletes = entries.map(|entry| self.values.delete(entry)).collect();
+            M::io(StoreFuture::all(deletes, DELETES_AT_ONCE)).await?;
             M::io(self.tags.untag(&keys, &members)).await?;
         }
         Ok(())

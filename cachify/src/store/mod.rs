@@ -32,6 +32,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt};
+
 use crate::codec::Codec;
 use crate::error::{BackendError, Error};
 use crate::keyspace::{KeyMatch, Line, TagKeys};
@@ -105,6 +107,33 @@ impl<T> StoreFuture<T> {
                 }),
             ),
         }
+    }
+}
+
+impl StoreFuture<()> {
+    /// Runs `operations` up to `at_once` at a time, over the connection's
+    /// pipelining rather than one round trip after another; fails with the
+    /// first error. In-process operations have already run.
+    pub(crate) fn all(operations: Vec<StoreFuture<()>>, at_once: usize) -> StoreFuture<()> {
+        if operations
+            .iter()
+            .all(|operation| matches!(operation, StoreFuture::Ready(_)))
+        {
+            let first_error = operations
+                .into_iter()
+                .find_map(|operation| match operation {
+                    StoreFuture::Ready(Some(Err(error))) => Some(error),
+                    _ => None,
+                });
+            return StoreFuture::ready(first_error.map_or(Ok(()), Err));
+        }
+        StoreFuture::io(async move {
+            let mut running = stream::iter(operations).buffer_unordered(at_once.max(1));
+            while let Some(result) = running.next().await {
+                result?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -273,15 +273,26 @@ static READ_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
 
 /// Adds an entry key (ARGV[1]) to a tag's index (KEYS[2]), as
 /// `{version}|{key}`, and returns the tag's version (KEYS[1], 0 when
-/// absent), in one atomic step. The index
-/// lives at least as long as the entry: ARGV[2] milliseconds, or for ever
-/// when it is 0 (an entry without expiry).
+/// absent), in one atomic step. The index is a sorted set scored by when
+/// each entry expires (server milliseconds, `+inf` for none), so each
+/// write first drops the members whose entries have expired: an index
+/// holds the live entries, not every entry ever written. The index lives at
+/// least as long as the entry: ARGV[2] milliseconds, or for ever when it is
+/// 0 (an entry without expiry).
 static TAG_ENTRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "local version = redis.call('GET', KEYS[1]) or '0' \
+        "redis.replicate_commands() \
+         local time = redis.call('TIME') \
+         local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) \
+         local version = redis.call('GET', KEYS[1]) or '0' \
+         redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) \
          local fresh = redis.call('EXISTS', KEYS[2]) == 0 \
-         redis.call('SADD', KEYS[2], version .. '|' .. ARGV[1]) \
          local ttl = tonumber(ARGV[2]) \
+         local expires = '+inf' \
+         if ttl > 0 then \
+             expires = string.format('%d', now + ttl) \
+         end \
+         redis.call('ZADD', KEYS[2], expires, version .. '|' .. ARGV[1]) \
          if ttl == 0 then \
              redis.call('PERSIST', KEYS[2]) \
          else \
@@ -306,7 +317,7 @@ static BUMP_TAG: LazyLock<Script> = LazyLock::new(|| {
          local last = tonumber(redis.call('GET', KEYS[1]) or '0') \
          local version = math.max(last + 1, clock) \
          redis.call('SET', KEYS[1], string.format('%d', version), 'PX', ARGV[1]) \
-         return redis.call('SMEMBERS', KEYS[2])",
+         return redis.call('ZRANGE', KEYS[2], 0, -1)",
     )
 });
 
@@ -425,7 +436,7 @@ impl<L: Link> TagStore for L {
         if members.is_empty() {
             return StoreFuture::ready(Ok(()));
         }
-        let mut command = keyed("SREM", &tag.index);
+        let mut command = keyed("ZREM", &tag.index);
         command.arg(members);
         StoreFuture::Io(self.send::<u64>(command)).map(|_| Ok(()))
     }
