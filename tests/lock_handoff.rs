@@ -149,6 +149,7 @@ on_redis_backends!(
     a_lease_that_runs_out_wakes_its_waiter,
     a_lease_that_runs_out_wakes_its_blocking_waiter,
     a_fill_wakes_its_followers_on_other_clients,
+    an_unstored_fill_lets_its_followers_run_at_once,
 );
 
 // ---------------------------------------------------------------- scenarios
@@ -414,6 +415,58 @@ async fn a_fill_wakes_its_followers_on_other_clients(backend: &Backend<'_>) {
         runs.load(Ordering::SeqCst),
         1,
         "the follower waited for the fill"
+    );
+}
+
+/// Runs of a function in flight, and the most at once.
+#[derive(Default)]
+struct Overlap {
+    running: AtomicUsize,
+    peak: AtomicUsize,
+    runs: AtomicUsize,
+}
+
+#[cachify::cached("failing-{n}", ttl = 60, lock = true, client = client)]
+async fn failing_fill(client: &Cachify, overlap: &Overlap, n: u64) -> Result<u64, String> {
+    let _ = client;
+    overlap.runs.fetch_add(1, Ordering::SeqCst);
+    let now = overlap.running.fetch_add(1, Ordering::SeqCst) + 1;
+    overlap.peak.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(2 * SETTLE).await;
+    overlap.running.fetch_sub(1, Ordering::SeqCst);
+    Err(format!("no value for {n}"))
+}
+
+/// A filler that stores nothing (an `Err`) leaves a note before its
+/// release, so the callers that waited for it run at once, side by side,
+/// rather than taking the fill lock one after another.
+async fn an_unstored_fill_lets_its_followers_run_at_once(backend: &Backend<'_>) {
+    let settings = |builder: CachifyBuilder| builder.lock_recheck(HOUR).fill_wait(HOUR);
+    let (filler, first) = backend.clients(settings).await;
+    let (_, second) = backend.clients(settings).await;
+    let overlap = Overlap::default();
+    let all = async {
+        tokio::join!(
+            failing_fill(&filler, &overlap, 7),
+            async {
+                tokio::time::sleep(SETTLE).await;
+                failing_fill(&first, &overlap, 7).await
+            },
+            async {
+                tokio::time::sleep(SETTLE).await;
+                failing_fill(&second, &overlap, 7).await
+            },
+        )
+    };
+    let outputs = tokio::time::timeout(SOON, all)
+        .await
+        .expect("the followers never ran");
+    assert!(outputs.0.is_err() && outputs.1.is_err() && outputs.2.is_err());
+    assert_eq!(overlap.runs.load(Ordering::SeqCst), 3, "nothing was stored");
+    assert_eq!(
+        overlap.peak.load(Ordering::SeqCst),
+        2,
+        "the two followers ran side by side, not in turn"
     );
 }
 

@@ -459,10 +459,23 @@ impl Core {
                     if let Some(value) = self.read::<M, T>(key, tally, accept, codec).await {
                         return Fill::Filled(value);
                     }
+                    if let Some(waited_for) = &patience.holder
+                        && self.ran_unstored::<M>(key, waited_for).await
+                    {
+                        return Fill::Run(None);
+                    }
                 }
                 Err(_) => return Fill::Run(None),
             }
         }
+    }
+
+    /// Whether the filler `token` of `key` ran and stored nothing (its
+    /// note, left before its release): then waiting for the next filler
+    /// would only queue the callers up to run one after another.
+    async fn ran_unstored<M: Mode>(&self, key: &str, token: &str) -> bool {
+        let note = self.locks.holder::<M>(&self.keys.unstored(key)).await;
+        matches!(note, Ok(Some(note)) if note == token)
     }
 
     /// Answers from the cache, or from a concurrent caller's computation
@@ -525,15 +538,29 @@ impl Core {
         }
         // Unknown tag versions: the value could outlive an invalidation,
         // so it is not stored.
-        if let (true, Some(value), Some(versions)) = (computed.store, &computed.value, versions)
+        let stored = if let (true, Some(value), Some(versions)) =
+            (computed.store, &computed.value, versions)
             && self
                 .write::<M, T>(key, tally, Arc::clone(value), computed.ttl, codec)
                 .await
         {
             self.tag_written::<M>(key, tags, computed.ttl, versions)
                 .await;
-        }
+            true
+        } else {
+            false
+        };
         if let Some(guard) = fill_guard {
+            if !stored {
+                // Those waiting for this fill would find nothing and take
+                // the fill lock in turn, each running alone: the note lets
+                // them run at once instead. Without it they still run.
+                let unstored = self.keys.unstored(key);
+                let _ = self
+                    .locks
+                    .note::<M>(&unstored, guard.token(), self.fill_wait)
+                    .await;
+            }
             guard.release_after_run::<M>().await;
         }
         drop(leader);

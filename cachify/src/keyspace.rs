@@ -6,6 +6,7 @@
 //! | `#[once]` lock | `{prefix}once:{rendered}` | `cachify:once:update-7` |
 //! | `#[lock]`, [`crate::lock()`] | `{prefix}lock:{name}` | `cachify:lock:nightly` |
 //! | fill lock of `#[cached(lock = true)]`, and of `early_refresh`'s background refresh | `{prefix}fill:{entry key without prefix}` | `cachify:fill:cache:user-42` |
+//! | note that a filler ran and stored nothing (its fill lock token, briefly) | `{prefix}unstored:{entry key without prefix}` | `cachify:unstored:cache:user-42` |
 //! | fencing counter of a lock | `{prefix}fence:{` + lock key + `}` | `cachify:fence:{cachify:lock:nightly}` |
 //! | HTTP response | `{prefix}http:{namespace}:{request}` | `cachify:http:users:GET:/users?a=1` |
 //! | refresh lock of an HTTP response served stale | `{prefix}fill:{entry key without prefix}` | `cachify:fill:http:users:GET:/users?a=1` |
@@ -16,7 +17,7 @@
 //! | when each waiter's place lapses | `{prefix}beats:{` + lock or pool key + `}` | `cachify:beats:{cachify:lock:nightly}` |
 //! | pub/sub channel of a lock's or pool's releases | `{prefix}wake:{` + lock or pool key + `}` | `cachify:wake:{cachify:lock:nightly}` |
 //!
-//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `fence:`, `http:`, `tag:`, `pool:`,
+//! Each tag (`cache:`, `once:`, `lock:`, `fill:`, `unstored:`, `fence:`, `http:`, `tag:`, `pool:`,
 //! `queue:`, `beats:`, `wake:`)
 //! differs from the others, so kinds never share a key.
 //!
@@ -91,6 +92,7 @@ impl KeyKind {
 
 /// Tags of derived keys; they differ from every [`KeyKind::tag`].
 const FILL_TAG: &str = "fill:";
+const UNSTORED_TAG: &str = "unstored:";
 const FENCE_TAG: &str = "fence:";
 const QUEUE_TAG: &str = "queue:";
 const BEATS_TAG: &str = "beats:";
@@ -246,10 +248,21 @@ impl Keyspace {
 
     /// The cross-process fill lock of a cache entry (`#[cached(lock = true)]`).
     pub(crate) fn fill(&self, entry_key: &str) -> String {
+        self.of_entry(FILL_TAG, entry_key)
+    }
+
+    /// The note a filler leaves when it ran and stored nothing, naming its
+    /// fill lock token, so the callers that waited for it stop waiting.
+    pub(crate) fn unstored(&self, entry_key: &str) -> String {
+        self.of_entry(UNSTORED_TAG, entry_key)
+    }
+
+    /// `{prefix}{tag}` and the entry key without its prefix.
+    fn of_entry(&self, tag: &str, entry_key: &str) -> String {
         let rest = entry_key.strip_prefix(&self.prefix).unwrap_or(entry_key);
-        let mut key = String::with_capacity(self.prefix.len() + FILL_TAG.len() + rest.len());
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + rest.len());
         key.push_str(&self.prefix);
-        key.push_str(FILL_TAG);
+        key.push_str(tag);
         key.push_str(rest);
         key
     }
@@ -741,7 +754,12 @@ mod tests {
             KeyKind::Lock.tag(),
             KeyKind::Pool.tag(),
             FILL_TAG,
+            UNSTORED_TAG,
             FENCE_TAG,
+            QUEUE_TAG,
+            BEATS_TAG,
+            WAKE_TAG,
+            TAG_TAG,
             #[cfg(feature = "axum")]
             HTTP_TAG,
         ];
@@ -783,6 +801,10 @@ mod tests {
         assert_eq!(
             keys.fill("cachify:cache:user-42"),
             "cachify:fill:cache:user-42"
+        );
+        assert_eq!(
+            keys.unstored("cachify:cache:user-42"),
+            "cachify:unstored:cache:user-42"
         );
         assert_eq!(
             keys.fence("cachify:lock:user-42"),

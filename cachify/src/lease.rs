@@ -234,6 +234,11 @@ impl Holding {
         &self.key
     }
 
+    /// The token this lease was granted to (empty once given back).
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Marked when the watchdog (or a give-back) finds the lease gone.
     pub(crate) fn lost(&self) -> &Lost {
         &self.lost

@@ -183,6 +183,17 @@ impl Locks {
         M::io(self.store.holder(key)).await
     }
 
+    /// Leaves the note `token` under `key` for `ttl` (see
+    /// [`LockStore::note`]); read it with [`Locks::holder`].
+    pub(crate) async fn note<M: Mode>(
+        &self,
+        key: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        M::io(self.store.note(key, token, ttl)).await
+    }
+
     /// Deletes the lock `key` whoever holds it.
     pub(crate) async fn force_unlock<M: Mode>(&self, key: &str) -> Result<(), Error> {
         M::io(self.store.force_unlock(key, &self.keys.line(key))).await
@@ -426,6 +437,12 @@ impl LockGuard {
         self.holding.release::<M>().await
     }
 
+    /// The holder's random token (what [`Locks::holder`] reads while it
+    /// holds the lock).
+    pub(crate) fn token(&self) -> &str {
+        self.holding.token()
+    }
+
     /// Release at the end of a `#[once]`/`#[lock]` function or a fill: the
     /// function already ran, so a failure is only worth a warning.
     pub(crate) async fn release_after_run<M: Mode>(self) {
@@ -518,6 +535,9 @@ mod tests {
         }
         fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()> {
             self.memory.force_unlock(key, line)
+        }
+        fn note(&self, key: &str, token: &str, ttl: Duration) -> StoreFuture<()> {
+            self.memory.note(key, token, ttl)
         }
         fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()> {
             self.memory.leave(key, token, line)

@@ -358,6 +358,19 @@ impl LockStore for MemoryStore {
         StoreFuture::ready(Ok(self.locks.get(key).map(|lease| lease.token.to_string())))
     }
 
+    fn note(&self, key: &str, token: &str, ttl: Duration) -> StoreFuture<()> {
+        let ttl = clamp_ttl(ttl);
+        self.locks.insert(
+            key.to_owned(),
+            Lease {
+                token: token.into(),
+                ttl,
+                ends: Instant::now() + ttl,
+            },
+        );
+        StoreFuture::ready(Ok(()))
+    }
+
     fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()> {
         // Through the per-key compute, like every other lock operation:
         // `invalidate` is not ordered with a renewal that already read the

@@ -313,6 +313,11 @@ pub(crate) trait LockStore: Send + Sync + 'static {
     /// Deletes the lock whoever holds it (`_release`), and wakes its waiters.
     fn force_unlock(&self, key: &str, line: &Line) -> StoreFuture<()>;
 
+    /// Sets `key` to `token` for `ttl`, whatever it held: a note, read
+    /// back with [`LockStore::holder`], such as a filler's "ran and stored
+    /// nothing".
+    fn note(&self, key: &str, token: &str, ttl: Duration) -> StoreFuture<()>;
+
     /// Takes `token` out of the line of `key`, waking the others if the
     /// lock is free (it may have been waiting for this token).
     fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()>;

@@ -487,6 +487,12 @@ impl<L: Link> LockStore for L {
         StoreFuture::Io(self.script(invocation)).map(|_: i64| Ok(()))
     }
 
+    fn note(&self, key: &str, token: &str, ttl: Duration) -> StoreFuture<()> {
+        let mut command = keyed("SET", key);
+        command.arg(token).arg("PX").arg(millis(ttl));
+        StoreFuture::Io(self.send::<()>(command))
+    }
+
     fn leave(&self, key: &str, token: &str, line: &Line) -> StoreFuture<()> {
         let mut invocation = LEAVE.key(key);
         invocation
