@@ -184,6 +184,33 @@ async fn generic_impl_methods_and_their_siblings() {
     assert_eq!(Shelf::<String>::size_clear().unwrap(), 1);
 }
 
+/// The check that names `#[cachify::trait_impl]` compiles under a
+/// forbidden naming lint, and with a const parameter that shares its name
+/// with a type in scope.
+#[forbid(non_upper_case_globals, nonstandard_style)]
+mod strict {
+    use cachify::cached;
+
+    #[allow(dead_code)]
+    pub struct N;
+
+    pub struct Crate;
+
+    impl Crate {
+        #[cached("strict-{items:?}")]
+        pub fn len<const N: usize>(&self, items: [u8; N]) -> usize {
+            items.len()
+        }
+    }
+}
+
+#[test]
+fn strict_lints_and_const_parameters_named_like_types() {
+    let shelf = strict::Crate;
+    assert_eq!(shelf.len([1, 2]), 2);
+    strict::Crate::len_reset::<2>([1, 2]).unwrap();
+}
+
 #[cached("display-{value}")]
 async fn display_any(value: impl Display + Send) -> String {
     format!("<{value}>")

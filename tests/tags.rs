@@ -486,6 +486,44 @@ mod index_size {
         id
     }
 
+    #[cached("kept-{id}", ttl = 60, tags = ["kept"], client = client)]
+    async fn kept_long(client: &Cachify, id: u64) -> u64 {
+        id
+    }
+
+    #[cached("kept-{id}", ttl = Duration::from_millis(300), tags = ["kept"], client = client)]
+    async fn kept_short(client: &Cachify, id: u64) -> u64 {
+        id
+    }
+
+    /// Writers of one key with different TTLs may record it in the index in
+    /// either order: its score only moves later, so a shorter TTL recorded
+    /// last cannot drop a key that lives longer.
+    async fn a_key_keeps_its_later_expiry(
+        store: Store,
+        connection: &mut dyn ::redis::ConnectionLike,
+    ) {
+        let client = store.client("index-expiry").await;
+        let index = format!("{}tag:{{kept}}:i", client.prefix());
+        let member = format!("0|{}cache:kept-1", client.prefix());
+        let score = |connection: &mut dyn ::redis::ConnectionLike| -> f64 {
+            ::redis::cmd("ZSCORE")
+                .arg(&index)
+                .arg(&member)
+                .query(connection)
+                .unwrap()
+        };
+        kept_long(&client, 1).await;
+        let long = score(connection);
+        kept_short_reset(&client, 1).await.unwrap();
+        kept_short(&client, 1).await;
+        assert!(
+            score(connection) >= long,
+            "the 300 ms write moved the key's expiry earlier than the 60 s one"
+        );
+        client.invalidate_tags(["kept"]).await.unwrap();
+    }
+
     async fn expired_entries_leave_the_index(
         store: Store,
         connection: &mut dyn ::redis::ConnectionLike,
@@ -516,11 +554,13 @@ mod index_size {
     async fn redis() {
         let mut connection = support::shared_server().connection();
         expired_entries_leave_the_index(Store::Redis, &mut connection).await;
+        a_key_keeps_its_later_expiry(Store::Redis, &mut connection).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cluster() {
         let mut connection = support::cluster::shared_cluster().connection();
         expired_entries_leave_the_index(Store::Cluster, &mut connection).await;
+        a_key_keeps_its_later_expiry(Store::Cluster, &mut connection).await;
     }
 }

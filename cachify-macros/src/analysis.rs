@@ -94,10 +94,14 @@ impl Visit<'_> for NamesSelf {
 }
 
 /// The generic arguments that name a sibling with these `generics` and
-/// `inputs` as a value (`Self::find_reset::<T, N>`): its type and const
-/// parameters, in order. `None` when an input is `impl Trait`, whose
-/// anonymous parameter cannot be named.
-pub(crate) fn generic_arguments(generics: &Generics, inputs: &[TokenStream]) -> Option<Vec<Ident>> {
+/// `inputs` as a value (`Self::find_reset::<T, { N }>`): its type and
+/// const parameters, in order, a const one in braces so that a type of the
+/// same name cannot capture it. `None` when an input is `impl Trait`,
+/// whose anonymous parameter cannot be named.
+pub(crate) fn generic_arguments(
+    generics: &Generics,
+    inputs: &[TokenStream],
+) -> Option<Vec<TokenStream>> {
     if inputs.iter().any(|input| mentions(input).contains("impl")) {
         return None;
     }
@@ -106,8 +110,11 @@ pub(crate) fn generic_arguments(generics: &Generics, inputs: &[TokenStream]) -> 
             .params
             .iter()
             .filter_map(|param| match param {
-                GenericParam::Type(param) => Some(param.ident.clone()),
-                GenericParam::Const(param) => Some(param.ident.clone()),
+                GenericParam::Type(param) => Some(param.ident.to_token_stream()),
+                GenericParam::Const(param) => {
+                    let ident = &param.ident;
+                    Some(quote::quote!({ #ident }))
+                }
                 GenericParam::Lifetime(_) => None,
             })
             .collect(),

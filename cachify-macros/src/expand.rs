@@ -950,9 +950,9 @@ fn trait_impl_check(keys: &[Key], function: &ItemFn) -> Option<syn::Stmt> {
     let check = local("CachifySiblingCheck");
     Some(syn::parse_quote_spanned! { function.sig.ident.span() =>
         {
-            #[allow(dead_code, non_upper_case_globals)]
+            #[allow(dead_code)]
             trait #check {
-                const #sibling: () = ();
+                fn #sibling() {}
             }
             impl<Checked: ?::core::marker::Sized + ::cachify::__private::NeedsTraitImplAttribute>
                 #check for Checked {}
@@ -963,7 +963,7 @@ fn trait_impl_check(keys: &[Key], function: &ItemFn) -> Option<syn::Stmt> {
 
 /// A sibling of the stack that can be named as a value, with the generic
 /// arguments that name it: the innermost layer's first, else `<fn>_clear`.
-fn nameable_sibling(keys: &[Key], sig: &syn::Signature) -> Option<(Ident, Vec<Ident>)> {
+fn nameable_sibling(keys: &[Key], sig: &syn::Signature) -> Option<(Ident, Vec<TokenStream>)> {
     let first = sibling_specs(keys.last()?.kind, "").first()?.suffix;
     let used: HashSet<String> = keys.iter().flat_map(Key::used_names).collect();
     let first = (first, sibling_parameters(keys.iter(), sig, &used));

@@ -548,7 +548,11 @@ fn expand_function(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStr
 /// `impl` and a sibling it can name: an associated function that neither
 /// takes `self` nor names `Self` (in its signature or its body), or a
 /// `#[once]`, `#[lock]` or `#[pooled]` key with an `impl Trait` parameter,
-/// gets rustc's error alone.
+/// gets rustc's error alone. The check names the sibling as
+/// `Self::<fn>_reset` (or `_is_locked`, `_pool_size`), which is ambiguous
+/// in a trait's default method whose supertrait has a same-named default
+/// method with a cachify attribute, and in an `impl dyn Trait` whose trait
+/// declares the sibling's name: rename one of the two.
 ///
 /// With `#[async_trait]`, write `#[cachify::trait_impl]` above it, so the
 /// methods are expanded while they are still `async fn`s; `#[async_trait]`

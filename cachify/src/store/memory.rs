@@ -301,11 +301,6 @@ impl LockStore for MemoryStore {
         join: Option<Duration>,
     ) -> StoreFuture<Grant<u64>> {
         let ttl = clamp_ttl(lease);
-        let lease = Lease {
-            token: token.into(),
-            ttl,
-            ends: Instant::now() + ttl,
-        };
         let mut grant = Grant::Refused { free_in: None };
         // The token is drawn inside the lock's compute, which moka runs
         // alone for this key: line, grant and token are one step.
@@ -319,7 +314,11 @@ impl LockStore for MemoryStore {
                 return Op::Nop;
             }
             grant = Grant::Taken(fence.map_or(0, |_| self.draw_fence()));
-            Op::Put(lease)
+            Op::Put(Lease {
+                token: token.into(),
+                ttl,
+                ends: Instant::now() + ttl,
+            })
         });
         StoreFuture::ready(Ok(grant))
     }
@@ -418,8 +417,14 @@ impl TagStore for MemoryStore {
         }
         let held = book.tags.entry(tag.version.clone()).or_default();
         let expires = ttl.map(|ttl| now + clamp_ttl(ttl));
+        // Only ever later: writers of one key with different TTLs may
+        // record in either order, and the entry lives as long as the longer.
         held.entries
-            .insert(format!("{}|{entry}", held.version), expires);
+            .entry(format!("{}|{entry}", held.version))
+            .and_modify(|kept| {
+                *kept = kept.zip(expires).map(|(kept, expires)| kept.max(expires));
+            })
+            .or_insert(expires);
         StoreFuture::ready(Ok(held.version))
     }
 
@@ -815,6 +820,22 @@ mod tests {
         let next = now(memory.bump_tag(&tag, Duration::from_secs(60)));
         assert_eq!(next.len(), 1, "{next:?}");
         assert!(next[0].ends_with("|k"));
+    }
+
+    /// Two writers of one key with different TTLs record in either order:
+    /// the index keeps the later expiry (none at all beats any).
+    #[test]
+    fn an_index_keeps_the_later_expiry_of_a_key() {
+        let memory = MemoryStore::new(100);
+        let tag = tag();
+        let expiry = |memory: &MemoryStore| memory.tags().tags[&tag.version].entries["0|k"];
+        now(memory.tag_entry(&tag, "k", Some(Duration::from_secs(60))));
+        let long = expiry(&memory).unwrap();
+        now(memory.tag_entry(&tag, "k", Some(Duration::from_millis(1))));
+        assert_eq!(expiry(&memory), Some(long), "a shorter TTL recorded later");
+        now(memory.tag_entry(&tag, "k", None));
+        now(memory.tag_entry(&tag, "k", Some(Duration::from_millis(1))));
+        assert_eq!(expiry(&memory), None, "an entry without expiry");
     }
 
     #[test]

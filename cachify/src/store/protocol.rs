@@ -274,11 +274,13 @@ static READ_WITH_TTL: LazyLock<Script> = LazyLock::new(|| {
 /// Adds an entry key (ARGV[1]) to a tag's index (KEYS[2]), as
 /// `{version}|{key}`, and returns the tag's version (KEYS[1], 0 when
 /// absent), in one atomic step. The index is a sorted set scored by when
-/// each entry expires (server milliseconds, `+inf` for none), so each
-/// write first drops the members whose entries have expired: an index
-/// holds the live entries, not every entry ever written. The index lives at
-/// least as long as the entry: ARGV[2] milliseconds, or for ever when it is
-/// 0 (an entry without expiry).
+/// each entry expires (server milliseconds, `+inf` for none: ARGV[2] is
+/// the entry's time to live in milliseconds, 0 for none), so each write
+/// first drops the members whose entries have expired: an index holds the
+/// live entries, not every entry ever written. A member's score only moves
+/// later: two writers of one key may store it with different TTLs in
+/// either order, and the entry lives as long as the longer. The index
+/// itself expires with its latest member.
 static TAG_ENTRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "redis.replicate_commands() \
@@ -286,22 +288,44 @@ static TAG_ENTRY: LazyLock<Script> = LazyLock::new(|| {
          local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) \
          local version = redis.call('GET', KEYS[1]) or '0' \
          redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) \
-         local fresh = redis.call('EXISTS', KEYS[2]) == 0 \
+         local member = version .. '|' .. ARGV[1] \
          local ttl = tonumber(ARGV[2]) \
-         local expires = '+inf' \
-         if ttl > 0 then \
-             expires = string.format('%d', now + ttl) \
-         end \
-         redis.call('ZADD', KEYS[2], expires, version .. '|' .. ARGV[1]) \
+         local current = redis.call('ZSCORE', KEYS[2], member) \
          if ttl == 0 then \
+             redis.call('ZADD', KEYS[2], '+inf', member) \
+         elseif not current or (current ~= 'inf' and tonumber(current) < now + ttl) then \
+             redis.call('ZADD', KEYS[2], string.format('%d', now + ttl), member) \
+         end \
+         local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2] \
+         if last == 'inf' then \
              redis.call('PERSIST', KEYS[2]) \
          else \
-             local left = redis.call('PTTL', KEYS[2]) \
-             if fresh or (left >= 0 and left < ttl) then \
-                 redis.call('PEXPIRE', KEYS[2], ttl) \
-             end \
+             redis.call('PEXPIRE', KEYS[2], tonumber(last) - now) \
          end \
          return tonumber(version)",
+    )
+});
+
+/// Takes an invalidation's members (ARGV) off a tag's index (KEYS[1]),
+/// then lets the index expire with its latest remaining member, so an
+/// index that kept an entry without expiry does not outlive it for ever.
+static UNTAG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.replicate_commands() \
+         local time = redis.call('TIME') \
+         local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) \
+         for i = 1, #ARGV do \
+             redis.call('ZREM', KEYS[1], ARGV[i]) \
+         end \
+         local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2] \
+         if last == 'inf' then \
+             redis.call('PERSIST', KEYS[1]) \
+         elseif last and tonumber(last) > now then \
+             redis.call('PEXPIRE', KEYS[1], tonumber(last) - now) \
+         elseif last then \
+             redis.call('DEL', KEYS[1]) \
+         end \
+         return 1",
     )
 });
 
@@ -436,9 +460,9 @@ impl<L: Link> TagStore for L {
         if members.is_empty() {
             return StoreFuture::ready(Ok(()));
         }
-        let mut command = keyed("ZREM", &tag.index);
-        command.arg(members);
-        StoreFuture::Io(self.send::<u64>(command)).map(|_| Ok(()))
+        let mut invocation = UNTAG.key(&tag.index);
+        invocation.arg(members);
+        StoreFuture::Io(self.script(invocation)).map(|_: i64| Ok(()))
     }
 }
 
