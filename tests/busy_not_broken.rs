@@ -2,12 +2,17 @@
 //! when the output can carry a `cachify::Error` (`Result<_, E>` with
 //! `E: From<cachify::Error>`), an outage is that error, so a client is not
 //! told "busy, retry" while Redis is down. Otherwise `return_on_locked`
-//! answers both, as documented. Each test stops its own `redis-server`.
+//! answers both, as documented. The same holds for `return_on_full` of
+//! pools, and on a Redis Cluster. Each test stops its own `redis-server`
+//! (or cluster).
 
 mod support;
 
-use cachify::{lock, once};
+use std::time::Duration;
+
+use cachify::{Cachify, lock, once, pooled};
 use support::OwnServer;
+use support::cluster::RedisCluster;
 
 #[derive(Debug, PartialEq)]
 pub enum AppError {
@@ -84,5 +89,56 @@ fn without_a_from_impl_return_on_locked_answers_both() {
         report(1),
         Err(Refused("busy")),
         "Result without From<cachify::Error>: return_on_locked"
+    );
+}
+
+#[once("cluster-update-{id}", return_on_locked = Err(AppError::Busy), client = client)]
+async fn cluster_update(client: &Cachify, id: u32) -> Result<u32, AppError> {
+    Ok(id)
+}
+
+#[pooled("cluster-export-{id}", max_size = 1, return_on_full = Err(AppError::Busy), client = client)]
+async fn cluster_export(client: &Cachify, id: u32) -> Result<u32, AppError> {
+    Ok(id)
+}
+
+/// On a cluster with every node down, a lock and a pool answer with the
+/// backend error, not "busy" or "full"; while it is up, a pool full
+/// elsewhere answers `Busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_outage_is_an_error_not_busy_or_full() {
+    let mut cluster = RedisCluster::start();
+    let client = Cachify::builder()
+        .redis_cluster(cluster.seeds())
+        .prefix("bnb:")
+        .command_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(cluster_update(&client, 1).await, Ok(1));
+    assert_eq!(cluster_export(&client, 1).await, Ok(1));
+    let slot = client.pool("cluster-export-1", 1).acquire().await.unwrap();
+    assert_eq!(
+        cluster_export(&client, 1).await,
+        Err(AppError::Busy),
+        "full: return_on_full"
+    );
+    slot.release().await.unwrap();
+    for port in cluster
+        .seeds()
+        .iter()
+        .filter_map(|seed| seed.rsplit(':').next()?.parse::<u16>().ok())
+    {
+        cluster.kill(port);
+    }
+    assert_eq!(
+        cluster_update(&client, 1).await,
+        Err(AppError::Backend),
+        "the cluster down is the backend error, not return_on_locked"
+    );
+    assert_eq!(
+        cluster_export(&client, 1).await,
+        Err(AppError::Backend),
+        "the cluster down is the backend error, not return_on_full"
     );
 }
