@@ -324,17 +324,23 @@ async fn a_crashed_waiter_lets_the_others_through(backend: &Backend<'_>) {
     assert_eq!(left, 0, "the lapsed place was purged");
 }
 
+/// The lock as a holder that crashed leaves it: its lease runs out in
+/// `millis`, and nobody announces it.
+fn plant_crashed_holder(backend: &Backend<'_>, lock: &str, millis: u64) {
+    backend.query::<()>(
+        redis::cmd("SET")
+            .arg(lock)
+            .arg("crashed")
+            .arg("PX")
+            .arg(millis),
+    );
+}
+
 async fn a_release_nobody_announced_is_found_by_the_recheck(backend: &Backend<'_>) {
     let (holder, waiter) = backend.pair(Duration::from_millis(100)).await;
     let (lock, _, _) = keys(&holder);
     // A lease an hour long, as the waiter first sees it...
-    backend.query::<()>(
-        redis::cmd("SET")
-            .arg(&lock)
-            .arg("crashed")
-            .arg("PX")
-            .arg(3_600_000),
-    );
+    plant_crashed_holder(backend, &lock, 3_600_000);
     let waiting = tokio::spawn(async move { waiter.lock(NAME).wait(SOON).acquire().await });
     tokio::time::sleep(SETTLE).await;
     // ...then cut short behind its back: nobody publishes, and the end the
@@ -350,14 +356,7 @@ async fn a_release_nobody_announced_is_found_by_the_recheck(backend: &Backend<'_
 async fn a_lease_that_runs_out_wakes_its_waiter(backend: &Backend<'_>) {
     let (holder, waiter) = backend.pair(HOUR).await;
     let (lock, _, _) = keys(&holder);
-    // A holder that crashed: its lease runs out, and nobody publishes.
-    backend.query::<()>(
-        redis::cmd("SET")
-            .arg(&lock)
-            .arg("crashed")
-            .arg("PX")
-            .arg(500),
-    );
+    plant_crashed_holder(backend, &lock, 500);
     let taken = tokio::time::timeout(SOON, waiter.lock(NAME).wait(HOUR).acquire())
         .await
         .expect("the end of the lease did not wake the waiter (its re-check is an hour away)");
@@ -367,13 +366,7 @@ async fn a_lease_that_runs_out_wakes_its_waiter(backend: &Backend<'_>) {
 async fn a_lease_that_runs_out_wakes_its_blocking_waiter(backend: &Backend<'_>) {
     let (holder, waiter) = backend.pair(HOUR).await;
     let (lock, _, _) = keys(&holder);
-    backend.query::<()>(
-        redis::cmd("SET")
-            .arg(&lock)
-            .arg("crashed")
-            .arg("PX")
-            .arg(500),
-    );
+    plant_crashed_holder(backend, &lock, 500);
     let (done, taken) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(waiter.lock(NAME).wait(HOUR).acquire_blocking());
