@@ -283,8 +283,9 @@ pub(crate) trait LockStore: Send + Sync + 'static {
     /// before this caller. [`Grant::Refused`]: held elsewhere (with the
     /// time left on its lease), or promised to an earlier waiter.
     /// [`Grant::Taken`]: taken, with the next fencing token of `fence`
-    /// drawn in the same atomic step (`0` without a fence). `join`: on a refusal, join the line (or keep this token's
-    /// place in it) for that long; `None` for a caller that will not wait.
+    /// drawn in the same atomic step (`0` without a fence). `join`: on a
+    /// refusal, join the line (or keep this token's place in it) for that
+    /// long; `None` for a caller that will not wait.
     ///
     /// Fencing tokens strictly increase per lock name, across expiry of an
     /// idle counter: a counter starts at (and never falls behind) the
