@@ -331,10 +331,7 @@ impl<K: TypedKey, T: CacheValue> Index<K, T> {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let found = shard.get(key)?;
-        found
-            .stored
-            .live(Instant::now())
-            .then(|| T::clone(&found.value))
+        found.stored.live_now().then(|| T::clone(&found.value))
     }
 
     /// Indexes `stored` (a value of type `T`) under `key`.
