@@ -41,6 +41,7 @@
 //! function's static call site: an in-process hit bumps one striped
 //! counter and looks nothing up.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -52,18 +53,30 @@ use serde::Serialize;
 pub(crate) const CELLS: usize = 16;
 
 thread_local! {
-    /// This thread's cell in every striped counter.
-    static CELL: usize = {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed) % CELLS
-    };
+    /// This thread's cell in every striped counter, [`UNASSIGNED`] until its
+    /// first count. Const-initialized, so a read is one thread-local load
+    /// with no lazy-initialization check: it is on the in-process hit path.
+    static CELL: Cell<usize> = const { Cell::new(UNASSIGNED) };
 }
+
+/// A thread's [`CELL`] before it has counted anything.
+const UNASSIGNED: usize = usize::MAX;
 
 /// The calling thread's cell, below [`CELLS`]: threads take cells in turn,
 /// so threads counting at once rarely write the same cache line.
 #[inline]
 pub(crate) fn cell() -> usize {
-    CELL.try_with(|cell| *cell).unwrap_or(0)
+    let cell = CELL.get();
+    if cell < CELLS { cell } else { assign_cell() }
+}
+
+/// Gives the calling thread its cell, on its first count.
+#[cold]
+fn assign_cell() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let cell = NEXT.fetch_add(1, Ordering::Relaxed) % CELLS;
+    CELL.set(cell);
+    cell
 }
 
 /// Which macro or API a call came from.

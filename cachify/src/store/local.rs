@@ -44,6 +44,13 @@ impl Stored {
         self.current.load(Ordering::Acquire) && self.expires.is_none_or(|expires| now < expires)
     }
 
+    /// Live now: the clock is read only when the value has an expiry.
+    #[inline]
+    pub(crate) fn live_now(&self) -> bool {
+        self.current.load(Ordering::Acquire)
+            && self.expires.is_none_or(|expires| Instant::now() < expires)
+    }
+
     fn retire(&self) {
         self.current.store(false, Ordering::Release);
     }
@@ -99,7 +106,7 @@ impl LocalValues {
     /// The live entry under `key`. An expired one is removed.
     pub(crate) fn entry(&self, key: &str) -> Option<Arc<Stored>> {
         let stored = self.entries.get(key)?;
-        if stored.live(Instant::now()) {
+        if stored.live_now() {
             return Some(stored);
         }
         self.remove_if_same(key, &stored.value);
