@@ -946,6 +946,17 @@ fn stampede_report() {
 
 const ROUNDS: usize = 21;
 const SERIAL_READS: u32 = 2_000;
+/// In-process hits in one round of the interleaved memory comparison.
+const MEMORY_HITS: u32 = 200_000;
+
+/// How long `MEMORY_HITS` calls of `hit` take, on this thread.
+fn memory_round(hit: impl Fn()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..MEMORY_HITS {
+        hit();
+    }
+    started.elapsed()
+}
 
 /// Times `SERIAL_READS` reads, one after the other, in one task.
 fn serial<F, Fut>(rt: &tokio::runtime::Runtime, read: F) -> Duration
@@ -982,8 +993,9 @@ fn print_median_ratio(label: &str, ours: impl Fn() -> Duration, theirs: impl Fn(
 
 /// Alternates raw redis-rs and cachify batches, round after round, and
 /// prints the median of the per-round time ratios, on one node and on the
-/// cluster. On a noisy machine this is steadier than comparing two benches
-/// measured minutes apart.
+/// cluster; and the same for in-process hits against the `cached` crate.
+/// On a noisy machine this is steadier than comparing two benches measured
+/// minutes apart.
 fn interleaved_report() {
     let rt = runtime();
     let raw = rt.block_on(async {
@@ -1016,7 +1028,15 @@ fn interleaved_report() {
     };
     let batch = TASKS * READS_PER_TASK;
     println!(
-        "\ninterleaved, {ROUNDS} rounds (cachify time / raw redis-rs time: median [min, max])"
+        "\ninterleaved, {ROUNDS} rounds (cachify time / peer time: median [min, max]; \
+         the peer is raw redis-rs, or the `cached` crate for the memory hit)"
+    );
+    cachify_memory_user(1);
+    cached_crate_memory_user(1);
+    print_median_ratio(
+        &format!("memory hit, user, one thread ({MEMORY_HITS} hits a round)"),
+        || memory_round(|| drop(black_box(cachify_memory_user(black_box(1))))),
+        || memory_round(|| drop(black_box(cached_crate_memory_user(black_box(1))))),
     );
     print_median_ratio(
         &format!("redis hit, user, serial ({SERIAL_READS} reads a round)"),
