@@ -179,6 +179,56 @@ pub(crate) async fn abandon(
     }
 }
 
+/// One attempt to take a lease. While armed, dropping it (the acquiring
+/// future was cancelled mid-call, or the call failed) gives back in the
+/// background whatever the attempt may still take: its script can land on
+/// Redis after the caller stopped waiting. `give_back` makes the owned
+/// give-back, only then.
+pub(crate) struct Attempt<'a, F, R>
+where
+    F: FnOnce() -> R,
+    R: Fn() -> StoreFuture<bool> + Send + 'static,
+{
+    held: Held,
+    key: &'a str,
+    lease: Duration,
+    give_back: Option<F>,
+}
+
+impl<'a, F, R> Attempt<'a, F, R>
+where
+    F: FnOnce() -> R,
+    R: Fn() -> StoreFuture<bool> + Send + 'static,
+{
+    /// An armed attempt at `key`'s lease of `lease`.
+    pub(crate) fn new(held: Held, key: &'a str, lease: Duration, give_back: F) -> Self {
+        Self {
+            held,
+            key,
+            lease,
+            give_back: Some(give_back),
+        }
+    }
+
+    /// The store answered: nothing is left to give back here.
+    pub(crate) fn settle(mut self) {
+        self.give_back = None;
+    }
+}
+
+impl<F, R> Drop for Attempt<'_, F, R>
+where
+    F: FnOnce() -> R,
+    R: Fn() -> StoreFuture<bool> + Send + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(give_back) = self.give_back.take() {
+            let release = give_back();
+            io::spawn(abandon(self.held, self.key.to_owned(), self.lease, release));
+        }
+    }
+}
+
 /// The store's owner-only give-back of a lease, for one token.
 pub(crate) type GiveBack = Arc<dyn Fn(&str) -> StoreFuture<bool> + Send + Sync>;
 

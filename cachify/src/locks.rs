@@ -7,7 +7,6 @@
 //! without the lock.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::health::Health;
-use crate::io;
-use crate::keyspace::{Keyspace, Line};
+use crate::keyspace::Keyspace;
 use crate::lease::{self, GiveBack, Held, Holding, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, LOCK_API_TEMPLATE, Tally};
@@ -108,14 +106,15 @@ impl Locks {
         // A wait too long to represent is a wait without end.
         let deadline = Instant::now().checked_add(wait);
         let attempt = || async {
-            let attempt = Attempt {
-                store: &self.store,
-                key: &key,
-                token: &token,
-                line: &line,
-                lease,
-                armed: true,
-            };
+            let attempt = lease::Attempt::new(Held::Lock, &key, lease, || {
+                let (store, key, token, line) = (
+                    Arc::clone(&self.store),
+                    key.clone(),
+                    token.clone(),
+                    line.clone(),
+                );
+                move || store.unlock(&key, &token, &line)
+            });
             let taken = M::io(self.store.try_lock(&key, &token, lease, fence, &line, join)).await;
             // On an error the armed attempt, dropped, takes back what the
             // SET may yet take.
@@ -450,57 +449,12 @@ impl LockGuard {
     }
 }
 
-/// While armed, dropping it (the acquiring future was cancelled mid-call,
-/// or the call failed) takes back whatever the attempt may have taken:
-/// its `SET NX` can still land on Redis after we stopped waiting.
-struct Attempt<'a> {
-    store: &'a Arc<dyn LockStore>,
-    key: &'a str,
-    token: &'a str,
-    line: &'a Line,
-    lease: Duration,
-    armed: bool,
-}
-
-impl Attempt<'_> {
-    fn settle(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let (store, key, token, line) = (
-                Arc::clone(self.store),
-                self.key.to_owned(),
-                self.token.to_owned(),
-                self.line.clone(),
-            );
-            io::spawn(abandon(store, key, token, line, self.lease));
-        }
-    }
-}
-
-/// Gives back the lock `token` may hold, in the background (see
-/// [`lease::abandon`]).
-fn abandon(
-    store: Arc<dyn LockStore>,
-    key: String,
-    token: String,
-    line: Line,
-    lease: Duration,
-) -> impl Future<Output = ()> + Send + 'static {
-    lease::abandon(Held::Lock, key.clone(), lease, move || {
-        store.unlock(&key, &token, &line)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::keyspace::Line;
     use crate::store::memory::MemoryStore;
     use crate::store::{Grant, StoreFuture};
     use crate::wait::RECHECK;

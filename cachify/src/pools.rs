@@ -19,8 +19,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::health::Health;
-use crate::io;
-use crate::keyspace::{Keyspace, Line};
+use crate::keyspace::Keyspace;
 use crate::lease::{self, GiveBack, Held, Holding, new_token};
 use crate::mode::{Async, Blocking, Mode, drive};
 use crate::observe::{CallKind, POOL_API_TEMPLATE, Tally};
@@ -90,14 +89,15 @@ impl Pools {
         // A wait too long to represent is a wait without end.
         let deadline = Instant::now().checked_add(wait);
         let attempt = || async {
-            let attempt = Attempt {
-                store: &self.store,
-                key: &key,
-                token: &token,
-                line: &line,
-                lease,
-                armed: true,
-            };
+            let attempt = lease::Attempt::new(Held::PoolSlot, &key, lease, || {
+                let (store, key, token, line) = (
+                    Arc::clone(&self.store),
+                    key.clone(),
+                    token.clone(),
+                    line.clone(),
+                );
+                move || store.release_slot(&key, &token, &line)
+            });
             let taken = self
                 .store
                 .acquire_slot(&key, &token, max_size, lease, &line, join);
@@ -409,50 +409,4 @@ impl PoolSlot {
     pub(crate) async fn release_after_run<M: Mode>(self) {
         self.holding.release_after_run::<M>().await;
     }
-}
-
-/// While armed, dropping it (the acquiring future was cancelled mid-call,
-/// or the call failed) frees whatever the attempt may have taken: its
-/// script can still run on Redis after we stopped waiting.
-struct Attempt<'a> {
-    store: &'a Arc<dyn PoolStore>,
-    key: &'a str,
-    token: &'a str,
-    line: &'a Line,
-    lease: Duration,
-    armed: bool,
-}
-
-impl Attempt<'_> {
-    fn settle(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let (store, key, token, line) = (
-                Arc::clone(self.store),
-                self.key.to_owned(),
-                self.token.to_owned(),
-                self.line.clone(),
-            );
-            io::spawn(abandon(store, key, token, line, self.lease));
-        }
-    }
-}
-
-/// Frees the slot `token` may hold, in the background (see
-/// [`lease::abandon`]).
-fn abandon(
-    store: Arc<dyn PoolStore>,
-    key: String,
-    token: String,
-    line: Line,
-    lease: Duration,
-) -> impl Future<Output = ()> + Send + 'static {
-    lease::abandon(Held::PoolSlot, key.clone(), lease, move || {
-        store.release_slot(&key, &token, &line)
-    })
 }
